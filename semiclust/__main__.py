@@ -1,0 +1,3 @@
+from semiclust.cli import main
+
+main()

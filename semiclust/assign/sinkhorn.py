@@ -1,0 +1,44 @@
+"""Sinkhorn-Knopp equipartition (SwAV), in log space and fp32, with the cross-process sums injected."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from semiclust.engine import dist
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _global_logsumexp(values: torch.Tensor, dim: int | None, reduce_sum: Reduce, reduce_max: Reduce) -> torch.Tensor:
+    """log(sum(exp(values))) over `dim` (None = everything) and over all processes, overflow-free."""
+    if dim is None:
+        peak = reduce_max(values.max().detach())
+        return peak + torch.log(reduce_sum(torch.exp(values - peak).sum()))
+    peak = reduce_max(values.max(dim=dim, keepdim=True).values.detach())
+    return peak + torch.log(reduce_sum(torch.exp(values - peak).sum(dim=dim, keepdim=True)))
+
+
+@torch.no_grad()
+def sinkhorn(
+    scores: torch.Tensor,
+    epsilon: float = 0.05,
+    iterations: int = 3,
+    reduce_sum: Reduce = dist.all_reduce_sum,
+    reduce_max: Reduce = dist.all_reduce_max,
+) -> torch.Tensor:
+    """Soft assignments (B x K, each row sums to 1) from scores (B x K, this process's rows).
+
+    Q = exp(S / epsilon) as K x B_total; normalised to sum 1; then `iterations` times: rows (one
+    per prototype, summed over ALL processes) to 1/K, columns (one per sample, local) to
+    1/B_total; finally times B_total. Computed in log space, so no epsilon overflows.
+    """
+    log_q = scores.detach().float().t() / epsilon  # K x B
+    num_prototypes, local_batch = log_q.shape
+    total_batch = int(reduce_sum(torch.tensor(float(local_batch), device=log_q.device)).item())
+    log_q = log_q - _global_logsumexp(log_q, None, reduce_sum, reduce_max)
+    for _ in range(iterations):
+        log_q = log_q - _global_logsumexp(log_q, 1, reduce_sum, reduce_max) - math.log(num_prototypes)
+        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - math.log(total_batch)
+    return (torch.exp(log_q) * total_batch).t()

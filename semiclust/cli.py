@@ -1,0 +1,177 @@
+"""The `semiclust` command line: thin wrappers that parse, call the library and print with rich."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from semiclust.errors import SemiclustError
+
+app = typer.Typer(
+    help="Semi-supervised image classification with self-supervised clustering (Suave, Daino).",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+recipe_app = typer.Typer(help="Inspect and check recipes.", no_args_is_help=True)
+app.add_typer(recipe_app, name="recipe")
+
+console = Console()
+err_console = Console(stderr=True)
+
+SetOption = typer.Option(None, "--set", help="Override a recipe value before validation: key.path=value (repeatable).")
+
+
+@app.command()
+def train(
+    recipe: str = typer.Argument(..., help="Recipe YAML file, or the name of a shipped recipe."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<recipe name>)."),
+    overrides: Optional[list[str]] = SetOption,
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out."),
+) -> None:
+    """Train a model as the recipe says; writes recipe, labeled subset, metrics and checkpoints to --out."""
+    from semiclust.engine.trainer import train as run_training
+    from semiclust.recipe import load_recipe
+
+    resolved = load_recipe(recipe, overrides or [])
+    run_dir = out or Path("runs") / resolved.name
+    summary = run_training(resolved, run_dir, console, resume=resume, overwrite=overwrite)
+    r = summary.result
+    matched = " (prototypes matched to classes)" if r.matching != "identity" else ""
+    console.print(
+        f"[bold green]done[/] in {summary.seconds:.0f}s: top-1 [bold]{r.top1:.2f}%[/], top-5 {r.top5:.2f}% on "
+        f"{r.n} {r.split} images{matched}.\ncheckpoint: {summary.checkpoint}\n"
+        f"evaluate again: semiclust eval --checkpoint {summary.checkpoint}",
+        highlight=False,
+    )
+
+
+@app.command("eval")
+def evaluate_checkpoint(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A checkpoint .pt file (or its run directory)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Top-1/top-5 of the prototype classifier (the teacher for Daino) on the recipe's evaluation split."""
+    from semiclust.data.datasets import build_dataset
+    from semiclust.engine.checkpoint import load_checkpoint
+    from semiclust.engine.trainer import resolve_device
+    from semiclust.evaluate import classifier_from_checkpoint, evaluate
+
+    target = resolve_device(device)
+    state = load_checkpoint(checkpoint)
+    network, recipe = classifier_from_checkpoint(state)
+    network.to(target)
+    dataset = build_dataset(recipe.data.dataset, recipe.data.options)
+    result = evaluate(network, dataset.test, recipe.data.eval, tuple(state["mean"]), tuple(state["std"]),
+                      recipe.eval.batch_size, target, dataset.test_split_name, match=state["classifier"]["matched"])
+    if as_json:
+        print(json.dumps({**result.as_dict(), "checkpoint": str(checkpoint), "step": state["step"]}))
+        return
+    table = Table(title=f"{recipe.name} ({recipe.method.name}), step {state['step']}")
+    for column in ("split", "images", "top-1 %", "top-5 %", "matching"):
+        table.add_column(column)
+    table.add_row(result.split, str(result.n), f"{result.top1:.2f}", f"{result.top5:.2f}", result.matching)
+    console.print(table)
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A checkpoint written by `semiclust train`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Destination .safetensors file."),
+) -> None:
+    """Export to safetensors (not implemented yet in this release)."""
+    raise SemiclustError(
+        "`semiclust export` is not implemented yet in this release: safetensors export with timm-loadable "
+        "metadata is planned for the next one. Until then, the checkpoint itself is readable with "
+        "torch.load(path, weights_only=True).",
+        exit_code=1,
+    )
+
+
+@recipe_app.command("show")
+def recipe_show(
+    recipe: str = typer.Argument(..., help="Recipe YAML file or shipped recipe name."),
+    overrides: Optional[list[str]] = SetOption,
+) -> None:
+    """Print the fully resolved recipe: every default filled in, overrides applied."""
+    from semiclust.recipe import dump_yaml, load_recipe
+
+    print(dump_yaml(load_recipe(recipe, overrides or [])), end="")
+
+
+@recipe_app.command("validate")
+def recipe_validate(recipes: list[str] = typer.Argument(..., help="Recipe files or shipped recipe names.")) -> None:
+    """Check recipes; lists every invalid one and exits 2 if any is invalid."""
+    from semiclust.recipe import load_recipe
+
+    failures = 0
+    for item in recipes:
+        try:
+            load_recipe(item)
+            console.print(f"[green]ok[/]  {item}", highlight=False)
+        except SemiclustError as err:
+            failures += 1
+            err_console.print(f"[red]invalid[/]  {err}", highlight=False, soft_wrap=True)
+    if failures:
+        raise typer.Exit(2)
+
+
+LISTABLE = ("backbones", "assignments", "datasets", "methods", "recipes")
+
+
+@app.command("list")
+def list_names(
+    what: str = typer.Argument(..., help="backbones | assignments | datasets | methods | recipes"),
+    pattern: Optional[str] = typer.Argument(None, help="Shell-style filter, e.g. 'resnet*'."),
+) -> None:
+    """List registered names (timm backbones included)."""
+    from semiclust.registry import unknown_name_message
+
+    if what not in LISTABLE:
+        raise SemiclustError(unknown_name_message("listing", what, list(LISTABLE)).replace("semiclust list listings", "semiclust list --help"))
+    if what == "backbones":
+        from semiclust.models.backbones import backbone_names
+
+        names = backbone_names(pattern)
+    elif what == "assignments":
+        from semiclust.assign import ASSIGNMENTS
+
+        names = ASSIGNMENTS.names(pattern)
+    elif what == "datasets":
+        from semiclust.data.datasets import DATASETS
+
+        names = DATASETS.names(pattern)
+    elif what == "methods":
+        from semiclust.methods import METHODS
+
+        names = [f"{n}: {METHODS.get(n).summary}" for n in METHODS.names(pattern)]
+    else:
+        from semiclust.recipes_dir import shipped_recipes
+
+        names = [f"{name}: {path}" for name, path in shipped_recipes(pattern).items()]
+    for name in names:
+        print(name)
+    if not names:
+        err_console.print(f"no {what} match '{pattern}'")
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Entry point: runs the app and turns user errors into one paragraph and an exit code."""
+    try:
+        app()
+    except SemiclustError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""The two index streams of a step, as pure functions of the global step.
+
+Unlabeled: one epoch is one pass over the unlabeled set, shuffled per epoch and sharded across
+processes like DistributedSampler (drop_last). Labeled: the labeled subset is re-shuffled on every
+pass (never replayed in the same order, never restarted on resume). Because each batch depends
+only on (seed, step, rank, world size), resuming at any step continues both streams exactly.
+"""
+from __future__ import annotations
+
+import torch
+
+from semiclust.errors import SemiclustError
+
+_UNLABELED_STREAM = 1
+_LABELED_STREAM = 2
+
+
+def _permutation(size: int, seed: int, stream: int, epoch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + stream * 7_919 + epoch) % (2**63))
+    return torch.randperm(size, generator=generator)
+
+
+class IndexStream:
+    """Batches of `batch` indices per process out of `pool`, reshuffled on each pass over it."""
+
+    def __init__(self, pool: torch.Tensor, batch: int, seed: int, stream: int, rank: int = 0, world: int = 1):
+        self.pool, self.batch, self.seed, self.stream = pool, batch, seed, stream
+        self.rank, self.world = rank, world
+        self.batches_per_pass = len(pool) // (batch * world)
+        self._cached: tuple[int, torch.Tensor] | None = None
+
+    def _pass_order(self, pass_index: int) -> torch.Tensor:
+        if self._cached is None or self._cached[0] != pass_index:
+            order = self.pool[_permutation(len(self.pool), self.seed, self.stream, pass_index)]
+            usable = self.batches_per_pass * self.batch * self.world
+            self._cached = (pass_index, order[:usable][self.rank :: self.world])
+        return self._cached[1]
+
+    def indices(self, step: int) -> torch.Tensor:
+        """The batch this process uses at global step `step`."""
+        pass_index, position = divmod(step, self.batches_per_pass)
+        return self._pass_order(pass_index)[position * self.batch : (position + 1) * self.batch]
+
+
+def unlabeled_stream(size: int, batch: int, seed: int, rank: int = 0, world: int = 1) -> IndexStream:
+    if size < batch * world:
+        raise SemiclustError(
+            f"the unlabeled set has {size} images, fewer than one global batch ({batch} x {world} processes); "
+            "lower data.batch.unlabeled."
+        )
+    return IndexStream(torch.arange(size), batch, seed, _UNLABELED_STREAM, rank, world)
+
+
+def labeled_stream(indices: torch.Tensor, batch: int, seed: int, rank: int = 0, world: int = 1) -> IndexStream:
+    if len(indices) < batch * world:
+        raise SemiclustError(
+            f"the labeled subset has {len(indices)} images, fewer than one global labeled batch "
+            f"({batch} x {world} processes); lower data.batch.labeled to at most {len(indices) // world}."
+        )
+    return IndexStream(indices, batch, seed, _LABELED_STREAM, rank, world)

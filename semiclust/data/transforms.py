@@ -1,0 +1,179 @@
+"""Batched augmentation on tensors: random resized crops, flips, colour, grayscale, blur, solarize.
+
+Every image in a batch gets its own random parameters, but the work is done as a handful of tensor
+ops on the whole batch (one `grid_sample` for all crops), on the training device. For the small
+in-memory datasets this is far faster than per-image PIL transforms. All randomness comes from the
+`generator` passed in, so a run is reproducible and its augmentation state can be checkpointed.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from semiclust.recipe import CropGroup, EvalView
+
+LUMA = (0.299, 0.587, 0.114)
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=device) * (high - low) + low
+
+
+def _bernoulli(n: int, p: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=device) < p
+
+
+def crop_boxes(
+    n: int, scale: tuple[float, float], ratio: tuple[float, float], generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """Relative crop boxes (x0, y0, w, h) in [0, 1] with area ~ U(scale) and log aspect ~ U(log ratio).
+
+    Boxes wider or taller than the image are clamped to it (torchvision retries instead; the
+    difference is confined to extreme aspect ratios at large scales).
+    """
+    area = _uniform(n, scale[0], scale[1], generator, device)
+    log_ratio = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), generator, device)
+    aspect = torch.exp(log_ratio)
+    w = torch.sqrt(area * aspect).clamp(max=1.0)
+    h = torch.sqrt(area / aspect).clamp(max=1.0)
+    x0 = torch.rand(n, generator=generator, device=device) * (1 - w)
+    y0 = torch.rand(n, generator=generator, device=device) * (1 - h)
+    return torch.stack([x0, y0, w, h], dim=1)
+
+
+def resized_crops(
+    images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int, mode: str
+) -> torch.Tensor:
+    """Crop each image to its box, mirror where `flips`, and resample to size x size in one call."""
+    x0, y0, w, h = boxes.unbind(1)
+    sign = 1.0 - 2.0 * flips.to(images.dtype)
+    theta = torch.zeros(len(images), 2, 3, dtype=images.dtype, device=images.device)
+    theta[:, 0, 0] = w * sign
+    theta[:, 0, 2] = 2 * x0 + w - 1
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = 2 * y0 + h - 1
+    grid = F.affine_grid(theta, [len(images), images.shape[1], size, size], align_corners=False)
+    return F.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=False)
+
+
+def grayscale(images: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma, keeping the channel count (a no-op on 1-channel images)."""
+    if images.shape[1] == 1:
+        return images
+    weights = images.new_tensor(LUMA).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True).expand_as(images)
+
+
+def rotate_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate hue by `shift` (fraction of a full turn, per image) in YIQ space; RGB images only."""
+    to_yiq = images.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    to_rgb = torch.linalg.inv(to_yiq)
+    angle = 2 * math.pi * shift
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rotation = torch.zeros(len(images), 3, 3, dtype=images.dtype, device=images.device)
+    rotation[:, 0, 0] = 1
+    rotation[:, 1, 1], rotation[:, 1, 2] = cos, -sin
+    rotation[:, 2, 1], rotation[:, 2, 2] = sin, cos
+    matrix = to_rgb @ rotation @ to_yiq  # B x 3 x 3
+    return torch.einsum("bij,bjhw->bihw", matrix, images)
+
+
+def color_jitter(
+    images: torch.Tensor, group: CropGroup, generator: torch.Generator
+) -> torch.Tensor:
+    """Brightness, contrast, saturation and hue with per-image factors, in a random order per batch;
+    images not selected (probability 1 - p) keep factor 1 for all four."""
+    jitter = group.color
+    n, device = len(images), images.device
+    selected = _bernoulli(n, jitter.p, generator, device).to(images.dtype)
+
+    def factors(strength: float) -> torch.Tensor:
+        drawn = _uniform(n, max(0.0, 1 - strength), 1 + strength, generator, device)
+        return (1 + (drawn - 1) * selected).view(n, 1, 1, 1)
+
+    brightness, contrast, saturation = factors(jitter.brightness), factors(jitter.contrast), factors(jitter.saturation)
+    hue = _uniform(n, -jitter.hue, jitter.hue, generator, device) * selected
+    order = torch.randperm(4, generator=generator, device=device).tolist()
+    colour = images.shape[1] == 3
+    for op in order:
+        if op == 0 and jitter.brightness:
+            images = (images * brightness).clamp(0, 1)
+        elif op == 1 and jitter.contrast:
+            mean = grayscale(images).mean(dim=(1, 2, 3), keepdim=True)
+            images = ((images - mean) * contrast + mean).clamp(0, 1)
+        elif op == 2 and jitter.saturation and colour:
+            gray = grayscale(images)
+            images = ((images - gray) * saturation + gray).clamp(0, 1)
+        elif op == 3 and jitter.hue and colour:
+            images = rotate_hue(images, hue).clamp(0, 1)
+    return images
+
+
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with a per-image sigma (pixels); sigma 0 leaves an image unchanged."""
+    n, c, height, width = images.shape
+    radius = max(1, min(int(math.ceil(3 * float(sigma.max()))), (min(height, width) - 1) // 2))
+    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    safe = sigma.clamp(min=1e-6).view(n, 1)
+    kernel = torch.exp(-0.5 * (offsets.view(1, -1) / safe) ** 2)
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)
+    kernel = kernel.repeat_interleave(c, dim=0)  # (n*c) x k
+    flat = images.reshape(1, n * c, height, width)
+    flat = F.pad(flat, (radius, radius, 0, 0), mode="reflect")
+    flat = F.conv2d(flat, kernel.view(n * c, 1, 1, -1), groups=n * c)
+    flat = F.pad(flat, (0, 0, radius, radius), mode="reflect")
+    flat = F.conv2d(flat, kernel.view(n * c, 1, -1, 1), groups=n * c)
+    return flat.view(n, c, height, width)
+
+
+class CropAugment:
+    """Turns a batch of uint8 images into one group's crops, normalised with the dataset's mean/std."""
+
+    def __init__(self, group: CropGroup, mean: tuple[float, ...], std: tuple[float, ...]):
+        self.group = group
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        g, device = self.group, images.device
+        x = images.float().div_(255)
+        n = len(x)
+        boxes = crop_boxes(n, g.scale, g.ratio, generator, device)
+        flips = _bernoulli(n, g.flip, generator, device)
+        x = resized_crops(x, boxes, flips, g.size, g.interpolation).clamp_(0, 1)
+        if g.color is not None and g.color.p > 0:
+            x = color_jitter(x, g, generator)
+        if g.grayscale > 0:
+            chosen = _bernoulli(n, g.grayscale, generator, device).view(n, 1, 1, 1)
+            x = torch.where(chosen, grayscale(x), x)
+        if g.blur.p > 0:
+            chosen = _bernoulli(n, g.blur.p, generator, device)
+            sigma = _uniform(n, g.blur.sigma[0], g.blur.sigma[1], generator, device) * chosen
+            if chosen.any():
+                x = torch.where(chosen.view(n, 1, 1, 1), gaussian_blur(x, sigma), x)
+        if g.solarize > 0:
+            chosen = _bernoulli(n, g.solarize, generator, device).view(n, 1, 1, 1)
+            x = torch.where(chosen & (x >= 0.5), 1 - x, x)
+        return (x - self.mean.to(device)) / self.std.to(device)
+
+
+def center_view(
+    images: torch.Tensor, view: EvalView, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
+    """The deterministic evaluation view: resize the short side to `resize`, centre-crop `size`."""
+    x = images.float().div(255)
+    height, width = x.shape[-2:]
+    short = view.resize or view.size
+    scale = short / min(height, width)
+    new_h, new_w = max(view.size, round(height * scale)), max(view.size, round(width * scale))
+    if (new_h, new_w) != (height, width):
+        antialias = view.interpolation != "nearest"
+        x = F.interpolate(x, size=(new_h, new_w), mode=view.interpolation, antialias=antialias,
+                          align_corners=False if antialias else None)
+    top, left = (new_h - view.size) // 2, (new_w - view.size) // 2
+    x = x[..., top : top + view.size, left : left + view.size]
+    mean_t = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return (x.clamp(0, 1) - mean_t) / std_t

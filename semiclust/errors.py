@@ -1,0 +1,14 @@
+"""The one exception type for problems a user can cause and fix (bad recipe, missing data, ...)."""
+from __future__ import annotations
+
+
+class SemiclustError(Exception):
+    """A user-fixable problem; the message names the problem and the fix.
+
+    The CLI prints it as one paragraph (no traceback) and exits with `exit_code`:
+    2 for invalid input (recipe, arguments, files), 1 for a run that failed while training.
+    """
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,0 +1,124 @@
+"""Backbones: every timm model, plus small-image networks registered with timm's own register_model.
+
+One factory serves all: `timm.create_model(name, num_classes=0, in_chans=...)` returns a feature
+extractor with `num_features`. Nothing is ever downloaded (pretrained=False); initialisation from a
+local checkpoint is a separate step.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+from timm.models import BasicBlock, ResNet, register_model
+from torch import nn
+
+from semiclust.errors import SemiclustError
+from semiclust.registry import unknown_name_message
+
+_TIMM_ONLY = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+
+
+def _no_pretrained(pretrained: bool, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    if pretrained:
+        raise SemiclustError(f"backbone '{name}' has no published weights; initialise from a local checkpoint instead.")
+    return {k: v for k, v in kwargs.items() if k not in _TIMM_ONLY}
+
+
+def _small_cfg(in_chans: int, size: int) -> dict[str, Any]:
+    return {"input_size": (in_chans, size, size), "num_classes": 0, "mean": (0.5,) * in_chans, "std": (0.5,) * in_chans}
+
+
+class TinyConvNet(nn.Module):
+    """A few conv-BN-ReLU stages with stride-2 downsampling, then global average pooling.
+
+    Made for the embedded 8x8 digits upsampled to 16 px: ~60k parameters at the defaults, fast on a
+    CPU, and valid for any input of at least 2**(len(widths)-1) pixels.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 96), convs_per_stage: int = 1, in_chans: int = 3,
+                 num_classes: int = 0, drop_rate: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_chans
+        for stage, width in enumerate(widths):
+            for index in range(convs_per_stage):
+                stride = 2 if stage > 0 and index == 0 else 1
+                layers += [nn.Conv2d(channels, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                channels = width
+        self.features = nn.Sequential(*layers)
+        self.num_features = channels
+        self.pretrained_cfg = _small_cfg(in_chans, 16)
+        self.drop = nn.Dropout(drop_rate)
+        self.num_classes = num_classes
+        self.fc = nn.Linear(channels, num_classes) if num_classes else nn.Identity()
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(x.mean(dim=(2, 3)))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+@register_model
+def tinyconv(pretrained: bool = False, **kwargs: Any) -> TinyConvNet:
+    """TinyConvNet for the embedded digits (see the class docstring)."""
+    return TinyConvNet(**_no_pretrained(pretrained, "tinyconv", kwargs))
+
+
+def _cifar_resnet(name: str, layers: tuple[int, ...], pretrained: bool, kwargs: dict[str, Any]) -> ResNet:
+    """timm's ResNet with a 3x3 stride-1 stem and no max-pool, the usual setting for 32-px images."""
+    kwargs = _no_pretrained(pretrained, name, kwargs)
+    model = ResNet(block=BasicBlock, layers=layers, **kwargs)
+    in_chans = model.conv1.in_channels
+    model.conv1 = nn.Conv2d(in_chans, model.conv1.out_channels, 3, 1, 1, bias=False)
+    model.maxpool = nn.Identity()
+    model.pretrained_cfg = _small_cfg(in_chans, 32)
+    return model
+
+
+@register_model
+def resnet18_cifar(pretrained: bool = False, **kwargs: Any) -> ResNet:
+    """ResNet-18 for 32-px images (3x3 stride-1 stem, no max-pool), as in most CIFAR SSL work."""
+    return _cifar_resnet("resnet18_cifar", (2, 2, 2, 2), pretrained, kwargs)
+
+
+@register_model
+def resnet34_cifar(pretrained: bool = False, **kwargs: Any) -> ResNet:
+    """ResNet-34 for 32-px images (3x3 stride-1 stem, no max-pool)."""
+    return _cifar_resnet("resnet34_cifar", (3, 4, 6, 3), pretrained, kwargs)
+
+
+SMALL_IMAGE_BACKBONES = ("tinyconv", "resnet18_cifar", "resnet34_cifar")
+
+
+def backbone_names(pattern: str | None = None) -> list[str]:
+    """All backbone names: semiclust's small-image ones and every timm architecture."""
+    return timm.list_models(pattern) if pattern else timm.list_models()
+
+
+def check_backbone_name(name: str) -> None:
+    if not timm.is_model(name):
+        raise SemiclustError(unknown_name_message("backbone", name, list(SMALL_IMAGE_BACKBONES) + timm.list_models()))
+
+
+def create_backbone(name: str, kwargs: dict[str, Any], in_chans: int) -> nn.Module:
+    """A feature extractor (no classifier) from timm's factory; bad keyword arguments are reported clearly."""
+    check_backbone_name(name)
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
+    except TypeError as err:
+        raise SemiclustError(
+            f"backbone '{name}' rejected model.backbone.kwargs {kwargs}: {err}. Remove or rename the argument."
+        ) from None
+    if not getattr(model, "num_features", None):
+        raise SemiclustError(f"backbone '{name}' does not report num_features, so semiclust cannot attach a head.")
+    return model

@@ -1,0 +1,48 @@
+"""The network: backbone -> projection head -> prototypes, with multi-resolution batching."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from semiclust.models.backbones import create_backbone
+from semiclust.models.heads import ProjectionHead, UnitPrototypes, WeightNormPrototypes
+from semiclust.recipe import ModelSpec
+
+
+class Network(nn.Module):
+    """Maps images to (L2-normalised embeddings, prototype scores). argmax of the scores = the class."""
+
+    def __init__(self, spec: ModelSpec, in_chans: int, num_prototypes: int,
+                 prototypes: Literal["unit", "weight_norm"], backbone_overrides: dict | None = None):
+        super().__init__()
+        kwargs = {**spec.backbone.kwargs, **(backbone_overrides or {})}
+        self.backbone = create_backbone(spec.backbone.name, kwargs, in_chans)
+        self.head = ProjectionHead(self.backbone.num_features, spec.head)
+        kind = UnitPrototypes if prototypes == "unit" else WeightNormPrototypes
+        self.prototypes = kind(spec.head.out, num_prototypes)
+
+    def embed_groups(self, groups: list[torch.Tensor]) -> torch.Tensor:
+        """Backbone once per resolution (same-size groups concatenated), head once on everything.
+
+        Returns the embeddings of all groups, concatenated in the order given.
+        """
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for index, group in enumerate(groups):
+            by_size.setdefault(tuple(group.shape[1:]), []).append(index)
+        features: list[torch.Tensor | None] = [None] * len(groups)
+        for members in by_size.values():
+            batch = torch.cat([groups[i] for i in members]) if len(members) > 1 else groups[members[0]]
+            out = self.backbone(batch)
+            for i, part in zip(members, out.split([len(groups[i]) for i in members])):
+                features[i] = part
+        return self.head(torch.cat(features))  # type: ignore[arg-type]
+
+    def forward_groups(self, groups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        embeddings = self.embed_groups(groups)
+        return embeddings, self.prototypes(embeddings)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Prototype scores of one batch of images (the classifier's logits up to the temperature)."""
+        return self.prototypes(self.head(self.backbone(images)))

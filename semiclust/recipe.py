@@ -1,0 +1,515 @@
+"""The recipe: one pydantic schema (unknown keys are errors), YAML loading and dotted --set overrides.
+
+Everything downstream takes a validated `Recipe`, never a dict. Defaults that depend on the method
+(the head's shape, the assignment) are filled in before validation so `semiclust recipe show`
+prints every value that will run.
+"""
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from semiclust.errors import SemiclustError
+from semiclust.registry import closest
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+Range = tuple[float, float]
+
+
+def _registered(lookup: Any, name: str) -> str:
+    """Run a registry lookup inside a validator so its did-you-mean message gets the dotted path."""
+    try:
+        lookup(name)
+    except SemiclustError as err:
+        raise ValueError(str(err)) from None
+    return name
+
+
+class Strict(BaseModel):
+    """Base for every recipe section: misspelled keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- data
+class ColorJitter(Strict):
+    """torchvision-style colour jitter, applied with probability p (factors drawn per image)."""
+
+    p: Probability = 0.8
+    brightness: Annotated[float, Field(ge=0)] = 0.4
+    contrast: Annotated[float, Field(ge=0)] = 0.4
+    saturation: Annotated[float, Field(ge=0)] = 0.4
+    hue: Annotated[float, Field(ge=0, le=0.5)] = 0.1
+
+
+class Blur(Strict):
+    """Gaussian blur with a sigma drawn uniformly from `sigma`, applied with probability p."""
+
+    p: Probability = 0.0
+    sigma: Range = (0.1, 2.0)
+
+
+class CropGroup(Strict):
+    """`count` random resized crops of `size` px with their own augmentation."""
+
+    count: PositiveInt = 1
+    size: PositiveInt
+    scale: Range = (0.08, 1.0)
+    ratio: Range = (3 / 4, 4 / 3)
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    flip: Probability = 0.5
+    color: ColorJitter | None = None
+    grayscale: Probability = 0.0
+    blur: Blur = Blur()
+    solarize: Probability = 0.0
+
+    @field_validator("scale", "ratio")
+    @classmethod
+    def _ordered_positive(cls, value: Range) -> Range:
+        low, high = value
+        if not 0 < low <= high:
+            raise ValueError(f"expected 0 < low <= high, got {list(value)}")
+        return value
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_at_most_one(cls, value: Range) -> Range:
+        if value[1] > 1.0:
+            raise ValueError(f"a crop's area scale cannot exceed 1.0, got {list(value)}")
+        return value
+
+
+class Labels(Strict):
+    """Which training images keep their label: k per class, a fraction, or a list file. Choose one."""
+
+    per_class: PositiveInt | None = None
+    fraction: Annotated[float, Field(gt=0, le=1)] | None = None
+    list: Path | None = None
+    seed: int | None = Field(None, description="seed of the draw; null = the recipe's seed")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Labels":
+        chosen = [k for k in ("per_class", "fraction", "list") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise ValueError(
+                "give exactly one of per_class, fraction or list "
+                f"(got {', '.join(chosen) if chosen else 'none'})"
+            )
+        return self
+
+
+class UnlabeledViews(Strict):
+    """The multi-crop set of each unlabeled image; the first group holds the target (global) crops."""
+
+    crops: Annotated[list[CropGroup], Field(min_length=1)]
+
+
+class EvalView(Strict):
+    """The single centre view used for evaluation: resize the short side, then centre-crop."""
+
+    size: PositiveInt
+    resize: PositiveInt | None = Field(None, description="short side before the centre crop; null = size")
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+
+
+class Batch(Strict):
+    """Images per process and step."""
+
+    unlabeled: PositiveInt = 64
+    labeled: PositiveInt = 32
+
+
+class Data(Strict):
+    dataset: str
+    options: dict[str, Any] = {}
+    labels: Labels
+    unlabeled: UnlabeledViews
+    labeled: CropGroup
+    eval: EvalView
+    batch: Batch = Batch()
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        from semiclust.data.datasets import DATASETS
+
+        return _registered(DATASETS.get, name)
+
+    @field_validator("labeled")
+    @classmethod
+    def _one_labeled_view(cls, group: CropGroup) -> CropGroup:
+        if group.count != 1:
+            raise ValueError("the labeled view is a single crop: count must be 1")
+        return group
+
+
+# ---------------------------------------------------------------- model
+class BackboneSpec(Strict):
+    """Any timm model name (or one semiclust registers with timm) and its keyword arguments."""
+
+    name: str
+    kwargs: dict[str, Any] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        from semiclust.models.backbones import check_backbone_name
+
+        return _registered(check_backbone_name, name)
+
+
+class Head(Strict):
+    """Projector MLP on backbone features, then L2 normalisation and the class prototypes."""
+
+    hidden: PositiveInt = 2048
+    out: PositiveInt = 128
+    layers: Annotated[int, Field(ge=1)] = 2
+    batchnorm: bool = True
+    activation: Literal["relu", "gelu"] = "relu"
+    init: Literal["default", "trunc_normal"] = Field("default", description="trunc_normal = DINO's std 0.02")
+
+
+class ModelSpec(Strict):
+    backbone: BackboneSpec
+    head: Head = Head()
+
+
+# ---------------------------------------------------------------- method
+class SinkhornSpec(Strict):
+    """SwAV's equipartitioned assignment (on cosine scores / epsilon, in fp32)."""
+
+    name: Literal["sinkhorn"] = "sinkhorn"
+    epsilon: Annotated[float, Field(gt=0)] = 0.05
+    iterations: PositiveInt = 3
+
+
+class CenterSharpenSpec(Strict):
+    """DINO's teacher targets: softmax((logits - center) / temperature), center kept by EMA."""
+
+    name: Literal["center_sharpen"] = "center_sharpen"
+    temperature: Annotated[float, Field(gt=0)] = 0.07
+    warmup_temperature: Annotated[float, Field(gt=0)] = 0.04
+    warmup_epochs: Annotated[int, Field(ge=0)] = Field(10, description="linear warm-up, stepped per epoch as DINO")
+    center_momentum: Probability = 0.9
+
+
+AssignmentSpec = Annotated[Union[SinkhornSpec, CenterSharpenSpec], Field(discriminator="name")]
+
+
+class Queue(Strict):
+    """Suave/SwAV queue of past unlabeled embeddings, used by Sinkhorn once full (0 = off)."""
+
+    length: Annotated[int, Field(ge=0)] = 0
+    start_epoch: Annotated[int, Field(ge=0)] = 0
+
+
+class Teacher(Strict):
+    """Daino/DINO EMA teacher: momentum follows a per-step cosine from `momentum` to `momentum_end`."""
+
+    momentum: Probability = 0.990
+    momentum_end: Probability = 1.0
+
+
+class Mixup(Strict):
+    """Appends a mixed copy of the labeled batch: Mixup with probability mixup_prob, else CutMix."""
+
+    enabled: bool = True
+    mixup_prob: Probability = 0.5
+    alpha: Annotated[float, Field(gt=0)] = 1.0
+
+
+class MethodSpec(Strict):
+    name: str
+    temperature: Annotated[float, Field(gt=0)] = 0.1
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.01
+    labeled_weight: Probability | None = Field(
+        None, description="weight of the labeled loss; null = row-count weighting (the release)"
+    )
+    target_crops: Annotated[int, Field(ge=1)] = 2
+    assignment: AssignmentSpec
+    queue: Queue = Queue()
+    teacher: Teacher = Teacher()
+    mixup: Mixup = Mixup()
+    freeze_prototypes_steps: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("name")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        from semiclust.methods import METHODS
+
+        return _registered(METHODS.get, name)
+
+
+# ---------------------------------------------------------------- optimisation and runtime
+class Optim(Strict):
+    """Optimiser. lr is for `lr_reference_batch` images per step (the global unlabeled batch,
+    the labeled batch for `supervised`) and scaled linearly; null = use lr as given."""
+
+    name: Literal["sgd", "lars", "adamw"]
+    lr: Annotated[float, Field(gt=0)]
+    lr_reference_batch: PositiveInt | None = 256
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-6
+    weight_decay_end: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="cosine weight-decay schedule end value; null = constant"
+    )
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    nesterov: bool = False
+    trust_coefficient: Annotated[float, Field(gt=0)] = 0.001
+    betas: Range = (0.9, 0.999)
+    exclude_bias_and_norm: bool = False
+
+
+class Schedule(Strict):
+    """Epochs (passes over the unlabeled set), linear warm-up, then cosine down to final_lr."""
+
+    epochs: PositiveInt
+    warmup_epochs: Annotated[float, Field(ge=0)] = 0
+    warmup_start_lr: Annotated[float, Field(ge=0)] = 0.0
+    final_lr: Annotated[float, Field(ge=0)] = 0.0
+
+
+class Runtime(Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    compile: bool = False
+    threads: PositiveInt | None = Field(None, description="CPU threads; null = torch's default")
+    log_every_steps: PositiveInt = 10
+    progress: Literal["auto", "rich", "plain", "none"] = "auto"
+
+
+class CheckpointSpec(Strict):
+    """Periodic checkpoints (checkpoints/last.pt, atomically replaced); the final one is always written."""
+
+    every_epochs: Annotated[int, Field(ge=0)] = 10
+
+
+class EvalSpec(Strict):
+    every_epochs: Annotated[int, Field(ge=0)] = 0
+    batch_size: PositiveInt = 512
+
+
+class Recipe(Strict):
+    """A whole training run, top to bottom."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
+    seed: int = 0
+    data: Data
+    model: ModelSpec
+    method: MethodSpec
+    optim: Optim
+    schedule: Schedule
+    runtime: Runtime = Runtime()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    eval: EvalSpec = EvalSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, raw: Any) -> Any:
+        """Fill the head shape and assignment the chosen method uses unless the recipe sets them."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("method"), dict):
+            return raw
+        from semiclust.methods import METHODS
+
+        name = raw["method"].get("name")
+        if not isinstance(name, str) or name not in METHODS:
+            return raw
+        defaults = METHODS.get(name).defaults
+        method = dict(raw["method"])
+        method.setdefault("assignment", {"name": defaults.assignment})
+        model = raw.get("model")
+        if isinstance(model, dict):
+            model = dict(model)
+            head = model.get("head", {})
+            if isinstance(head, dict):
+                model["head"] = {**defaults.head, **head}
+        return {**raw, "method": method, **({"model": model} if model is not None else {})}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Recipe":
+        first = self.data.unlabeled.crops[0]
+        if first.count < self.method.target_crops:
+            raise ValueError(
+                f"method.target_crops is {self.method.target_crops} but the first unlabeled crop group "
+                f"has only {first.count} crops: the targets come from the first group"
+            )
+        if self.method.queue.length and self.method.assignment.name != "sinkhorn":
+            raise ValueError("method.queue is used only by the sinkhorn assignment: set its length to 0")
+        total_crops = sum(group.count for group in self.data.unlabeled.crops)
+        if total_crops < 2:
+            raise ValueError("data.unlabeled.crops must hold at least 2 crops in all (swapped prediction needs pairs)")
+        if self.schedule.warmup_epochs > self.schedule.epochs:
+            raise ValueError("schedule.warmup_epochs is longer than schedule.epochs")
+        return self
+
+
+# ---------------------------------------------------------------- loading, overrides, errors
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'a.b.c=value' -> (['a','b','c'], YAML-parsed value)."""
+    if "=" not in text:
+        raise SemiclustError(f"--set '{text}' is not of the form key.path=value, e.g. --set method.temperature=0.2.")
+    key, _, value = text.partition("=")
+    path = key.strip().split(".")
+    if not all(path):
+        raise SemiclustError(f"--set '{text}' has an empty key in its dotted path; write e.g. optim.lr=0.1.")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as err:
+        raise SemiclustError(f"--set '{text}': the value is not valid YAML ({err}).") from err
+    return path, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each dotted path in a copy of the raw recipe; creates intermediate sections."""
+    import copy
+
+    result = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for depth, key in enumerate(path[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                where = ".".join(path[: depth + 1])
+                raise SemiclustError(
+                    f"--set '{text}': '{where}' holds a value ({child!r}), not a section, so it has no "
+                    f"key '{path[depth + 1]}'. Set '{where}' itself instead."
+                )
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def load_raw(path: Path) -> dict[str, Any]:
+    """Read a recipe file as a dict, with errors that name the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        from semiclust.recipes_dir import find_recipe
+
+        found = find_recipe(str(path))
+        if found is None:
+            raise SemiclustError(
+                f"recipe file '{path}' does not exist. Give a path to a YAML recipe or the name of a "
+                "shipped one (see `semiclust list recipes`)."
+            )
+        path = found
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SemiclustError(f"recipe '{path}' is not valid YAML: {err}. Fix the syntax at the line shown.") from err
+    if not isinstance(raw, dict):
+        raise SemiclustError(
+            f"recipe '{path}' must be a YAML mapping (name:, data:, model:, ...), got {type(raw).__name__}."
+        )
+    return raw
+
+
+def validate(raw: dict[str, Any], source: str = "recipe") -> Recipe:
+    """Validate a raw dict into a Recipe; every problem becomes one readable SemiclustError."""
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise SemiclustError(format_validation_error(err, source)) from None
+
+
+def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
+    """Read, override (before validation, so overrides are type-checked) and validate a recipe."""
+    raw = apply_overrides(load_raw(Path(path)), overrides or [])
+    return validate(raw, str(path))
+
+
+def dump_yaml(recipe: Recipe) -> str:
+    """The fully resolved recipe as YAML, every default written out."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=100)
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The concrete types an annotation may hold (Optional, Annotated and unions unwrapped)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin is Union or str(origin) == "types.UnionType" or (origin is not None and origin.__name__ == "UnionType"):
+        found: list[Any] = []
+        for arg in typing.get_args(annotation):
+            found.extend(_unwrap(arg))
+        return found
+    return [annotation]
+
+
+def _keys_at(loc: tuple[Any, ...]) -> list[str]:
+    """The valid keys of the section a validation error's location points into."""
+    models: list[type[BaseModel]] = [Recipe]
+    for part in loc[:-1]:
+        following: list[type[BaseModel]] = []
+        for model in models:
+            field = model.model_fields.get(part) if isinstance(part, str) else None
+            if field is None:
+                # a list index or a union tag: keep the candidates, narrowing by tag when possible
+                tagged = [m for m in models if "name" in m.model_fields and m.model_fields["name"].default == part]
+                following.extend(tagged or models)
+                break
+            for candidate in _unwrap(field.annotation):
+                if typing.get_origin(candidate) is list:
+                    candidate = _unwrap(typing.get_args(candidate)[0])[0]
+                if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                    following.append(candidate)
+        models = list(dict.fromkeys(following))
+    keys: list[str] = []
+    for model in models:
+        keys.extend(model.model_fields)
+    return list(dict.fromkeys(keys))
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int) and parts:
+            parts[-1] += f"[{part}]"
+        elif part in ("sinkhorn", "center_sharpen") and parts and parts[-1].endswith("assignment"):
+            continue  # pydantic puts the union tag in the location; users never write it
+        else:
+            parts.append(str(part))
+    return ".".join(parts)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    where = _dotted(loc) or "(top level)"
+    kind = error["type"]
+    value = error.get("input")
+    ctx = error.get("ctx", {})
+    if kind == "extra_forbidden":
+        guess = closest(str(loc[-1]), _keys_at(loc))
+        hint = f"; did you mean '{_dotted(loc[:-1] + (guess,))}'?" if guess else ""
+        return f"'{where}' is not a known key (value {value!r}){hint}"
+    if kind == "missing":
+        return f"'{where}' is required but missing"
+    if kind == "literal_error":
+        expected = str(ctx.get("expected", ""))
+        options = [o.strip(" '\"") for o in expected.replace(" or ", ",").split(",") if o.strip()]
+        guess = closest(str(value), options)
+        hint = f"; did you mean '{guess}'?" if guess else ""
+        return f"'{where}' is {value!r}, expected one of {expected}{hint}"
+    if kind == "union_tag_invalid":
+        tags = [t.strip(" '\"") for t in str(ctx.get("expected_tags", "")).split(",")]
+        guess = closest(str(ctx.get("tag")), tags)
+        hint = f"; did you mean '{guess}'?" if guess else ""
+        return f"'{where}.name' is {ctx.get('tag')!r}, expected one of {', '.join(tags)}{hint}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"'{where}' = {value!r}: {message}"
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    problems = [_describe(e) for e in err.errors()]
+    listing = "; ".join(problems)
+    return (
+        f"{source} is not a valid recipe: {listing}. Fix the key in the YAML file or the --set override "
+        "(`semiclust recipe show` prints every valid key with its default)."
+    )
