@@ -161,10 +161,10 @@ def list_names(
         raise typer.Exit(1)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app and turns user errors into one paragraph and an exit code."""
     try:
-        app()
+        app(args=argv, prog_name="semiclust")
     except SemiclustError as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)

@@ -33,18 +33,23 @@ class TinyConvNet(nn.Module):
     """A few conv-BN-ReLU stages with stride-2 downsampling, then global average pooling.
 
     Made for the embedded 8x8 digits upsampled to 16 px: ~60k parameters at the defaults, fast on a
-    CPU, and valid for any input of at least 2**(len(widths)-1) pixels.
+    CPU, and valid for any input of at least 2**(len(widths)-1) pixels. `norm: none` drops
+    BatchNorm (per-sample outputs then do not depend on the rest of the batch).
     """
 
     def __init__(self, widths: tuple[int, ...] = (32, 64, 96), convs_per_stage: int = 1, in_chans: int = 3,
-                 num_classes: int = 0, drop_rate: float = 0.0):
+                 num_classes: int = 0, drop_rate: float = 0.0, norm: str = "batch"):
         super().__init__()
+        if norm not in ("batch", "none"):
+            raise SemiclustError(f"tinyconv: norm must be 'batch' or 'none', got {norm!r}.")
         layers: list[nn.Module] = []
         channels = in_chans
         for stage, width in enumerate(widths):
             for index in range(convs_per_stage):
                 stride = 2 if stage > 0 and index == 0 else 1
-                layers += [nn.Conv2d(channels, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                layers.append(nn.Conv2d(channels, width, 3, stride, 1, bias=norm == "none"))
+                layers += [nn.BatchNorm2d(width)] if norm == "batch" else []
+                layers.append(nn.ReLU(inplace=True))
                 channels = width
         self.features = nn.Sequential(*layers)
         self.num_features = channels

@@ -1,0 +1,103 @@
+"""The training loop end to end on generated data, checkpoints, and failure handling."""
+import copy
+import json
+
+import pytest
+import torch
+
+from semiclust.engine import checkpoint as checkpoint_module
+from semiclust.engine.checkpoint import load_checkpoint, save_checkpoint
+from semiclust.engine.trainer import train
+from semiclust.errors import SemiclustError
+from semiclust.methods.base import Method, StepResult
+from semiclust.recipe import validate
+from tests.helpers import TINY_RECIPE
+
+
+def recipe_for(method: str, **changes):
+    raw = copy.deepcopy(TINY_RECIPE)
+    raw["method"]["name"] = method
+    for key, value in changes.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    return validate(raw)
+
+
+@pytest.mark.parametrize("method", ["suave", "daino", "swav", "dino", "supervised"])
+def test_every_method_trains_and_writes_its_artefacts(tmp_path, method):
+    summary = train(recipe_for(method), tmp_path / method)
+    run = tmp_path / method
+    assert (run / "recipe.yaml").exists() and (run / "labeled_subset.json").exists()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in records if r["type"] == "train"]
+    assert train_rows and all(r["loss"] is not None and r["loss"] > 0 for r in train_rows)
+    evals = [r for r in records if r["type"] == "eval"]
+    assert evals[-1]["top1"] == summary.result.top1 and evals[-1]["n"] == 32
+    assert evals[-1]["matching"] == ("hungarian" if method in ("swav", "dino") else "identity")
+    state = torch.load(summary.checkpoint, weights_only=True)  # plain tensors and Python values only
+    assert state["step"] == summary.steps and state["recipe"]["method"]["name"] == method
+
+
+def test_learns_the_synthetic_classes(tmp_path):
+    recipe = recipe_for("suave", schedule={"epochs": 15})
+    assert train(recipe, tmp_path / "run").result.top1 >= 90.0
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    save_checkpoint({"value": torch.tensor([1.0])}, path)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", crash)
+    with pytest.raises(OSError):
+        save_checkpoint({"value": torch.tensor([2.0])}, path)
+    assert load_checkpoint(path)["value"].item() == 1.0
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint({"value": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(SemiclustError, match="truncated, corrupt"):
+        load_checkpoint(path)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(1)}, other)
+    with pytest.raises(SemiclustError, match="not a semiclust checkpoint"):
+        load_checkpoint(other)
+
+
+def test_non_finite_loss_stops_with_step_parts_and_last_checkpoint(tmp_path, monkeypatch):
+    original = Method.training_step
+
+    def poisoned(self, batch, step):
+        out = original(self, batch, step)
+        if step == 8:
+            return StepResult(out.loss * float("nan"), {**out.parts, "loss": torch.tensor(float("nan"))})
+        return out
+
+    monkeypatch.setattr(Method, "training_step", poisoned)
+    with pytest.raises(SemiclustError) as info:
+        train(recipe_for("suave", schedule={"epochs": 3}), tmp_path / "run")
+    message = str(info.value)
+    assert info.value.exit_code == 1
+    assert "non-finite at step 8" in message and "loss_labeled" in message and "last.pt" in message
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 6  # kept intact (6 steps per epoch)
+
+
+def test_resume_requires_the_same_recipe(tmp_path):
+    train(recipe_for("suave"), tmp_path / "run")
+    with pytest.raises(SemiclustError, match="recipe differs"):
+        train(recipe_for("suave", schedule={"epochs": 3}), tmp_path / "run", resume=True)
+    with pytest.raises(SemiclustError, match="already finished"):
+        train(recipe_for("suave"), tmp_path / "run", resume=True)
+
+
+@pytest.mark.slow
+def test_digits_suave_beats_chance_by_far_in_a_short_run(tmp_path):
+    """A 15-epoch digits run (~15 s): the prototype classifier must already be well above 80%."""
+    from semiclust.recipe import load_recipe
+
+    recipe = load_recipe("digits_suave", ["schedule.epochs=15", "eval.every_epochs=0", "runtime.progress=none"])
+    assert train(recipe, tmp_path / "run").result.top1 >= 80.0

@@ -1,0 +1,34 @@
+"""Tiny recipes on generated data, so the suite stays fast on 2 CPU cores."""
+from __future__ import annotations
+
+import copy
+
+TINY_RECIPE = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {
+        "dataset": "synthetic",
+        "options": {"num_classes": 4, "size": 8, "channels": 1, "train_per_class": 24, "test_per_class": 8},
+        "labels": {"per_class": 2},
+        "unlabeled": {"crops": [{"count": 2, "size": 8, "scale": [0.5, 1.0], "flip": 0.0},
+                               {"count": 2, "size": 4, "scale": [0.2, 0.5], "flip": 0.0}]},
+        "labeled": {"size": 8, "scale": [0.5, 1.0], "flip": 0.0},
+        "eval": {"size": 8},
+        "batch": {"unlabeled": 16, "labeled": 8},
+    },
+    "model": {"backbone": {"name": "tinyconv", "kwargs": {"widths": [8, 16]}}, "head": {"hidden": 16, "out": 8}},
+    "method": {"name": "suave"},
+    "optim": {"name": "sgd", "lr": 0.05, "lr_reference_batch": None},
+    "schedule": {"epochs": 2},
+    "runtime": {"device": "cpu", "progress": "none", "log_every_steps": 2},
+    "checkpoint": {"every_epochs": 1},
+}
+
+
+
+def make_recipe(raw: dict | None = None, **method_changes):
+    from semiclust.recipe import validate
+
+    raw = copy.deepcopy(raw or TINY_RECIPE)
+    raw["method"].update(method_changes)
+    return validate(raw, "test recipe")

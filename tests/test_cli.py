@@ -1,0 +1,94 @@
+"""The CLI in-process (one torch import for the whole file): exit codes, one-paragraph errors, outputs."""
+import json
+
+import pytest
+import yaml
+
+from semiclust.cli import main
+from tests.helpers import TINY_RECIPE
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    captured = capsys.readouterr()
+    return info.value.code or 0, captured.out, captured.err
+
+
+@pytest.fixture
+def recipe_file(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY_RECIPE))
+    return path
+
+
+def test_recipe_show_prints_resolved_values_with_overrides(capsys, recipe_file):
+    code, out, _ = run(capsys, "recipe", "show", str(recipe_file), "--set", "method.temperature=0.25")
+    shown = yaml.safe_load(out)
+    assert code == 0 and shown["method"]["temperature"] == 0.25
+    assert shown["method"]["assignment"] == {"name": "sinkhorn", "epsilon": 0.05, "iterations": 3}
+
+
+def test_invalid_recipe_exits_2_with_one_paragraph_and_no_traceback(capsys, tmp_path):
+    raw = {**TINY_RECIPE, "method": {"name": "suave", "temprature": 0.2}}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    code, out, err = run(capsys, "recipe", "show", str(bad))
+    assert code == 2 and "Traceback" not in err
+    assert "method.temprature" in err and "did you mean 'method.temperature'" in err
+    assert err.strip().count("\n\n") == 0
+
+
+def test_bad_override_type_exits_2(capsys, recipe_file):
+    code, _, err = run(capsys, "train", str(recipe_file), "--set", "schedule.epochs=lots")
+    assert code == 2 and "'schedule.epochs' = 'lots'" in err and "Traceback" not in err
+
+
+def test_validate_reports_each_file(capsys, recipe_file, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**TINY_RECIPE, "data": {**TINY_RECIPE["data"], "dataset": "digts"}}))
+    code, out, err = run(capsys, "recipe", "validate", str(recipe_file), str(bad))
+    assert code == 2 and f"ok  {recipe_file}" in out and "Did you mean 'digits'" in err
+    code, _, _ = run(capsys, "recipe", "validate", "digits_suave", "digits_daino", "digits_supervised")
+    assert code == 0
+
+
+def test_list_commands(capsys):
+    code, out, _ = run(capsys, "list", "backbones", "resnet18*")
+    assert code == 0 and "resnet18_cifar" in out.split() and "resnet18" in out.split()
+    code, out, _ = run(capsys, "list", "assignments")
+    assert out.split() == ["center_sharpen", "sinkhorn"]
+    code, out, _ = run(capsys, "list", "datasets")
+    assert {"digits", "synthetic"} <= set(out.split())
+    code, out, _ = run(capsys, "list", "recipes", "digits_*")
+    assert "digits_suave:" in out
+    code, _, err = run(capsys, "list", "backbone")
+    assert code == 2 and "did you mean 'backbones'" in err.lower()
+
+
+def test_export_says_honestly_it_is_not_there_yet(capsys, tmp_path):
+    code, _, err = run(capsys, "export", "--checkpoint", str(tmp_path / "x.pt"), "--out", str(tmp_path / "x.safetensors"))
+    assert code == 1 and "not implemented yet" in err
+
+
+def test_eval_of_missing_or_corrupt_checkpoint(capsys, tmp_path):
+    code, _, err = run(capsys, "eval", "--checkpoint", str(tmp_path / "none.pt"))
+    assert code == 2 and "does not exist" in err
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    code, _, err = run(capsys, "eval", "--checkpoint", str(corrupt))
+    assert code == 2 and "truncated, corrupt" in err and "Traceback" not in err
+
+
+def test_train_then_eval_reproduces_the_final_top1(capsys, recipe_file, tmp_path):
+    out_dir = tmp_path / "run"
+    code, out, _ = run(capsys, "train", str(recipe_file), "--out", str(out_dir), "--set", "schedule.epochs=3")
+    assert code == 0 and "top-1" in out
+    final = [json.loads(l) for l in (out_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in l][-1]
+    code, out, _ = run(capsys, "eval", "--checkpoint", str(out_dir / "checkpoints" / "final.pt"), "--json")
+    result = json.loads(out)
+    assert code == 0 and result["top1"] == final["top1"] and result["top5"] == final["top5"]
+    assert result["n"] == 32 and result["split"] == "test"
+    # the same folder is refused without --resume / --overwrite
+    code, _, err = run(capsys, "train", str(recipe_file), "--out", str(out_dir))
+    assert code == 2 and "already holds a run" in err

@@ -1,0 +1,125 @@
+"""Recipe validation: every error path names the dotted key, the bad value and the closest fix."""
+import copy
+
+import pytest
+import yaml
+
+from semiclust.errors import SemiclustError
+from semiclust.recipe import apply_overrides, dump_yaml, load_recipe, validate
+from tests.helpers import TINY_RECIPE
+
+
+def error_for(raw: dict) -> str:
+    with pytest.raises(SemiclustError) as info:
+        validate(raw, "r.yaml")
+    return str(info.value)
+
+
+def changed(path: str, value) -> dict:
+    raw = copy.deepcopy(TINY_RECIPE)
+    *parents, last = path.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return raw
+
+
+def test_the_tiny_recipe_is_valid_and_fills_method_defaults():
+    recipe = validate(copy.deepcopy(TINY_RECIPE))
+    assert recipe.method.assignment.name == "sinkhorn" and recipe.model.head.batchnorm
+    daino = validate(changed("method.name", "daino"))
+    assert daino.method.assignment.name == "center_sharpen"
+    assert daino.model.head.activation == "gelu" and daino.model.head.layers == 3
+    assert daino.model.head.hidden == 16  # what the recipe sets wins over the method's default
+
+
+def test_misspelled_key_names_path_and_suggestion():
+    raw = copy.deepcopy(TINY_RECIPE)
+    raw["method"]["temperatur"] = 0.2
+    message = error_for(raw)
+    assert "'method.temperatur' is not a known key" in message
+    assert "did you mean 'method.temperature'" in message
+    raw = copy.deepcopy(TINY_RECIPE)
+    raw["data"]["unlabeled"]["crops"][1]["sizes"] = 4
+    message = error_for(raw)
+    assert "data.unlabeled.crops[1].sizes" in message and "did you mean 'data.unlabeled.crops[1].size'" in message
+
+
+def test_misspelled_top_level_and_nested_union_keys():
+    raw = copy.deepcopy(TINY_RECIPE)
+    raw["schedul"] = {"epochs": 3}
+    assert "did you mean 'schedule'" in error_for(raw)
+    raw = copy.deepcopy(TINY_RECIPE)
+    raw["method"]["assignment"] = {"name": "sinkhorn", "epsilonn": 0.1}
+    assert "did you mean 'method.assignment.epsilon'" in error_for(raw)
+
+
+def test_wrong_type_names_path_and_value():
+    message = error_for(changed("schedule.epochs", "many"))
+    assert "'schedule.epochs' = 'many'" in message and "integer" in message
+    message = error_for(changed("method.label_smoothing", 2.0))
+    assert "method.label_smoothing" in message and "less than 1" in message
+
+
+def test_unknown_registry_names_suggest_the_closest():
+    assert "unknown dataset 'digts'. Did you mean 'digits'?" in error_for(changed("data.dataset", "digts"))
+    assert "unknown method 'suav'. Did you mean 'suave'?" in error_for(changed("method.name", "suav"))
+    message = error_for(changed("model.backbone.name", "resnet18_cifr"))
+    assert "unknown backbone 'resnet18_cifr'" in message and "resnet18_cifar" in message
+    message = error_for(changed("method.assignment", {"name": "sinkorn"}))
+    assert "method.assignment.name" in message and "did you mean 'sinkhorn'" in message
+    message = error_for(changed("optim.name", "lamb"))
+    assert "'optim.name' is 'lamb'" in message
+
+
+def test_cross_field_rules():
+    assert "exactly one of per_class, fraction or list" in error_for(changed("data.labels", {"per_class": 2, "fraction": 0.1}))
+    raw = changed("method.queue", {"length": 64})
+    raw["method"]["name"] = "daino"
+    assert "queue is used only by the sinkhorn assignment" in error_for(raw)
+    assert "method.target_crops is 3 but the first unlabeled crop group has only 2" in error_for(changed("method.target_crops", 3))
+    assert "count must be 1" in error_for(changed("data.labeled", {"size": 8, "count": 2}))
+    assert "cannot exceed 1.0" in error_for(changed("data.labeled", {"size": 8, "scale": [0.5, 1.5]}))
+
+
+def test_overrides_apply_before_validation_and_are_type_checked(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(TINY_RECIPE))
+    recipe = load_recipe(path, ["method.temperature=0.2", "data.batch.unlabeled=32", "method.queue.length=64"])
+    assert recipe.method.temperature == 0.2 and recipe.data.batch.unlabeled == 32 and recipe.method.queue.length == 64
+    with pytest.raises(SemiclustError, match="'optim.lr' = 'fast'"):
+        load_recipe(path, ["optim.lr=fast"])
+    with pytest.raises(SemiclustError, match="did you mean 'optim.momentum'"):
+        load_recipe(path, ["optim.momentun=0.5"])
+    with pytest.raises(SemiclustError, match="key.path=value"):
+        load_recipe(path, ["optim.lr"])
+    with pytest.raises(SemiclustError, match="holds a value"):
+        apply_overrides(TINY_RECIPE, ["seed.value=3"])
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(SemiclustError, match="does not exist"):
+        load_recipe(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\ndata: [unclosed\n")
+    with pytest.raises(SemiclustError, match="not valid YAML"):
+        load_recipe(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(SemiclustError, match="must be a YAML mapping"):
+        load_recipe(listing)
+
+
+def test_dump_round_trips_exactly():
+    recipe = validate(copy.deepcopy(TINY_RECIPE))
+    assert validate(yaml.safe_load(dump_yaml(recipe))) == recipe
+
+
+def test_shipped_recipes_validate():
+    from semiclust.recipes_dir import shipped_recipes
+
+    shipped = shipped_recipes()
+    assert {"digits_suave", "digits_daino", "digits_supervised"} <= set(shipped)
+    for path in shipped.values():
+        load_recipe(path)
