@@ -34,12 +34,20 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out."),
 ) -> None:
     """Train a model as the recipe says; writes recipe, labeled subset, metrics and checkpoints to --out."""
+    from semiclust.engine import dist
     from semiclust.engine.trainer import train as run_training
     from semiclust.recipe import load_recipe
 
     resolved = load_recipe(recipe, overrides or [])
     run_dir = out or Path("runs") / resolved.name
-    summary = run_training(resolved, run_dir, console, resume=resume, overwrite=overwrite)
+    hint = " ".join(["semiclust train", recipe, "--out", str(run_dir), *[f"--set {o}" for o in overrides or []], "--resume"])
+    try:
+        summary = run_training(resolved, run_dir, console, resume=resume, overwrite=overwrite, resume_hint=hint)
+        main_process = dist.is_main()
+    finally:
+        dist.shutdown()
+    if not main_process:
+        return
     r = summary.result
     matched = " (prototypes matched to classes)" if r.matching != "identity" else ""
     console.print(
@@ -166,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="semiclust")
     except SemiclustError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        label = "[bold yellow]stopped:[/]" if type(err).__name__ == "TrainingStopped" else "[bold red]error:[/]"
+        err_console.print(f"{label} {err}", highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")

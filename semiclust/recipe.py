@@ -262,6 +262,7 @@ class Optim(Strict):
     trust_coefficient: Annotated[float, Field(gt=0)] = 0.001
     betas: Range = (0.9, 0.999)
     exclude_bias_and_norm: bool = False
+    clip_grad_norm: Annotated[float, Field(gt=0)] | None = Field(None, description="max gradient norm; null = no clipping")
 
 
 class Schedule(Strict):
@@ -279,14 +280,23 @@ class Runtime(Strict):
     channels_last: Literal["auto", "on", "off"] = "auto"
     compile: bool = False
     threads: PositiveInt | None = Field(None, description="CPU threads; null = torch's default")
+    sync_batchnorm: Literal["auto", "on", "off"] = Field(
+        "auto", description="batch statistics over all processes; auto = on when more than one process")
+    skip_nonfinite_steps: Annotated[int, Field(ge=0)] = Field(
+        0, description="skip up to this many steps with a non-finite loss before stopping")
     log_every_steps: PositiveInt = 10
     progress: Literal["auto", "rich", "plain", "none"] = "auto"
+    tensorboard: bool = Field(False, description="also log to <run>/tensorboard (needs the tensorboard package)")
 
 
 class CheckpointSpec(Strict):
-    """Periodic checkpoints (checkpoints/last.pt, atomically replaced); the final one is always written."""
+    """Periodic checkpoints (checkpoints/step_<N>.pt, written atomically; 0 = off) and how many to
+    keep; checkpoints/final.pt is always written at the end."""
 
     every_epochs: Annotated[int, Field(ge=0)] = 10
+    every_steps: Annotated[int, Field(ge=0)] = 0
+    every_minutes: Annotated[float, Field(ge=0)] = 0
+    keep_last: PositiveInt = 2
 
 
 class EvalSpec(Strict):

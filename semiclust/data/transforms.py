@@ -8,11 +8,12 @@ in-memory datasets this is far faster than per-image PIL transforms. All randomn
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from semiclust.recipe import CropGroup, EvalView
+from semiclust.recipe import ColorJitter, CropGroup, EvalView
 
 LUMA = (0.299, 0.587, 0.114)
 
@@ -82,34 +83,52 @@ def rotate_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bij,bjhw->bihw", matrix, images)
 
 
-def color_jitter(
-    images: torch.Tensor, group: CropGroup, generator: torch.Generator
-) -> torch.Tensor:
-    """Brightness, contrast, saturation and hue with per-image factors, in a random order per batch;
-    images not selected (probability 1 - p) keep factor 1 for all four."""
-    jitter = group.color
-    n, device = len(images), images.device
-    selected = _bernoulli(n, jitter.p, generator, device).to(images.dtype)
+@dataclass
+class JitterParams:
+    """Per-image colour factors (1 = unchanged for images not selected) and the batch's op order."""
+
+    brightness: torch.Tensor
+    contrast: torch.Tensor
+    saturation: torch.Tensor
+    hue: torch.Tensor
+    order: list[int]
+    active: tuple[bool, bool, bool, bool]  # which of the four ops have a non-zero strength
+
+    def select(self, rows: torch.Tensor) -> "JitterParams":
+        return JitterParams(self.brightness[rows], self.contrast[rows], self.saturation[rows], self.hue[rows],
+                            self.order, self.active)
+
+
+def draw_jitter(n: int, jitter: ColorJitter, generator: torch.Generator, device: torch.device) -> JitterParams:
+    selected = _bernoulli(n, jitter.p, generator, device).float()
 
     def factors(strength: float) -> torch.Tensor:
         drawn = _uniform(n, max(0.0, 1 - strength), 1 + strength, generator, device)
-        return (1 + (drawn - 1) * selected).view(n, 1, 1, 1)
+        return 1 + (drawn - 1) * selected
 
     brightness, contrast, saturation = factors(jitter.brightness), factors(jitter.contrast), factors(jitter.saturation)
     hue = _uniform(n, -jitter.hue, jitter.hue, generator, device) * selected
     order = torch.randperm(4, generator=generator, device=device).tolist()
+    active = (jitter.brightness > 0, jitter.contrast > 0, jitter.saturation > 0, jitter.hue > 0)
+    return JitterParams(brightness, contrast, saturation, hue, order, active)
+
+
+def color_jitter(images: torch.Tensor, params: JitterParams) -> torch.Tensor:
+    """Brightness, contrast, saturation and hue with per-image factors, in a random order per batch
+    (torchvision's ColorJitter semantics; saturation and hue only act on RGB images)."""
+    n = len(images)
     colour = images.shape[1] == 3
-    for op in order:
-        if op == 0 and jitter.brightness:
-            images = (images * brightness).clamp(0, 1)
-        elif op == 1 and jitter.contrast:
+    for op in (op for op in params.order if params.active[op]):
+        if op == 0:
+            images = (images * params.brightness.view(n, 1, 1, 1)).clamp(0, 1)
+        elif op == 1:
             mean = grayscale(images).mean(dim=(1, 2, 3), keepdim=True)
-            images = ((images - mean) * contrast + mean).clamp(0, 1)
-        elif op == 2 and jitter.saturation and colour:
+            images = ((images - mean) * params.contrast.view(n, 1, 1, 1) + mean).clamp(0, 1)
+        elif op == 2 and colour:
             gray = grayscale(images)
-            images = ((images - gray) * saturation + gray).clamp(0, 1)
-        elif op == 3 and jitter.hue and colour:
-            images = rotate_hue(images, hue).clamp(0, 1)
+            images = ((images - gray) * params.saturation.view(n, 1, 1, 1) + gray).clamp(0, 1)
+        elif op == 3 and colour:
+            images = rotate_hue(images, params.hue).clamp(0, 1)
     return images
 
 
@@ -130,6 +149,24 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return flat.view(n, c, height, width)
 
 
+@dataclass
+class CropParams:
+    """Every random choice for a batch of crops; drawing is separate from applying so that all
+    processes can draw the parameters of the global batch and each apply its own rows."""
+
+    boxes: torch.Tensor
+    flips: torch.Tensor
+    jitter: JitterParams | None
+    gray: torch.Tensor | None
+    blur_sigma: torch.Tensor | None
+    solarize: torch.Tensor | None
+
+    def select(self, rows: torch.Tensor) -> "CropParams":
+        pick = lambda t: None if t is None else t[rows]  # noqa: E731
+        return CropParams(self.boxes[rows], self.flips[rows], self.jitter.select(rows) if self.jitter else None,
+                          pick(self.gray), pick(self.blur_sigma), pick(self.solarize))
+
+
 class CropAugment:
     """Turns a batch of uint8 images into one group's crops, normalised with the dataset's mean/std."""
 
@@ -138,27 +175,38 @@ class CropAugment:
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        g, device = self.group, images.device
-        x = images.float().div_(255)
-        n = len(x)
+    def draw(self, n: int, generator: torch.Generator, device: torch.device) -> CropParams:
+        g = self.group
         boxes = crop_boxes(n, g.scale, g.ratio, generator, device)
         flips = _bernoulli(n, g.flip, generator, device)
-        x = resized_crops(x, boxes, flips, g.size, g.interpolation).clamp_(0, 1)
-        if g.color is not None and g.color.p > 0:
-            x = color_jitter(x, g, generator)
-        if g.grayscale > 0:
-            chosen = _bernoulli(n, g.grayscale, generator, device).view(n, 1, 1, 1)
-            x = torch.where(chosen, grayscale(x), x)
+        jitter = draw_jitter(n, g.color, generator, device) if g.color is not None and g.color.p > 0 else None
+        gray = _bernoulli(n, g.grayscale, generator, device) if g.grayscale > 0 else None
+        blur_sigma = None
         if g.blur.p > 0:
             chosen = _bernoulli(n, g.blur.p, generator, device)
-            sigma = _uniform(n, g.blur.sigma[0], g.blur.sigma[1], generator, device) * chosen
-            if chosen.any():
-                x = torch.where(chosen.view(n, 1, 1, 1), gaussian_blur(x, sigma), x)
-        if g.solarize > 0:
-            chosen = _bernoulli(n, g.solarize, generator, device).view(n, 1, 1, 1)
-            x = torch.where(chosen & (x >= 0.5), 1 - x, x)
+            blur_sigma = _uniform(n, g.blur.sigma[0], g.blur.sigma[1], generator, device) * chosen
+        solarize = _bernoulli(n, g.solarize, generator, device) if g.solarize > 0 else None
+        return CropParams(boxes, flips, jitter, gray, blur_sigma, solarize)
+
+    def apply(self, images: torch.Tensor, params: CropParams) -> torch.Tensor:
+        g, device, n = self.group, images.device, len(images)
+        x = resized_crops(images.float().div_(255), params.boxes, params.flips, g.size, g.interpolation).clamp_(0, 1)
+        if params.jitter is not None:
+            x = color_jitter(x, params.jitter)
+        if params.gray is not None:
+            x = torch.where(params.gray.view(n, 1, 1, 1), grayscale(x), x)
+        if params.blur_sigma is not None and bool((params.blur_sigma > 0).any()):
+            x = torch.where((params.blur_sigma > 0).view(n, 1, 1, 1), gaussian_blur(x, params.blur_sigma), x)
+        if params.solarize is not None:
+            x = torch.where(params.solarize.view(n, 1, 1, 1) & (x >= 0.5), 1 - x, x)
         return (x - self.mean.to(device)) / self.std.to(device)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator, rows: torch.Tensor | None = None,
+                 total: int | None = None) -> torch.Tensor:
+        """Crops of `images`. With `rows`, the parameters are drawn for `total` images and the
+        `rows` of them applied (a process's share of the global batch)."""
+        params = self.draw(total or len(images), generator, images.device)
+        return self.apply(images, params if rows is None else params.select(rows))
 
 
 def center_view(

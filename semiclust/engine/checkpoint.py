@@ -55,3 +55,33 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     if state.get("format_version", 0) > FORMAT_VERSION:
         raise SemiclustError(f"checkpoint '{path}' was written by a newer semiclust; upgrade semiclust to read it.")
     return state
+
+
+def periodic_path(folder: Path, step: int) -> Path:
+    return Path(folder) / f"step_{step:09d}.pt"
+
+
+def periodic_checkpoints(folder: Path) -> list[Path]:
+    """The periodic checkpoints in a folder, oldest first."""
+    return sorted(Path(folder).glob("step_*.pt"))
+
+
+def save_periodic(state: dict[str, Any], folder: Path, keep_last: int) -> Path:
+    """Write step_<step>.pt atomically, then delete all but the newest `keep_last` periodic ones."""
+    path = periodic_path(folder, state["step"])
+    save_checkpoint(state, path)
+    for old in periodic_checkpoints(folder)[:-keep_last]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def latest_usable(folder: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
+    """The newest periodic checkpoint that loads, skipping (and naming) unreadable ones."""
+    import warnings
+
+    for path in reversed(periodic_checkpoints(folder)):
+        try:
+            return path, load_checkpoint(path, map_location)
+        except SemiclustError as err:
+            warnings.warn(f"skipping unreadable checkpoint: {err}", stacklevel=2)
+    return None

@@ -1,5 +1,12 @@
-"""torch.distributed behind a few functions that are no-ops for a single process (no group needed)."""
+"""torch.distributed behind a few functions that are no-ops for a single process (no group needed).
+
+torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; `init_from_env` starts the process group (NCCL on
+GPUs, gloo on CPU). Everything else here works unchanged at world size 1.
+"""
 from __future__ import annotations
+
+import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -17,8 +24,31 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def is_main() -> bool:
     return rank() == 0
+
+
+def launched_world_size() -> int:
+    """The world size torchrun asked for (1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_from_env(use_cuda: bool) -> None:
+    """Join the process group torchrun describes, once; nothing to do for a single process."""
+    if launched_world_size() <= 1 or is_distributed():
+        return
+    if use_cuda:
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+
+
+def shutdown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -37,3 +67,28 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     out = tensor.clone()
     dist.all_reduce(out, op=dist.ReduceOp.MAX)
     return out
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    return all_reduce_sum(tensor) / world_size()
+
+
+def any_process(flag: bool, device: torch.device) -> bool:
+    """True on every process if `flag` is true on any (for coordinated stops)."""
+    if not is_distributed():
+        return flag
+    return bool(all_reduce_max(torch.tensor([float(flag)], device=device)).item())
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every process's `value`, in rank order (picklable Python objects)."""
+    if not is_distributed():
+        return [value]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

@@ -55,7 +55,8 @@ def parameter_groups(model: nn.Module, exclude_bias_and_norm: bool) -> list[dict
     return [{"params": decayed}, {"params": plain, "weight_decay": 0.0, "lars": False, "no_decay": True}]
 
 
-def build_optimizer(model: nn.Module, spec: Optim, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, spec: Optim, lr: float, fused: bool = False) -> torch.optim.Optimizer:
+    """The recipe's optimiser; `fused` (CUDA) uses torch's fused SGD/AdamW kernels."""
     groups = parameter_groups(model, spec.exclude_bias_and_norm)
     if spec.name == "lars":
         return LARS(groups, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
@@ -64,8 +65,9 @@ def build_optimizer(model: nn.Module, spec: Optim, lr: float) -> torch.optim.Opt
         group.pop("lars", None)
     if spec.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=spec.momentum, nesterov=spec.nesterov,
-                               weight_decay=spec.weight_decay)
-    return torch.optim.AdamW(groups, lr=lr, betas=spec.betas, weight_decay=spec.weight_decay)
+                               weight_decay=spec.weight_decay, **({"fused": True} if fused else {}))
+    return torch.optim.AdamW(groups, lr=lr, betas=spec.betas, weight_decay=spec.weight_decay,
+                             **({"fused": True} if fused else {}))
 
 
 def set_lr_and_decay(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:

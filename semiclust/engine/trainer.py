@@ -1,6 +1,7 @@
 """The training loop, read top to bottom: data, model, optimiser, schedules, resume, loop, evaluation.
 
-One process needs no launcher; every cross-process reduction goes through engine/dist.py.
+One process needs no launcher; under torchrun every process runs this same function and all
+cross-process work goes through engine/dist.py (gradients through DistributedDataParallel).
 """
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ from semiclust.data.streams import labeled_stream, unlabeled_stream
 from semiclust.data.subsets import LabeledSubset, choose_labeled, load_subset, save_subset
 from semiclust.data.transforms import CropAugment
 from semiclust.engine import dist
-from semiclust.engine.checkpoint import load_checkpoint, save_checkpoint
+from semiclust.engine.checkpoint import latest_usable, periodic_checkpoints, save_checkpoint, save_periodic
 from semiclust.engine.metrics import MetricsLog
 from semiclust.engine.optim import build_optimizer, set_lr_and_decay
 from semiclust.engine.progress import TrainingProgress
 from semiclust.engine.schedules import cosine, scaled_lr, warmup_cosine
+from semiclust.engine.signals import StopRequest
+from semiclust.engine.syncbn import convert_sync_batchnorm
 from semiclust.errors import SemiclustError
 from semiclust.evaluate import EvalResult, evaluate
 from semiclust.methods import METHODS, Method, StepBatch
@@ -52,12 +55,16 @@ class RunFiles:
         return self.root / "metrics.jsonl"
 
     @property
-    def last(self) -> Path:
-        return self.root / "checkpoints" / "last.pt"
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
 
     @property
     def final(self) -> Path:
-        return self.root / "checkpoints" / "final.pt"
+        return self.checkpoints / "final.pt"
+
+    def last_periodic(self) -> Path | None:
+        found = periodic_checkpoints(self.checkpoints)
+        return found[-1] if found else None
 
 
 @dataclass
@@ -69,12 +76,17 @@ class TrainSummary:
     seconds: float
 
 
+class TrainingStopped(SemiclustError):
+    """Raised after a signal: a checkpoint was written and the run can be resumed."""
+
+
+# ---------------------------------------------------------------- set-up helpers
 def resolve_device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise SemiclustError("runtime.device is 'cuda' but no CUDA device is visible; use device: auto or cpu.")
-    if choice == "auto":
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(choice)
+    if choice == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", dist.local_rank() if dist.is_distributed() else torch.cuda.current_device())
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -93,11 +105,12 @@ def uses_channels_last(choice: str, device: torch.device, model: torch.nn.Module
 
 def prepare_run_dir(files: RunFiles, recipe: Recipe, resume: bool, overwrite: bool) -> None:
     """Refuse to mix runs: a folder holding another run is used only with --resume or --overwrite."""
-    holds_run = files.recipe.exists() or files.final.exists() or files.last.exists()
+    holds_run = files.recipe.exists() or files.checkpoints.exists()
     if holds_run and not (resume or overwrite):
+        saved_name = yaml.safe_load(files.recipe.read_text()).get("name") if files.recipe.exists() else "?"
         raise SemiclustError(
-            f"run directory '{files.root}' already holds a run. Pass --resume to continue it, --overwrite to "
-            "replace it, or choose another --out."
+            f"run directory '{files.root}' already holds a run (recipe '{saved_name}'). Pass --resume to continue "
+            "it, --overwrite to replace it, or choose another --out."
         )
     if resume:
         if not files.recipe.exists():
@@ -108,13 +121,18 @@ def prepare_run_dir(files: RunFiles, recipe: Recipe, resume: bool, overwrite: bo
                 f"--resume: the recipe differs from the one saved in '{files.recipe}'. Resume with the same recipe "
                 "and --set overrides, or start a new run in another --out."
             )
-    elif overwrite and dist.is_main():
-        for stale in (files.metrics, files.subset, files.recipe):
-            stale.unlink(missing_ok=True)
-        shutil.rmtree(files.root / "checkpoints", ignore_errors=True)
+        if files.final.exists():
+            raise SemiclustError(f"'{files.root}' already finished (checkpoints/final.pt exists); nothing to resume.")
+    dist.barrier()
     if dist.is_main():
+        if overwrite and not resume:
+            for stale in (files.metrics, files.subset, files.recipe):
+                stale.unlink(missing_ok=True)
+            shutil.rmtree(files.checkpoints, ignore_errors=True)
+            shutil.rmtree(files.root / "tensorboard", ignore_errors=True)
         files.root.mkdir(parents=True, exist_ok=True)
         files.recipe.write_text(dump_yaml(recipe))
+    dist.barrier()
 
 
 def labeled_subset_for(files: RunFiles, dataset: Dataset, recipe: Recipe, resume: bool) -> LabeledSubset:
@@ -127,20 +145,36 @@ def labeled_subset_for(files: RunFiles, dataset: Dataset, recipe: Recipe, resume
     return subset
 
 
+def process_rows(per_process: int, copies: int, rank: int, world: int) -> torch.Tensor:
+    """Rows of the global batch's augmentation parameters that belong to this process.
+
+    Process r's j-th image is position j * world + r of the global batch (DistributedSampler's
+    interleaving); with `copies` crops per image, copy k of it is row k * global + j * world + r.
+    """
+    local = torch.arange(per_process) * world + rank
+    return torch.cat([k * per_process * world + local for k in range(copies)])
+
+
 class BatchMaker:
-    """Builds a step's StepBatch from the two index streams with batched, seeded augmentation."""
+    """Builds a step's StepBatch from the two index streams with batched, seeded augmentation.
+
+    Every process draws the augmentation parameters of the whole global batch from the same
+    generator and applies its own rows, so crops do not depend on the number of processes.
+    """
 
     def __init__(self, recipe: Recipe, dataset: Dataset, subset: LabeledSubset, method: Method,
                  device: torch.device, channels_last: bool):
         data, rank, world = recipe.data, dist.rank(), dist.world_size()
         self.dataset, self.device, self.method, self.recipe = dataset, device, method, recipe
-        self.channels_last = channels_last
+        self.channels_last, self.world = channels_last, world
         self.unlabeled = unlabeled_stream(len(dataset.train), data.batch.unlabeled, recipe.seed, rank, world)
         self.labeled = (labeled_stream(subset.indices, data.batch.labeled, recipe.seed, rank, world)
                         if method.uses_labels else None)
         self.crop_groups = [CropAugment(g, dataset.mean, dataset.std) for g in data.unlabeled.crops]
         self.labeled_view = CropAugment(data.labeled, dataset.mean, dataset.std)
-        self.generator = torch.Generator(device=device).manual_seed(recipe.seed * 7_919 + rank + 1)
+        self.generator = torch.Generator(device=device).manual_seed(recipe.seed * 7_919 + 1)
+        self.rows = {(n, c): process_rows(n, c, rank, world).to(device)
+                     for n in (data.batch.unlabeled, data.batch.labeled) for c in {1, *(g.count for g in data.unlabeled.crops)}}
 
     @property
     def steps_per_epoch(self) -> int:
@@ -149,17 +183,24 @@ class BatchMaker:
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def _augment(self, augment: CropAugment, images: torch.Tensor, copies: int) -> torch.Tensor:
+        stacked = images.repeat(copies, 1, 1, 1) if copies > 1 else images
+        if self.world == 1:
+            return augment(stacked, self.generator)
+        rows = self.rows[(len(images), copies)]
+        return augment(stacked, self.generator, rows=rows, total=len(stacked) * self.world)
+
     def __call__(self, step: int) -> StepBatch:
         images = self.dataset.train.images
         batch = StepBatch(unlabeled=[])
         if self.method.uses_unlabeled:
             raw = images[self.unlabeled.indices(step)].to(self.device, non_blocking=True)
             for group in self.crop_groups:
-                crops = group(raw.repeat(group.group.count, 1, 1, 1), self.generator)
+                crops = self._augment(group, raw, group.group.count)
                 batch.unlabeled.extend(self._layout(c) for c in crops.chunk(group.group.count))
         if self.labeled is not None:
             index = self.labeled.indices(step)
-            view = self.labeled_view(images[index].to(self.device, non_blocking=True), self.generator)
+            view = self._augment(self.labeled_view, images[index].to(self.device, non_blocking=True), 1)
             targets = F.one_hot(self.dataset.train.labels[index].to(self.device), self.dataset.num_classes).float()
             mix = self.recipe.method.mixup
             if mix.enabled:
@@ -169,21 +210,35 @@ class BatchMaker:
 
     def images_per_step(self) -> int:
         data = self.recipe.data.batch
-        return dist.world_size() * ((data.unlabeled if self.method.uses_unlabeled else 0)
-                                    + (data.labeled if self.method.uses_labels else 0))
+        return self.world * ((data.unlabeled if self.method.uses_unlabeled else 0)
+                             + (data.labeled if self.method.uses_labels else 0))
+
+
+def process_state(method: Method, device: torch.device) -> dict:
+    """What differs between processes and must be saved for each: RNG states and the method's
+    per-process buffers (the Suave queue holds this process's own embeddings)."""
+    state = {"torch": torch.get_rng_state(), "local": {k: v.detach().cpu() for k, v in method.state_dict().items()
+                                                      if k.startswith(method.per_process_prefixes)}}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
 def training_state(method: Method, optimizer, scaler, step: int, batches: BatchMaker, recipe: Recipe,
-                   dataset: Dataset, subset: LabeledSubset, result: EvalResult | None) -> dict:
+                   dataset: Dataset, subset: LabeledSubset, result: EvalResult | None, per_rank: list,
+                   skipped_steps: int) -> dict:
     state = {
         "semiclust_version": __version__,
         "recipe": recipe.model_dump(mode="json"),
         "step": step,
         "epoch": step // batches.steps_per_epoch,
+        "world_size": dist.world_size(),
         "method": method.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": {"torch": torch.get_rng_state(), "augment": batches.generator.get_state()},
+        "augment_rng": batches.generator.get_state().cpu(),
+        "per_rank": per_rank,
+        "skipped_steps": skipped_steps,
         "classes": list(dataset.classes),
         "mean": list(dataset.mean),
         "std": list(dataset.std),
@@ -198,36 +253,94 @@ def training_state(method: Method, optimizer, scaler, step: int, batches: BatchM
     return state
 
 
+def restore(state: dict, method: Method, optimizer, scaler, batches: BatchMaker, device: torch.device) -> int:
+    """Load a periodic checkpoint into the live objects; returns the step to continue from."""
+    if state.get("world_size", 1) != dist.world_size():
+        raise SemiclustError(
+            f"--resume: the checkpoint was written by {state['world_size']} process(es) but this run has "
+            f"{dist.world_size()}; resume with the same number of processes (exact resume depends on it)."
+        )
+    mine = state["per_rank"][dist.rank()]
+    method.load_state_dict({**state["method"], **mine["local"]})
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(mine["torch"].cpu())
+    if device.type == "cuda" and "cuda" in mine:
+        torch.cuda.set_rng_state(mine["cuda"].cpu(), device)
+    batches.generator.set_state(state["augment_rng"])
+    return state["step"]
+
+
+def non_finite_error(step: int, parts: dict[str, float], files: RunFiles, skipped: int) -> SemiclustError:
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())
+    last = files.last_periodic()
+    where = f"The last good checkpoint is '{last}'" if last else "No checkpoint was written yet"
+    also = f" after skipping {skipped} bad step(s)" if skipped else ""
+    return SemiclustError(
+        f"the loss became non-finite at step {step}{also} ({shown}). {where}. Lower optim.lr, add warm-up "
+        "(schedule.warmup_epochs), set optim.clip_grad_norm, or use runtime.precision: fp32, then --resume "
+        "(runtime.skip_nonfinite_steps skips a bounded number of such steps).",
+        exit_code=1,
+    )
+
+
+def open_tensorboard(files: RunFiles, enabled: bool):
+    if not (enabled and dist.is_main()):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise SemiclustError("runtime.tensorboard is on but the tensorboard package is not installed; "
+                             "`pip install tensorboard` or set runtime.tensorboard: false.") from None
+    return SummaryWriter(str(files.root / "tensorboard"))
+
+
+# ---------------------------------------------------------------- the run
 def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume: bool = False,
-          overwrite: bool = False) -> TrainSummary:
+          overwrite: bool = False, resume_hint: str | None = None) -> TrainSummary:
     console = console or Console()
     files = RunFiles(Path(run_dir))
+    use_cuda = recipe.runtime.device != "cpu" and torch.cuda.is_available()
+    dist.init_from_env(use_cuda)
     device = resolve_device(recipe.runtime.device)
+    world, rank = dist.world_size(), dist.rank()
     if recipe.runtime.threads:
         torch.set_num_threads(recipe.runtime.threads)
-    torch.manual_seed(recipe.seed)
     prepare_run_dir(files, recipe, resume, overwrite)
 
     # data
     dataset = build_dataset(recipe.data.dataset, recipe.data.options)
     subset = labeled_subset_for(files, dataset, recipe, resume)
 
-    # model and method (the unlabeled stream defines the epoch, so build it first)
-    steps_per_epoch = len(dataset.train) // (recipe.data.batch.unlabeled * dist.world_size())
-    method = METHODS.get(recipe.method.name)(recipe, dataset.num_classes, dataset.channels, max(steps_per_epoch, 1))
+    # model and method: identical initial weights on every process, then per-process randomness
+    torch.manual_seed(recipe.seed)
+    steps_per_epoch = max(len(dataset.train) // (recipe.data.batch.unlabeled * world), 1)
+    method = METHODS.get(recipe.method.name)(recipe, dataset.num_classes, dataset.channels, steps_per_epoch)
+    sync_bn = recipe.runtime.sync_batchnorm == "on" or (recipe.runtime.sync_batchnorm == "auto" and world > 1)
+    if sync_bn:
+        convert_sync_batchnorm(method, device.type == "cuda")
     method.to(device)
     channels_last = uses_channels_last(recipe.runtime.channels_last, device, method)
     if channels_last:
         method.to(memory_format=torch.channels_last)
+    if recipe.runtime.compile:
+        method.student.backbone = torch.compile(method.student.backbone)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        method.set_student_runner(DistributedDataParallel(
+            method.student, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False))
+    torch.manual_seed(recipe.seed + 1 + rank)
     batches = BatchMaker(recipe, dataset, subset, method, device, channels_last)
     total_steps = batches.steps_per_epoch * recipe.schedule.epochs
 
     # optimiser and schedules (lr scaled by the global unlabeled batch; labeled for `supervised`)
     optim, schedule = recipe.optim, recipe.schedule
     reference_images = recipe.data.batch.unlabeled if method.uses_unlabeled else recipe.data.batch.labeled
-    peak_lr = scaled_lr(optim.lr, reference_images * dist.world_size(), optim.lr_reference_batch)
+    peak_lr = scaled_lr(optim.lr, reference_images * world, optim.lr_reference_batch)
     warmup_steps = round(schedule.warmup_epochs * batches.steps_per_epoch)
-    optimizer = build_optimizer(method.student, optim, peak_lr)
+    optimizer = build_optimizer(method.student, optim, peak_lr, fused=device.type == "cuda")
     amp_dtype = autocast_dtype(recipe.runtime.precision, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
 
@@ -238,32 +351,28 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
         end = optim.weight_decay_end if optim.weight_decay_end is not None else optim.weight_decay
         return cosine(step, total_steps, optim.weight_decay, end)
 
-    # resume
-    start_step, result = 0, None
+    # resume from the newest readable periodic checkpoint
+    start_step, skipped = 0, 0
     if resume:
-        if files.final.exists():
-            raise SemiclustError(f"'{files.root}' already finished (checkpoints/final.pt exists); nothing to resume.")
-        if files.last.exists():
-            state = load_checkpoint(files.last, map_location=device)
-            method.load_state_dict(state["method"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            torch.set_rng_state(state["rng"]["torch"].cpu())
-            batches.generator.set_state(state["rng"]["augment"].cpu() if device.type == "cpu" else state["rng"]["augment"])
-            start_step = state["step"]
+        found = latest_usable(files.checkpoints, map_location=device)
+        if found is not None:
+            start_step = restore(found[1], method, optimizer, scaler, batches, device)
+            skipped = found[1].get("skipped_steps", 0)
 
     metrics = MetricsLog(files.metrics, enabled=dist.is_main())
+    board = open_tensorboard(files, recipe.runtime.tensorboard)
     mode = recipe.runtime.progress
     if mode == "auto":
-        mode = "rich" if console.is_terminal and dist.is_main() else "plain"
-    progress = TrainingProgress(console, total_steps, start_step, batches.steps_per_epoch, mode)
+        mode = "rich" if console.is_terminal else "plain"
+    progress = TrainingProgress(console, total_steps, start_step, batches.steps_per_epoch,
+                                mode if dist.is_main() else "none")  # rank 0 reports for everyone
     params = sum(p.numel() for p in method.student.parameters())
     progress.message(
         f"semiclust {__version__}: {recipe.method.name} on {dataset.name} ({len(dataset.train)} train, "
         f"{len(subset.indices)} labeled [{subset.description}, sha256 {subset.digest[:12]}], "
         f"{len(dataset.test)} {dataset.test_split_name}); {params:,} parameters; {batches.steps_per_epoch} steps/epoch x "
-        f"{schedule.epochs} epochs = {total_steps} steps; lr {peak_lr:.4g} (scaled); device {device}"
+        f"{schedule.epochs} epochs = {total_steps} steps; lr {peak_lr:.4g} (scaled); {world} process(es) on {device}"
+        + (", SyncBatchNorm" if sync_bn else "") + (f", {amp_dtype}" if amp_dtype else "")
         + (f"; resuming at step {start_step}" if start_step else "")
     )
 
@@ -271,70 +380,112 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
         evaluated = evaluate(method.classifier, dataset.test, recipe.data.eval, dataset.mean, dataset.std,
                              recipe.eval.batch_size, device, dataset.test_split_name, match=not method.uses_labels)
         metrics.write({"type": "eval", "step": step, "epoch": step // batches.steps_per_epoch, **evaluated.as_dict()})
+        if board is not None:
+            board.add_scalar("eval/top1", evaluated.top1, step)
         return evaluated
 
-    # the loop
+    def checkpoint_state(step: int, result: EvalResult | None = None) -> dict | None:
+        per_rank = dist.gather_objects(process_state(method, device))
+        if not dist.is_main():
+            return None
+        return training_state(method, optimizer, scaler, step, batches, recipe, dataset, subset, result,
+                              per_rank, skipped)
+
+    def save_periodic_checkpoint(step: int) -> Path | None:
+        state = checkpoint_state(step)
+        path = save_periodic(state, files.checkpoints, recipe.checkpoint.keep_last) if state else None
+        dist.barrier()
+        return path
+
+    ckpt = recipe.checkpoint
+    last_save_time = time.monotonic()
     started = time.perf_counter()
-    window_start, window_steps = time.perf_counter(), 0
-    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext())
+    window_start, window_steps, data_seconds = time.perf_counter(), 0, 0.0
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     method.train()
-    try:
-        for step in range(start_step, total_steps):
-            lr = lr_at(step)
-            set_lr_and_decay(optimizer, lr, weight_decay_at(step))
-            batch = batches(step)
-            with autocast:
-                out = method.training_step(batch, step)
-            if not torch.isfinite(out.loss):
-                raise non_finite_error(step, out.parts, files)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(out.loss).backward()
+    with StopRequest() as stop:
+        try:
+            for step in range(start_step, total_steps):
+                lr = lr_at(step)
+                set_lr_and_decay(optimizer, lr, weight_decay_at(step))
+                data_start = time.perf_counter()
+                batch = batches(step)
+                data_seconds += time.perf_counter() - data_start
+                with autocast:
+                    out = method.training_step(batch, step)
+                finite = bool(torch.isfinite(out.loss))
+                if dist.any_process(not finite, device):
+                    parts = {k: float(v) for k, v in out.parts.items()}
+                    if skipped >= recipe.runtime.skip_nonfinite_steps:
+                        raise non_finite_error(step, parts, files, skipped)
+                    skipped += 1
+                    progress.message(f"step {step}: non-finite loss ({parts}); step skipped "
+                                     f"({skipped}/{recipe.runtime.skip_nonfinite_steps} allowed)")
+                    optimizer.zero_grad(set_to_none=True)
+                    continue
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(out.loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    out.loss.backward()
                 method.zero_frozen_grads(step)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                out.loss.backward()
-                method.zero_frozen_grads(step)
-                optimizer.step()
-            method.after_optimizer_step(step)
-            window_steps += 1
-            progress.advance(step)
-            if (step + 1) % recipe.runtime.log_every_steps == 0 or step + 1 == total_steps:
-                parts = {k: float(v) for k, v in out.parts.items()}
-                now = time.perf_counter()
-                speed = window_steps * batches.images_per_step() / max(now - window_start, 1e-9)
-                window_start, window_steps = now, 0
-                metrics.write({"type": "train", "step": step + 1, "epoch": step // batches.steps_per_epoch,
-                               **parts, "lr": lr, "weight_decay": weight_decay_at(step), "img_per_s": speed,
-                               "elapsed_s": now - started})
-                progress.report(step, parts, lr, speed)
-            end_of_epoch = (step + 1) % batches.steps_per_epoch == 0
-            epoch_done = (step + 1) // batches.steps_per_epoch
-            if end_of_epoch and step + 1 < total_steps:
-                if recipe.eval.every_epochs and epoch_done % recipe.eval.every_epochs == 0:
-                    evaluated = run_eval(step + 1)
-                    progress.message(f"epoch {epoch_done}: top-1 {evaluated.top1:.2f}%  top-5 {evaluated.top5:.2f}%")
-                if recipe.checkpoint.every_epochs and epoch_done % recipe.checkpoint.every_epochs == 0 and dist.is_main():
-                    save_checkpoint(training_state(method, optimizer, scaler, step + 1, batches, recipe, dataset,
-                                                   subset, None), files.last)
-    finally:
-        progress.close()
+                if optim.clip_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(method.trainable_parameters(), optim.clip_grad_norm)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                method.after_optimizer_step(step)
+                window_steps += 1
+                progress.advance(step)
+                done = step + 1
+                if done % recipe.runtime.log_every_steps == 0 or done == total_steps:
+                    names = sorted(out.parts)
+                    averaged = dist.all_reduce_mean(torch.stack([out.parts[k].float() for k in names]))
+                    parts = dict(zip(names, averaged.tolist()))
+                    now = time.perf_counter()
+                    speed = window_steps * batches.images_per_step() / max(now - window_start, 1e-9)
+                    record = {"type": "train", "step": done, "epoch": step // batches.steps_per_epoch, **parts,
+                              "lr": lr, "weight_decay": weight_decay_at(step), "img_per_s": speed,
+                              "step_s": (now - window_start) / max(window_steps, 1),
+                              "data_s": data_seconds / max(window_steps, 1), "elapsed_s": now - started}
+                    metrics.write(record)
+                    if board is not None:
+                        for key in (*names, "lr", "img_per_s"):
+                            board.add_scalar(f"train/{key}", record[key], done)
+                    window_start, window_steps, data_seconds = now, 0, 0.0
+                    progress.report(step, parts, lr, speed)
+                epoch_end = done % batches.steps_per_epoch == 0
+                epoch = done // batches.steps_per_epoch
+                if epoch_end and done < total_steps and recipe.eval.every_epochs and epoch % recipe.eval.every_epochs == 0:
+                    evaluated = run_eval(done)
+                    progress.message(f"epoch {epoch}: top-1 {evaluated.top1:.2f}%  top-5 {evaluated.top5:.2f}%")
+                stop_now = dist.any_process(stop.requested, device) if world > 1 else stop.requested
+                timed = bool(ckpt.every_minutes) and dist.any_process(
+                    time.monotonic() - last_save_time >= 60 * ckpt.every_minutes, device)
+                due = (timed or (ckpt.every_steps and done % ckpt.every_steps == 0)
+                       or (epoch_end and ckpt.every_epochs and epoch % ckpt.every_epochs == 0))
+                if done < total_steps and (due or stop_now):
+                    path = save_periodic_checkpoint(done)
+                    last_save_time = time.monotonic()
+                    if stop_now:
+                        hint = resume_hint or f"semiclust train RECIPE --out {files.root} --resume"
+                        raise TrainingStopped(
+                            f"stopped by {stop.signal_name or 'a signal on another process'} after step {done}; "
+                            f"checkpoint '{path or files.last_periodic()}' written. Continue with: {hint}",
+                            exit_code=130 if stop.signal_name == "SIGINT" else 143,
+                        )
+        finally:
+            progress.close()
 
     result = run_eval(total_steps)
     seconds = time.perf_counter() - started
-    if dist.is_main():
-        state = training_state(method, optimizer, scaler, total_steps, batches, recipe, dataset, subset, result)
+    state = checkpoint_state(total_steps, result)
+    if state is not None:
         save_checkpoint(state, files.final)
+    dist.barrier()
+    if board is not None:
+        board.close()
     return TrainSummary(files.root, files.final, result, total_steps - start_step, seconds)
-
-
-def non_finite_error(step: int, parts: dict[str, torch.Tensor], files: RunFiles) -> SemiclustError:
-    shown = ", ".join(f"{k} {float(v):.4g}" for k, v in parts.items())
-    last = files.last if files.last.exists() else None
-    where = f"The last good checkpoint is '{last}'" if last else "No checkpoint was written yet"
-    return SemiclustError(
-        f"the loss became non-finite at step {step} ({shown}). {where}. Lower optim.lr, add warm-up "
-        "(schedule.warmup_epochs), or use runtime.precision: fp32, then start again or --resume.",
-        exit_code=1,
-    )

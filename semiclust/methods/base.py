@@ -51,6 +51,7 @@ class Method(nn.Module):
     prototypes: Literal["unit", "weight_norm"] = "unit"
     defaults = MethodDefaults(assignment="sinkhorn")
     summary = ""
+    per_process_prefixes: tuple[str, ...] = ("queue.",)  # state_dict entries each process keeps for itself
 
     def __init__(self, recipe: Recipe, num_classes: int, in_chans: int, steps_per_epoch: int):
         super().__init__()
@@ -73,6 +74,16 @@ class Method(nn.Module):
 
     # ---- shared
     @property
+    def student_runner(self) -> nn.Module:
+        """What the training step calls: the student, or its DistributedDataParallel wrapper."""
+        return self.__dict__.get("_runner") or self.student
+
+    def set_student_runner(self, runner: nn.Module) -> None:
+        """Install a wrapper (e.g. DDP) around the student without registering it as a submodule,
+        so state_dict keys stay the same at every world size."""
+        self.__dict__["_runner"] = runner
+
+    @property
     def classifier(self) -> Network:
         """The network evaluated and exported (the student unless the method has a teacher)."""
         return self.student
@@ -93,7 +104,7 @@ class Method(nn.Module):
             n_labeled = len(batch.labeled)
         unlabeled = batch.unlabeled if self.uses_unlabeled else []
         groups.extend(unlabeled)
-        embeddings, scores = self.student.forward_groups(groups)
+        embeddings, scores = self.student_runner(groups)
         crop_rows = len(unlabeled[0]) if unlabeled else 0
         sizes = ([n_labeled] if self.uses_labels else []) + [crop_rows] * len(unlabeled)
         score_parts = list(scores.split(sizes))

@@ -43,6 +43,10 @@ class Network(nn.Module):
         embeddings = self.embed_groups(groups)
         return embeddings, self.prototypes(embeddings)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Prototype scores of one batch of images (the classifier's logits up to the temperature)."""
+    def forward(self, images: torch.Tensor | list[torch.Tensor]):
+        """Prototype scores of a batch of images (the classifier's logits up to the temperature);
+        given a list of crop groups, (embeddings, scores) of all of them (see forward_groups).
+        Both go through forward() so that a DistributedDataParallel wrapper sees every call."""
+        if isinstance(images, (list, tuple)):
+            return self.forward_groups(list(images))
         return self.prototypes(self.head(self.backbone(images)))

@@ -82,8 +82,8 @@ def test_non_finite_loss_stops_with_step_parts_and_last_checkpoint(tmp_path, mon
         train(recipe_for("suave", schedule={"epochs": 3}), tmp_path / "run")
     message = str(info.value)
     assert info.value.exit_code == 1
-    assert "non-finite at step 8" in message and "loss_labeled" in message and "last.pt" in message
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 6  # kept intact (6 steps per epoch)
+    assert "non-finite at step 8" in message and "loss_labeled" in message and "step_000000006.pt" in message
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "step_000000006.pt")["step"] == 6  # 6 steps per epoch
 
 
 def test_resume_requires_the_same_recipe(tmp_path):
