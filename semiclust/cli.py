@@ -101,6 +101,17 @@ def export(
     )
 
 
+@app.command()
+def plot(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `semiclust train`."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG path (default: RUN_DIR/curves.png)."),
+) -> None:
+    """Write PNG training curves (loss parts, lr, images/s, top-1) from the run's metrics.jsonl."""
+    from semiclust.plot import plot_run
+
+    console.print(f"wrote {plot_run(run_dir, out)}", highlight=False)
+
+
 @recipe_app.command("show")
 def recipe_show(
     recipe: str = typer.Argument(..., help="Recipe YAML file or shipped recipe name."),

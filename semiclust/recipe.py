@@ -177,6 +177,9 @@ class Head(Strict):
 class ModelSpec(Strict):
     backbone: BackboneSpec
     head: Head = Head()
+    local_crops_update_bn: bool = Field(
+        True, description="false: backbone calls on crops smaller than the largest leave BatchNorm running "
+        "statistics untouched (they still normalise with batch statistics); true = the release")
 
 
 # ---------------------------------------------------------------- method

@@ -89,6 +89,15 @@ def test_train_then_eval_reproduces_the_final_top1(capsys, recipe_file, tmp_path
     result = json.loads(out)
     assert code == 0 and result["top1"] == final["top1"] and result["top5"] == final["top5"]
     assert result["n"] == 32 and result["split"] == "test"
+    # curves: a real PNG with the four panels' worth of pixels
+    code, out, _ = run(capsys, "plot", str(out_dir))
+    png = out_dir / "curves.png"
+    assert code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     # the same folder is refused without --resume / --overwrite
     code, _, err = run(capsys, "train", str(recipe_file), "--out", str(out_dir))
     assert code == 2 and "already holds a run" in err
+
+
+def test_plot_without_metrics_is_a_clear_error(capsys, tmp_path):
+    code, _, err = run(capsys, "plot", str(tmp_path))
+    assert code == 2 and "has no metrics.jsonl" in err

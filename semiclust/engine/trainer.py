@@ -268,8 +268,28 @@ def restore(state: dict, method: Method, optimizer, scaler, batches: BatchMaker,
     torch.set_rng_state(mine["torch"].cpu())
     if device.type == "cuda" and "cuda" in mine:
         torch.cuda.set_rng_state(mine["cuda"].cpu(), device)
-    batches.generator.set_state(state["augment_rng"])
+    batches.generator.set_state(state["augment_rng"].cpu())
     return state["step"]
+
+
+def apply_gradients(method: Method, optimizer, scaler, loss: torch.Tensor, step: int,
+                    clip_grad_norm: float | None) -> None:
+    """Backward, optional clipping, the optimiser step and the method's post-step bookkeeping."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    method.zero_frozen_grads(step)
+    if clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(method.trainable_parameters(), clip_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    method.after_optimizer_step(step)
 
 
 def non_finite_error(step: int, parts: dict[str, float], files: RunFiles, skipped: int) -> SemiclustError:
@@ -423,21 +443,7 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
                                      f"({skipped}/{recipe.runtime.skip_nonfinite_steps} allowed)")
                     optimizer.zero_grad(set_to_none=True)
                     continue
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(out.loss).backward()
-                    scaler.unscale_(optimizer)
-                else:
-                    out.loss.backward()
-                method.zero_frozen_grads(step)
-                if optim.clip_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(method.trainable_parameters(), optim.clip_grad_norm)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                method.after_optimizer_step(step)
+                apply_gradients(method, optimizer, scaler, out.loss, step, optim.clip_grad_norm)
                 window_steps += 1
                 progress.advance(step)
                 done = step + 1

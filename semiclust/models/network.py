@@ -1,7 +1,8 @@
 """The network: backbone -> projection head -> prototypes, with multi-resolution batching."""
 from __future__ import annotations
 
-from typing import Literal
+import contextlib
+from typing import Iterator, Literal
 
 import torch
 from torch import nn
@@ -11,12 +12,28 @@ from semiclust.models.heads import ProjectionHead, UnitPrototypes, WeightNormPro
 from semiclust.recipe import ModelSpec
 
 
+@contextlib.contextmanager
+def frozen_running_stats(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers normalise with batch statistics as usual but leave their running
+    statistics untouched (momentum 0) inside the block."""
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    saved = [m.momentum for m in layers]
+    for m in layers:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(layers, saved):
+            m.momentum = momentum
+
+
 class Network(nn.Module):
     """Maps images to (L2-normalised embeddings, prototype scores). argmax of the scores = the class."""
 
     def __init__(self, spec: ModelSpec, in_chans: int, num_prototypes: int,
                  prototypes: Literal["unit", "weight_norm"], backbone_overrides: dict | None = None):
         super().__init__()
+        self.local_crops_update_bn = spec.local_crops_update_bn
         kwargs = {**spec.backbone.kwargs, **(backbone_overrides or {})}
         self.backbone = create_backbone(spec.backbone.name, kwargs, in_chans)
         self.head = ProjectionHead(self.backbone.num_features, spec.head)
@@ -26,15 +43,20 @@ class Network(nn.Module):
     def embed_groups(self, groups: list[torch.Tensor]) -> torch.Tensor:
         """Backbone once per resolution (same-size groups concatenated), head once on everything.
 
-        Returns the embeddings of all groups, concatenated in the order given.
+        Returns the embeddings of all groups, concatenated in the order given. With
+        `model.local_crops_update_bn: false`, calls at resolutions below the largest one do not
+        move BatchNorm running statistics, which then describe images at evaluation size.
         """
         by_size: dict[tuple[int, ...], list[int]] = {}
         for index, group in enumerate(groups):
             by_size.setdefault(tuple(group.shape[1:]), []).append(index)
         features: list[torch.Tensor | None] = [None] * len(groups)
-        for members in by_size.values():
+        largest = max(size[-1] for size in by_size)
+        for size, members in by_size.items():
             batch = torch.cat([groups[i] for i in members]) if len(members) > 1 else groups[members[0]]
-            out = self.backbone(batch)
+            smaller = size[-1] < largest and not self.local_crops_update_bn
+            with frozen_running_stats(self.backbone) if smaller else contextlib.nullcontext():
+                out = self.backbone(batch)
             for i, part in zip(members, out.split([len(groups[i]) for i in members])):
                 features[i] = part
         return self.head(torch.cat(features))  # type: ignore[arg-type]

@@ -101,3 +101,36 @@ def test_digits_suave_beats_chance_by_far_in_a_short_run(tmp_path):
 
     recipe = load_recipe("digits_suave", ["schedule.epochs=15", "eval.every_epochs=0", "runtime.progress=none"])
     assert train(recipe, tmp_path / "run").result.top1 >= 80.0
+
+
+def test_a_bounded_number_of_non_finite_steps_can_be_skipped(tmp_path, monkeypatch):
+    original = Method.training_step
+
+    def poisoned(self, batch, step):
+        out = original(self, batch, step)
+        if step in (3, 7):
+            return StepResult(out.loss * float("inf"), out.parts)
+        return out
+
+    monkeypatch.setattr(Method, "training_step", poisoned)
+    summary = train(recipe_for("suave", runtime={"skip_nonfinite_steps": 2}), tmp_path / "ok")
+    assert torch.load(summary.checkpoint, weights_only=True)["skipped_steps"] == 2
+    with pytest.raises(SemiclustError, match="non-finite at step 7 after skipping 1 bad step"):
+        train(recipe_for("suave", runtime={"skip_nonfinite_steps": 1}), tmp_path / "stops")
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    from semiclust.engine.trainer import apply_gradients
+    from semiclust.methods import METHODS
+    from tests.methods.test_methods import make_batch
+
+    recipe = recipe_for("suave", optim={"clip_grad_norm": 1e-3})
+    method = METHODS.get("suave")(recipe, 4, 1, 3)
+    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=1.0)  # plain step: update = -grad
+    before = [p.detach().clone() for p in method.trainable_parameters()]
+    out = method.training_step(make_batch(), 0)
+    apply_gradients(method, optimizer, None, out.loss, 0, recipe.optim.clip_grad_norm)
+    # prototypes are renormalised after the step, so measure the other parameters' update
+    moved = [(p.detach() - b).flatten() for p, b in zip(method.trainable_parameters(), before)
+             if p is not method.student.prototypes.weight]
+    assert torch.cat(moved).norm() <= 1e-3 * (1 + 1e-4)

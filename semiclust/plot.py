@@ -1,0 +1,53 @@
+"""PNG training curves from a run's metrics.jsonl: loss parts, learning rate, throughput and top-1."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from semiclust.engine.metrics import read_metrics
+from semiclust.errors import SemiclustError
+
+LOSS_KEYS = ("loss", "loss_labeled", "loss_unlabeled")
+
+
+def plot_run(run_dir: Path, out: Path | None = None) -> Path:
+    """Write the curves of `run_dir` to `out` (default <run_dir>/curves.png) and return its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics_file = Path(run_dir) / "metrics.jsonl"
+    if not metrics_file.is_file():
+        raise SemiclustError(f"'{run_dir}' has no metrics.jsonl; pass the run directory that `semiclust train --out` wrote.")
+    rows = read_metrics(metrics_file)
+    train_rows = [r for r in rows if r.get("type") == "train"]
+    eval_rows = [r for r in rows if r.get("type") == "eval"]
+    if not train_rows:
+        raise SemiclustError(f"'{metrics_file}' holds no training records yet; plot again after the first log interval.")
+    steps = [r["step"] for r in train_rows]
+    figure, axes = plt.subplots(1, 4, figsize=(18, 4), constrained_layout=True)
+    for key in LOSS_KEYS:
+        values = [r.get(key) for r in train_rows]
+        if any(v is not None for v in values):
+            axes[0].plot(steps, values, label=key.replace("_", " "))
+    axes[0].set(title="loss", xlabel="step")
+    axes[0].legend()
+    axes[1].plot(steps, [r["lr"] for r in train_rows], color="tab:purple")
+    axes[1].set(title="learning rate", xlabel="step")
+    axes[2].plot(steps, [r.get("img_per_s") for r in train_rows], color="tab:gray")
+    axes[2].set(title="images / s", xlabel="step")
+    if eval_rows:
+        axes[3].plot([r["step"] for r in eval_rows], [r["top1"] for r in eval_rows], marker="o", label="top-1")
+        axes[3].plot([r["step"] for r in eval_rows], [r["top5"] for r in eval_rows], marker=".", label="top-5")
+        axes[3].legend()
+        last = eval_rows[-1]
+        axes[3].set(title=f"{last['split']} accuracy (last top-1 {last['top1']:.2f}%)", xlabel="step", ylabel="%")
+    else:
+        axes[3].set(title="accuracy (no evaluation yet)")
+    for axis in axes:
+        axis.grid(alpha=0.3)
+    figure.suptitle(Path(run_dir).resolve().name)
+    target = Path(out) if out else Path(run_dir) / "curves.png"
+    figure.savefig(target, dpi=100)
+    plt.close(figure)
+    return target
