@@ -34,8 +34,9 @@ def recipe_for(method: str, args) -> dict:
         "name": f"overhead-{method}",
         "data": {
             "dataset": "synthetic",
-            "options": {"num_classes": 100, "size": 32, "channels": 3, "train_per_class": 2, "test_per_class": 1},
-            "labels": {"per_class": 1},
+            "options": {"num_classes": 100, "size": 32, "channels": 3, "train_per_class": args.batch // 50 + 2,
+                        "test_per_class": 1},
+            "labels": {"per_class": args.batch // 200 + 1},
             "unlabeled": {"crops": [{"count": 2, "size": 32, "scale": [0.14, 1.0], "color": {"p": 0.8}, "grayscale": 0.2},
                                     {"count": 4, "size": 16, "scale": [0.05, 0.14], "color": {"p": 0.8}, "grayscale": 0.2}]},
             "labeled": {"size": 32, "color": {"p": 0.8}},
@@ -49,7 +50,7 @@ def recipe_for(method: str, args) -> dict:
         "optim": {"name": "lars" if method == "suave" else "adamw", "lr": 0.1 if method == "suave" else 5e-4,
                   "exclude_bias_and_norm": method == "daino"},
         "schedule": {"epochs": 10},
-        "runtime": {"device": args.device, "precision": args.precision, "channels_last": "on" if args.channels_last else "off"},
+        "runtime": {"device": args.device, "precision": args.precision, "channels_last": args.channels_last},
     }
 
 

@@ -104,7 +104,9 @@ class Labels(Strict):
 
 
 class UnlabeledViews(Strict):
-    """The multi-crop set of each unlabeled image; the first group holds the target (global) crops."""
+    """The multi-crop set of each unlabeled image, in order; the first `method.target_crops` crops
+    are the target (global) crops: one group of 2, or two groups of 1 with different augmentation
+    (DINO's two global views)."""
 
     crops: Annotated[list[CropGroup], Field(min_length=1)]
 
@@ -280,10 +282,10 @@ class Schedule(Strict):
 class Runtime(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    channels_last: Literal["auto", "on", "off"] = "auto"
+    channels_last: Literal["auto"] | bool = Field("auto", description="auto = on for convolutional backbones on CUDA")
     compile: bool = False
     threads: PositiveInt | None = Field(None, description="CPU threads; null = torch's default")
-    sync_batchnorm: Literal["auto", "on", "off"] = Field(
+    sync_batchnorm: Literal["auto"] | bool = Field(
         "auto", description="batch statistics over all processes; auto = on when more than one process")
     skip_nonfinite_steps: Annotated[int, Field(ge=0)] = Field(
         0, description="skip up to this many steps with a non-finite loss before stopping")
@@ -341,15 +343,21 @@ class Recipe(Strict):
             head = model.get("head", {})
             if isinstance(head, dict):
                 model["head"] = {**defaults.head, **head}
-        return {**raw, "method": method, **({"model": model} if model is not None else {})}
+        optim = raw.get("optim")
+        if isinstance(optim, dict) and defaults.optim:
+            optim = {**defaults.optim, **optim}
+        return {**raw, "method": method, **({"model": model} if model is not None else {}),
+                **({"optim": optim} if optim is not None else {})}
 
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":
-        first = self.data.unlabeled.crops[0]
-        if first.count < self.method.target_crops:
+        sizes = [group.size for group in self.data.unlabeled.crops for _ in range(group.count)]
+        targets = self.method.target_crops
+        if len(sizes) < targets or len(set(sizes[:targets])) != 1:
             raise ValueError(
-                f"method.target_crops is {self.method.target_crops} but the first unlabeled crop group "
-                f"has only {first.count} crops: the targets come from the first group"
+                f"method.target_crops is {targets}: the first {targets} unlabeled crops (in the order of "
+                f"data.unlabeled.crops) give the targets and must exist and share one size, got sizes "
+                f"{sizes[:targets]}. Put the global crops first (one group, or one group per augmentation)"
             )
         if self.method.queue.length and self.method.assignment.name != "sinkhorn":
             raise ValueError("method.queue is used only by the sinkhorn assignment: set its length to 0")

@@ -78,7 +78,11 @@ def test_cross_field_rules():
     raw = changed("method.queue", {"length": 64})
     raw["method"]["name"] = "daino"
     assert "queue is used only by the sinkhorn assignment" in error_for(raw)
-    assert "method.target_crops is 3 but the first unlabeled crop group has only 2" in error_for(changed("method.target_crops", 3))
+    assert "first 3 unlabeled crops" in error_for(changed("method.target_crops", 3))  # third crop is 4 px
+    dino_globals = changed("data.unlabeled", {"crops": [{"count": 1, "size": 8, "blur": {"p": 1.0}},
+                                                        {"count": 1, "size": 8, "solarize": 0.2},
+                                                        {"count": 2, "size": 4}]})
+    assert validate(dino_globals).method.target_crops == 2  # two differently augmented global crops
     assert "count must be 1" in error_for(changed("data.labeled", {"size": 8, "count": 2}))
     assert "cannot exceed 1.0" in error_for(changed("data.labeled", {"size": 8, "scale": [0.5, 1.5]}))
 

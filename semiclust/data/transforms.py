@@ -27,9 +27,11 @@ def _bernoulli(n: int, p: float, generator: torch.Generator, device: torch.devic
 
 
 def crop_boxes(
-    n: int, scale: tuple[float, float], ratio: tuple[float, float], generator: torch.Generator, device: torch.device
+    n: int, scale: tuple[float, float], ratio: tuple[float, float], generator: torch.Generator, device: torch.device,
+    image_aspect: float = 1.0,
 ) -> torch.Tensor:
-    """Relative crop boxes (x0, y0, w, h) in [0, 1] with area ~ U(scale) and log aspect ~ U(log ratio).
+    """Relative crop boxes (x0, y0, w, h) in [0, 1]: area ~ U(scale) of the image and log pixel
+    aspect (width / height) ~ U(log ratio), for images of height / width = `image_aspect`.
 
     Boxes wider or taller than the image are clamped to it (torchvision retries instead; the
     difference is confined to extreme aspect ratios at large scales).
@@ -37,8 +39,8 @@ def crop_boxes(
     area = _uniform(n, scale[0], scale[1], generator, device)
     log_ratio = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), generator, device)
     aspect = torch.exp(log_ratio)
-    w = torch.sqrt(area * aspect).clamp(max=1.0)
-    h = torch.sqrt(area / aspect).clamp(max=1.0)
+    w = torch.sqrt(area * aspect * image_aspect).clamp(max=1.0)
+    h = torch.sqrt(area / aspect / image_aspect).clamp(max=1.0)
     x0 = torch.rand(n, generator=generator, device=device) * (1 - w)
     y0 = torch.rand(n, generator=generator, device=device) * (1 - h)
     return torch.stack([x0, y0, w, h], dim=1)
@@ -175,9 +177,9 @@ class CropAugment:
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
 
-    def draw(self, n: int, generator: torch.Generator, device: torch.device) -> CropParams:
+    def draw(self, n: int, generator: torch.Generator, device: torch.device, image_aspect: float = 1.0) -> CropParams:
         g = self.group
-        boxes = crop_boxes(n, g.scale, g.ratio, generator, device)
+        boxes = crop_boxes(n, g.scale, g.ratio, generator, device, image_aspect)
         flips = _bernoulli(n, g.flip, generator, device)
         jitter = draw_jitter(n, g.color, generator, device) if g.color is not None and g.color.p > 0 else None
         gray = _bernoulli(n, g.grayscale, generator, device) if g.grayscale > 0 else None
@@ -205,7 +207,7 @@ class CropAugment:
                  total: int | None = None) -> torch.Tensor:
         """Crops of `images`. With `rows`, the parameters are drawn for `total` images and the
         `rows` of them applied (a process's share of the global batch)."""
-        params = self.draw(total or len(images), generator, images.device)
+        params = self.draw(total or len(images), generator, images.device, images.shape[-2] / images.shape[-1])
         return self.apply(images, params if rows is None else params.select(rows))
 
 

@@ -98,9 +98,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
-def uses_channels_last(choice: str, device: torch.device, model: torch.nn.Module) -> bool:
+def uses_channels_last(choice: str | bool, device: torch.device, model: torch.nn.Module) -> bool:
     has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    return choice == "on" or (choice == "auto" and device.type == "cuda" and has_conv)
+    return choice is True or (choice == "auto" and device.type == "cuda" and has_conv)
 
 
 def prepare_run_dir(files: RunFiles, recipe: Recipe, resume: bool, overwrite: bool) -> None:
@@ -337,7 +337,7 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
     torch.manual_seed(recipe.seed)
     steps_per_epoch = max(len(dataset.train) // (recipe.data.batch.unlabeled * world), 1)
     method = METHODS.get(recipe.method.name)(recipe, dataset.num_classes, dataset.channels, steps_per_epoch)
-    sync_bn = recipe.runtime.sync_batchnorm == "on" or (recipe.runtime.sync_batchnorm == "auto" and world > 1)
+    sync_bn = recipe.runtime.sync_batchnorm is True or (recipe.runtime.sync_batchnorm == "auto" and world > 1)
     if sync_bn:
         convert_sync_batchnorm(method, device.type == "cuda")
     method.to(device)
@@ -345,7 +345,7 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
     if channels_last:
         method.to(memory_format=torch.channels_last)
     if recipe.runtime.compile:
-        method.student.backbone = torch.compile(method.student.backbone)
+        method.student.backbone.compile()  # in place: state_dict keys stay those of the plain model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -431,6 +431,8 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
                 data_start = time.perf_counter()
                 batch = batches(step)
                 data_seconds += time.perf_counter() - data_start
+                if recipe.runtime.skip_nonfinite_steps:  # a skipped step must not leave NaNs in queue, center, BN
+                    buffers_before = {k: v.clone() for k, v in method.named_buffers()}
                 with autocast:
                     out = method.training_step(batch, step)
                 finite = bool(torch.isfinite(out.loss))
@@ -439,6 +441,9 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
                     if skipped >= recipe.runtime.skip_nonfinite_steps:
                         raise non_finite_error(step, parts, files, skipped)
                     skipped += 1
+                    with torch.no_grad():
+                        for name, value in method.named_buffers():
+                            value.copy_(buffers_before[name])
                     progress.message(f"step {step}: non-finite loss ({parts}); step skipped "
                                      f"({skipped}/{recipe.runtime.skip_nonfinite_steps} allowed)")
                     optimizer.zero_grad(set_to_none=True)

@@ -25,6 +25,7 @@ class MethodDefaults:
 
     assignment: str
     head: dict = field(default_factory=dict)
+    optim: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -70,7 +71,9 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def after_optimizer_step(self, step: int) -> None:
-        """Bookkeeping after the weights moved (prototype renormalisation, teacher EMA)."""
+        """Bookkeeping after the weights moved: unit-norm prototypes are renormalised (so the saved
+        and evaluated classifier scores cosines); subclasses add theirs (teacher EMA)."""
+        self.student.prototypes.normalize_()
 
     # ---- shared
     @property
@@ -125,7 +128,8 @@ class Method(nn.Module):
             parts["loss_unlabeled"] = loss_unlabeled.detach()
         if self.uses_labels and self.uses_unlabeled:
             loss = combine_losses(loss_labeled, n_labeled, loss_unlabeled, n_unlabeled, self.spec.labeled_weight)
-            parts["labeled_weight"] = torch.tensor(labeled_fraction(n_labeled, n_unlabeled, self.spec.labeled_weight))
+            parts["labeled_weight"] = scores.new_tensor(labeled_fraction(n_labeled, n_unlabeled, self.spec.labeled_weight),
+                                                        dtype=torch.float32)
         else:
             loss = loss_labeled if self.uses_labels else loss_unlabeled
         parts["loss"] = loss.detach()

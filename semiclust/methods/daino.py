@@ -32,13 +32,13 @@ class Daino(Method):
     """DINO's teacher-student cross-entropy on unlabeled crops plus cross-entropy on labels."""
 
     prototypes = "weight_norm"
-    defaults = MethodDefaults(assignment="center_sharpen", head=DINO_HEAD)
+    defaults = MethodDefaults(assignment="center_sharpen", head=DINO_HEAD, optim={"exclude_bias_and_norm": True})
     summary = "DINO + labels: EMA teacher, centered + sharpened targets, weight-normalised prototypes"
 
     def __init__(self, recipe: Recipe, num_classes: int, in_chans: int, steps_per_epoch: int):
         super().__init__(recipe, num_classes, in_chans, steps_per_epoch)
-        no_drop_path = {"drop_path_rate": 0.0} if "drop_path_rate" in recipe.model.backbone.kwargs else None
-        self.teacher = Network(recipe.model, in_chans, num_classes, self.prototypes, no_drop_path)
+        stochastic = {k: 0.0 for k in ("drop_path_rate", "drop_rate") if k in recipe.model.backbone.kwargs}
+        self.teacher = Network(recipe.model, in_chans, num_classes, self.prototypes, stochastic or None)
         self.teacher.load_state_dict(self.student.state_dict())
         self.teacher.requires_grad_(False)
 
@@ -56,6 +56,7 @@ class Daino(Method):
         return teacher_momentum(step, self.total_steps, teacher.momentum, teacher.momentum_end)
 
     def after_optimizer_step(self, step: int) -> None:
+        super().after_optimizer_step(step)
         ema_update(self.teacher, self.student, self.momentum(step))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from semiclust.engine import dist
+from semiclust.errors import SemiclustError
 from semiclust.methods.base import Method, MethodDefaults
 from semiclust.methods.queue import EmbeddingQueue
 from semiclust.recipe import Recipe
@@ -24,6 +25,11 @@ class Suave(Method):
         queue = self.spec.queue
         self.queue = None
         if queue.length:
+            if queue.length % dist.world_size():
+                raise SemiclustError(
+                    f"method.queue.length {queue.length} is the total over processes and must be divisible by the "
+                    f"{dist.world_size()} processes; use e.g. {queue.length // dist.world_size() * dist.world_size() or dist.world_size()}."
+                )
             per_process = queue.length // dist.world_size()
             self.queue = EmbeddingQueue(self.spec.target_crops, per_process, recipe.model.head.out)
 
@@ -42,9 +48,6 @@ class Suave(Method):
         if queue_on:
             self.queue.push([e.detach() for e in embeddings[: self.spec.target_crops]])
         return targets
-
-    def after_optimizer_step(self, step: int) -> None:
-        self.student.prototypes.normalize_()
 
 
 class SwAV(Suave):

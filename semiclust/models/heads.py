@@ -36,7 +36,7 @@ class ProjectionHead(nn.Module):
                     nn.init.zeros_(module.bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.mlp(features), dim=1)
+        return F.normalize(self.mlp(features).float(), dim=1)
 
 
 class UnitPrototypes(nn.Module):

@@ -44,8 +44,9 @@ class Network(nn.Module):
         """Backbone once per resolution (same-size groups concatenated), head once on everything.
 
         Returns the embeddings of all groups, concatenated in the order given. With
-        `model.local_crops_update_bn: false`, calls at resolutions below the largest one do not
-        move BatchNorm running statistics, which then describe images at evaluation size.
+        `model.local_crops_update_bn: false`, backbone calls at resolutions below the largest one
+        do not move the backbone's BatchNorm running statistics, which then describe images at
+        evaluation size (the projector runs once on all rows, so its BatchNorm sees them all).
         """
         by_size: dict[tuple[int, ...], list[int]] = {}
         for index, group in enumerate(groups):
@@ -61,9 +62,15 @@ class Network(nn.Module):
                 features[i] = part
         return self.head(torch.cat(features))  # type: ignore[arg-type]
 
+    def scores(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Prototype scores in fp32 even under autocast: with tau = 0.1 (and eps = 0.05 in Sinkhorn)
+        bf16's 3 significant digits would be amplified into large logit errors."""
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return self.prototypes(embeddings.float())
+
     def forward_groups(self, groups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         embeddings = self.embed_groups(groups)
-        return embeddings, self.prototypes(embeddings)
+        return embeddings, self.scores(embeddings)
 
     def forward(self, images: torch.Tensor | list[torch.Tensor]):
         """Prototype scores of a batch of images (the classifier's logits up to the temperature);
@@ -71,4 +78,4 @@ class Network(nn.Module):
         Both go through forward() so that a DistributedDataParallel wrapper sees every call."""
         if isinstance(images, (list, tuple)):
             return self.forward_groups(list(images))
-        return self.prototypes(self.head(self.backbone(images)))
+        return self.scores(self.head(self.backbone(images)))

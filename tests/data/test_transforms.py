@@ -77,3 +77,13 @@ def test_center_view_resizes_then_crops():
     up = center_view(raw, EvalView(size=20), mean=(0, 0, 0), std=(1, 1, 1))
     expected = F.interpolate(raw.float() / 255, size=(20, 20), mode="bilinear", antialias=True, align_corners=False)
     torch.testing.assert_close(up, expected.clamp(0, 1))
+
+
+def test_crop_aspect_is_in_pixels_for_non_square_images():
+    g = torch.Generator().manual_seed(0)
+    height, width = 40, 80
+    boxes = crop_boxes(2000, (0.1, 0.3), (3 / 4, 4 / 3), g, torch.device("cpu"), image_aspect=height / width)
+    pixel_aspect = (boxes[:, 2] * width) / (boxes[:, 3] * height)
+    assert pixel_aspect.min() >= 0.75 - 1e-4 and pixel_aspect.max() <= 4 / 3 + 1e-4
+    area = boxes[:, 2] * boxes[:, 3]
+    assert area.min() >= 0.1 - 1e-6 and area.max() <= 0.3 + 1e-6

@@ -14,9 +14,10 @@ from semiclust.recipe import validate
 from tests.helpers import TINY_RECIPE
 
 
-def recipe_for(method: str, **changes):
+def recipe_for(method_name: str, **changes):
+    """The tiny recipe with `method_name`; each keyword merges a dict into that top-level section."""
     raw = copy.deepcopy(TINY_RECIPE)
-    raw["method"]["name"] = method
+    raw["method"]["name"] = method_name
     for key, value in changes.items():
         raw[key] = {**raw.get(key, {}), **value}
     return validate(raw)
@@ -109,14 +110,18 @@ def test_a_bounded_number_of_non_finite_steps_can_be_skipped(tmp_path, monkeypat
     def poisoned(self, batch, step):
         out = original(self, batch, step)
         if step in (3, 7):
+            self.queue.embeddings.fill_(float("nan"))  # what NaN embeddings pushed by a bad step would do
             return StepResult(out.loss * float("inf"), out.parts)
         return out
 
     monkeypatch.setattr(Method, "training_step", poisoned)
-    summary = train(recipe_for("suave", runtime={"skip_nonfinite_steps": 2}), tmp_path / "ok")
-    assert torch.load(summary.checkpoint, weights_only=True)["skipped_steps"] == 2
+    with_queue = {"method": {"queue": {"length": 32}}}
+    summary = train(recipe_for("suave", runtime={"skip_nonfinite_steps": 2}, **with_queue), tmp_path / "ok")
+    state = torch.load(summary.checkpoint, weights_only=True)
+    assert state["skipped_steps"] == 2
+    assert torch.isfinite(state["method"]["queue.embeddings"]).all()  # the skipped steps left no trace
     with pytest.raises(SemiclustError, match="non-finite at step 7 after skipping 1 bad step"):
-        train(recipe_for("suave", runtime={"skip_nonfinite_steps": 1}), tmp_path / "stops")
+        train(recipe_for("suave", runtime={"skip_nonfinite_steps": 1}, **with_queue), tmp_path / "stops")
 
 
 def test_gradient_clipping_bounds_the_update(tmp_path):

@@ -114,8 +114,9 @@ def test_queue_does_not_fill_before_its_start_epoch():
     assert int(method.queue.filled) == B
 
 
-def test_suave_prototypes_are_unit_norm_after_each_step():
-    method = build("suave")
+@pytest.mark.parametrize("name", ["suave", "supervised"])
+def test_unit_prototypes_are_unit_norm_after_each_step(name):
+    method = build(name)
     optimizer = build_optimizer(method.student, method.recipe.optim, lr=0.5)
     for step in range(3):
         out = method.training_step(make_batch(step), step)
