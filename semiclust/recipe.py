@@ -268,6 +268,8 @@ class Optim(Strict):
     betas: Range = (0.9, 0.999)
     exclude_bias_and_norm: bool = False
     clip_grad_norm: Annotated[float, Field(gt=0)] | None = Field(None, description="max gradient norm; null = no clipping")
+    accumulate_steps: PositiveInt = Field(
+        1, description="batches per optimiser step (gradients summed; targets, queue and center per batch)")
 
 
 class Schedule(Strict):

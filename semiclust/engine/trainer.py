@@ -173,12 +173,24 @@ class BatchMaker:
         self.crop_groups = [CropAugment(g, dataset.mean, dataset.std) for g in data.unlabeled.crops]
         self.labeled_view = CropAugment(data.labeled, dataset.mean, dataset.std)
         self.generator = torch.Generator(device=device).manual_seed(recipe.seed * 7_919 + 1)
+        self.accumulate = recipe.optim.accumulate_steps
+        if self.unlabeled.batches_per_pass < self.accumulate:
+            raise SemiclustError(
+                f"optim.accumulate_steps is {self.accumulate} but one epoch holds only "
+                f"{self.unlabeled.batches_per_pass} batches; lower accumulate_steps or data.batch.unlabeled."
+            )
         self.rows = {(n, c): process_rows(n, c, rank, world).to(device)
                      for n in (data.batch.unlabeled, data.batch.labeled) for c in {1, *(g.count for g in data.unlabeled.crops)}}
 
     @property
     def steps_per_epoch(self) -> int:
-        return self.unlabeled.batches_per_pass
+        """Optimiser steps per epoch (each takes `accumulate` batches)."""
+        return self.unlabeled.batches_per_pass // self.accumulate
+
+    def micro_batches(self, step: int):
+        """The batches of optimiser step `step`: stream positions step * accumulate ... + accumulate - 1."""
+        for index in range(step * self.accumulate, (step + 1) * self.accumulate):
+            yield self(index)
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -210,8 +222,8 @@ class BatchMaker:
 
     def images_per_step(self) -> int:
         data = self.recipe.data.batch
-        return self.world * ((data.unlabeled if self.method.uses_unlabeled else 0)
-                             + (data.labeled if self.method.uses_labels else 0))
+        return self.world * self.accumulate * ((data.unlabeled if self.method.uses_unlabeled else 0)
+                                               + (data.labeled if self.method.uses_labels else 0))
 
 
 def process_state(method: Method, device: torch.device) -> dict:
@@ -272,15 +284,14 @@ def restore(state: dict, method: Method, optimizer, scaler, batches: BatchMaker,
     return state["step"]
 
 
-def apply_gradients(method: Method, optimizer, scaler, loss: torch.Tensor, step: int,
-                    clip_grad_norm: float | None) -> None:
-    """Backward, optional clipping, the optimiser step and the method's post-step bookkeeping."""
-    optimizer.zero_grad(set_to_none=True)
+def backward(loss: torch.Tensor, scaler) -> None:
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+
+
+def optimizer_step(method: Method, optimizer, scaler, step: int, clip_grad_norm: float | None) -> None:
+    """Optional clipping, the optimiser step and the method's post-step bookkeeping."""
     if scaler is not None:
-        scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-    else:
-        loss.backward()
     method.zero_frozen_grads(step)
     if clip_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(method.trainable_parameters(), clip_grad_norm)
@@ -290,6 +301,14 @@ def apply_gradients(method: Method, optimizer, scaler, loss: torch.Tensor, step:
     else:
         optimizer.step()
     method.after_optimizer_step(step)
+
+
+def apply_gradients(method: Method, optimizer, scaler, loss: torch.Tensor, step: int,
+                    clip_grad_norm: float | None) -> None:
+    """One whole update from one loss: zero, backward, step (no accumulation)."""
+    optimizer.zero_grad(set_to_none=True)
+    backward(loss, scaler)
+    optimizer_step(method, optimizer, scaler, step, clip_grad_norm)
 
 
 def non_finite_error(step: int, parts: dict[str, float], files: RunFiles, skipped: int) -> SemiclustError:
@@ -335,7 +354,7 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
 
     # model and method: identical initial weights on every process, then per-process randomness
     torch.manual_seed(recipe.seed)
-    steps_per_epoch = max(len(dataset.train) // (recipe.data.batch.unlabeled * world), 1)
+    steps_per_epoch = max(len(dataset.train) // (recipe.data.batch.unlabeled * world) // recipe.optim.accumulate_steps, 1)
     method = METHODS.get(recipe.method.name)(recipe, dataset.num_classes, dataset.channels, steps_per_epoch)
     sync_bn = recipe.runtime.sync_batchnorm is True or (recipe.runtime.sync_batchnorm == "auto" and world > 1)
     if sync_bn:
@@ -358,7 +377,7 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
     # optimiser and schedules (lr scaled by the global unlabeled batch; labeled for `supervised`)
     optim, schedule = recipe.optim, recipe.schedule
     reference_images = recipe.data.batch.unlabeled if method.uses_unlabeled else recipe.data.batch.labeled
-    peak_lr = scaled_lr(optim.lr, reference_images * world, optim.lr_reference_batch)
+    peak_lr = scaled_lr(optim.lr, reference_images * world * optim.accumulate_steps, optim.lr_reference_batch)
     warmup_steps = round(schedule.warmup_epochs * batches.steps_per_epoch)
     optimizer = build_optimizer(method.student, optim, peak_lr, fused=device.type == "cuda")
     amp_dtype = autocast_dtype(recipe.runtime.precision, device)
@@ -428,16 +447,28 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
             for step in range(start_step, total_steps):
                 lr = lr_at(step)
                 set_lr_and_decay(optimizer, lr, weight_decay_at(step))
-                data_start = time.perf_counter()
-                batch = batches(step)
-                data_seconds += time.perf_counter() - data_start
                 if recipe.runtime.skip_nonfinite_steps:  # a skipped step must not leave NaNs in queue, center, BN
                     buffers_before = {k: v.clone() for k, v in method.named_buffers()}
-                with autocast:
-                    out = method.training_step(batch, step)
-                finite = bool(torch.isfinite(out.loss))
+                optimizer.zero_grad(set_to_none=True)
+                parts_sum: dict[str, torch.Tensor] = {}
+                finite = True
+                micro_batches = batches.micro_batches(step)
+                for micro in range(batches.accumulate):
+                    data_start = time.perf_counter()
+                    batch = next(micro_batches)
+                    data_seconds += time.perf_counter() - data_start
+                    last = micro == batches.accumulate - 1
+                    # gradients are all-reduced once per optimiser step, on the last micro-batch
+                    no_sync = method.student_runner.no_sync() if world > 1 and not last else contextlib.nullcontext()
+                    with no_sync:
+                        with autocast:
+                            out = method.training_step(batch, step)
+                        finite &= bool(torch.isfinite(out.loss))
+                        backward(out.loss / batches.accumulate, scaler)  # also when non-finite: ranks stay in step
+                    for key, value in out.parts.items():
+                        parts_sum[key] = parts_sum.get(key, 0) + value / batches.accumulate
                 if dist.any_process(not finite, device):
-                    parts = {k: float(v) for k, v in out.parts.items()}
+                    parts = {k: float(v) for k, v in parts_sum.items()}
                     if skipped >= recipe.runtime.skip_nonfinite_steps:
                         raise non_finite_error(step, parts, files, skipped)
                     skipped += 1
@@ -448,13 +479,13 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
                                      f"({skipped}/{recipe.runtime.skip_nonfinite_steps} allowed)")
                     optimizer.zero_grad(set_to_none=True)
                     continue
-                apply_gradients(method, optimizer, scaler, out.loss, step, optim.clip_grad_norm)
+                optimizer_step(method, optimizer, scaler, step, optim.clip_grad_norm)
                 window_steps += 1
                 progress.advance(step)
                 done = step + 1
                 if done % recipe.runtime.log_every_steps == 0 or done == total_steps:
-                    names = sorted(out.parts)
-                    averaged = dist.all_reduce_mean(torch.stack([out.parts[k].float() for k in names]))
+                    names = sorted(parts_sum)
+                    averaged = dist.all_reduce_mean(torch.stack([parts_sum[k].float() for k in names]))
                     parts = dict(zip(names, averaged.tolist()))
                     now = time.perf_counter()
                     speed = window_steps * batches.images_per_step() / max(now - window_start, 1e-9)

@@ -139,3 +139,28 @@ def test_gradient_clipping_bounds_the_update(tmp_path):
     moved = [(p.detach() - b).flatten() for p, b in zip(method.trainable_parameters(), before)
              if p is not method.student.prototypes.weight]
     assert torch.cat(moved).norm() <= 1e-3 * (1 + 1e-4)
+
+
+def test_gradient_accumulation_equals_one_big_batch(tmp_path):
+    """Supervised, BatchNorm-free, without random augmentation or mixup: two accumulated batches of
+    B/2 take exactly the stream positions of one batch of B, so the weights must agree."""
+    fixed_view = {"size": 8, "scale": [1.0, 1.0], "ratio": [1.0, 1.0], "flip": 0.0}
+    raw = copy.deepcopy(TINY_RECIPE)
+    raw["model"]["backbone"]["kwargs"]["norm"] = "none"
+    raw["model"]["head"]["batchnorm"] = False
+    raw["method"].update({"name": "supervised", "mixup": {"enabled": False}})
+    raw["data"]["labeled"] = fixed_view
+    raw["data"]["labels"] = {"per_class": 4}
+
+    def run(unlabeled: int, labeled: int, accumulate: int, folder: str):
+        changed = copy.deepcopy(raw)
+        changed["data"]["batch"] = {"unlabeled": unlabeled, "labeled": labeled}
+        changed["optim"]["accumulate_steps"] = accumulate
+        summary = train(validate(changed), tmp_path / folder)
+        return summary, torch.load(summary.checkpoint, weights_only=True)
+
+    one, one_state = run(16, 16, 1, "one")
+    two, two_state = run(8, 8, 2, "two")
+    assert one.steps == two.steps == 12  # 96 images / 16 per optimiser step x 2 epochs
+    for name, value in one_state["method"].items():
+        torch.testing.assert_close(two_state["method"][name], value, rtol=1e-5, atol=1e-6)
