@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed.nn.functional as dist_fn
-import torch.nn.functional as F
 from torch import nn
 
 from semiclust.engine import dist
