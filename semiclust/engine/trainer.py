@@ -477,8 +477,7 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
                             value.copy_(buffers_before[name])
                     progress.message(f"step {step}: non-finite loss ({parts}); step skipped "
                                      f"({skipped}/{recipe.runtime.skip_nonfinite_steps} allowed)")
-                    optimizer.zero_grad(set_to_none=True)
-                    continue
+                    continue  # the next step starts by zeroing the discarded gradients
                 optimizer_step(method, optimizer, scaler, step, optim.clip_grad_norm)
                 window_steps += 1
                 progress.advance(step)
@@ -504,7 +503,7 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
                 if epoch_end and done < total_steps and recipe.eval.every_epochs and epoch % recipe.eval.every_epochs == 0:
                     evaluated = run_eval(done)
                     progress.message(f"epoch {epoch}: top-1 {evaluated.top1:.2f}%  top-5 {evaluated.top5:.2f}%")
-                stop_now = dist.any_process(stop.requested, device) if world > 1 else stop.requested
+                stop_now = dist.any_process(stop.requested, device)
                 timed = bool(ckpt.every_minutes) and dist.any_process(
                     time.monotonic() - last_save_time >= 60 * ckpt.every_minutes, device)
                 due = (timed or (ckpt.every_steps and done % ckpt.every_steps == 0)
