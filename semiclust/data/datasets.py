@@ -1,13 +1,17 @@
-"""Dataset registry: each entry returns train/test images as uint8 tensors plus class names.
+"""Dataset registry: each entry returns a train and an evaluation split plus class names.
 
-In-memory datasets (digits, synthetic; later CIFAR and friends) are augmented in batches on the
-training device, which is what makes the embedded dataset fast on a laptop CPU.
+Two kinds of split. An `ImageSplit` holds uint8 pixels of equal-sized images (digits, CIFAR, STL-10,
+SVHN, the MNIST family), read once from local files and augmented in batches on the training
+device. A `FileSplit` lists image files of any size (image folders, ImageNet, labeled lists),
+decoded by DataLoader workers. Labels are class indices, or -1 where an image has no label (the
+unlabeled-only part of a training set). Nothing is ever downloaded.
 """
 from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -16,11 +20,41 @@ from semiclust.errors import SemiclustError
 from semiclust.registry import Registry
 
 
+UNLABELED = -1  # the label of an image that has none
+
+
+class StackedImages:
+    """Several uint8 N_i x C x H x W tensors (e.g. memory-mapped files) seen as one, without copying:
+    STL-10's 100,000 unlabeled images stay on disk until a batch reads its rows."""
+
+    def __init__(self, parts: list[torch.Tensor]):
+        if not parts or any(p.shape[1:] != parts[0].shape[1:] for p in parts):
+            raise ValueError("stacked image tensors must share C x H x W")
+        self.parts = parts
+        self.offsets = torch.tensor([0, *[len(p) for p in parts]]).cumsum(0)
+        self.dtype, self.ndim = parts[0].dtype, 4
+        self.shape = torch.Size([int(self.offsets[-1]), *parts[0].shape[1:]])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, slice):
+            index = torch.arange(len(self))[index]
+        index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+        part = torch.bucketize(index, self.offsets[1:], right=True)
+        out = torch.empty((len(index), *self.shape[1:]), dtype=self.dtype)
+        for p in part.unique().tolist():
+            rows = torch.nonzero(part == p).flatten()
+            out[rows] = self.parts[p][index[rows] - self.offsets[p]]
+        return out
+
+
 @dataclass
 class ImageSplit:
-    """Images (uint8, N x C x H x W) and integer labels (N,)."""
+    """Images (uint8, N x C x H x W, a tensor or StackedImages) and integer labels (N,; -1 = none)."""
 
-    images: torch.Tensor
+    images: torch.Tensor | StackedImages
     labels: torch.Tensor
 
     def __post_init__(self) -> None:
@@ -32,16 +66,53 @@ class ImageSplit:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+
+@dataclass
+class FileSplit:
+    """Image files (paths relative to `root`, in a fixed sorted order) and labels (-1 = none).
+    Decoded to RGB by the loader; images may differ in size."""
+
+    root: Path
+    files: list[str]
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.labels.shape != (len(self.files),):
+            raise ValueError("labels must have one entry per file")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def path(self, index: int) -> Path:
+        return self.root / self.files[index]
+
+    @property
+    def channels(self) -> int:
+        return 3
+
+
+Split = ImageSplit | FileSplit
+
 
 @dataclass
 class Dataset:
+    """A training split (its unlabeled-only images carry label -1), an evaluation split (None when
+    the user has none) and what the loader found wrong while reading the files (`problems`:
+    missing files, empty classes, labels outside the class set); `semiclust data check` lists them
+    and training refuses to start while there are any."""
+
     name: str
-    train: ImageSplit
-    test: ImageSplit
+    train: Split
+    test: Split | None
     classes: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     test_split_name: str = "test"
+    problems: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -49,7 +120,11 @@ class Dataset:
 
     @property
     def channels(self) -> int:
-        return self.train.images.shape[1]
+        return self.train.channels
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.train, ImageSplit)
 
 
 DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
@@ -139,3 +214,7 @@ def synthetic(
     train, test = make(train_per_class), make(test_per_class)
     mean, std = channel_stats(train.images)
     return Dataset("synthetic", train, test, [f"class_{c}" for c in range(num_classes)], mean, std)
+
+
+# Registers the on-disk datasets (kept in their own modules: one file format family each).
+from semiclust.data import arrays, folders  # noqa: E402,F401
