@@ -35,12 +35,14 @@ def main() -> None:
                 seconds.append(summary.seconds)
                 print(f"{name} seed {seed}: top-1 {summary.result.top1:.2f}% in {summary.seconds:.0f}s", flush=True)
             rows.append((name, recipe.method.name, scores, seconds))
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    machine = platform.processor() or platform.machine()
+    print(f"\nmachine: {machine}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
     print("| recipe | method | top-1 mean | top-1 min | per seed (" + ", ".join(map(str, args.seeds)) + ") | train s / run |")
     print("|---|---|---|---|---|---|")
     for name, method, scores, seconds in rows:
         per_seed = " / ".join(f"{s:.1f}" for s in scores)
-        print(f"| {name} | {method} | {statistics.mean(scores):.1f} | {min(scores):.1f} | {per_seed} | {statistics.mean(seconds):.0f} |")
+        mean, low, secs = statistics.mean(scores), min(scores), statistics.mean(seconds)
+        print(f"| {name} | {method} | {mean:.1f} | {low:.1f} | {per_seed} | {secs:.0f} |")
 
 
 if __name__ == "__main__":

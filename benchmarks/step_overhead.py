@@ -75,7 +75,7 @@ def measure(method_name: str, args) -> dict:
     recipe = validate(recipe_for(method_name, args))
     device = torch.device(args.device)
     dataset = build_dataset("synthetic", recipe.data.options)
-    subset = choose_labeled(dataset.train.labels, recipe.data.labels, 0, dataset.num_classes)
+    subset = choose_labeled(dataset.train, recipe.data.labels, 0, dataset.num_classes)
     torch.manual_seed(0)
     method = METHODS.get(method_name)(recipe, dataset.num_classes, 3, 3).to(device)
     if args.channels_last:
@@ -129,7 +129,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["suave", "daino"])
     args = parser.parse_args()
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; backbone {args.backbone}{'' if args.full_width else ' (half width)'}; batch {args.batch} unlabeled "
+    width = "" if args.full_width else " (half width)"
+    print(f"device: {name}; torch {torch.__version__}; backbone {args.backbone}{width}; batch {args.batch} unlabeled "
           f"(2x32 + 4x16 px) + {args.batch // 2} labeled; {args.precision}; channels-last {args.channels_last}")
     print(f"{'method':8} {'full s':>9} {'bare s':>9} {'ratio':>7} {'img/s':>9} {'augment s':>10}")
     for method_name in args.methods:

@@ -49,10 +49,15 @@ def train(
     if not main_process:
         return
     r = summary.result
+    if r is None:
+        console.print(f"[bold green]done[/] in {summary.seconds:.0f}s (the dataset has no evaluation set).\n"
+                      f"checkpoint: {summary.checkpoint}", highlight=False)
+        return
     matched = " (prototypes matched to classes)" if r.matching != "identity" else ""
+    skipped = f" ({r.unreadable} unreadable left out)" if r.unreadable else ""
     console.print(
         f"[bold green]done[/] in {summary.seconds:.0f}s: top-1 [bold]{r.top1:.2f}%[/], top-5 {r.top5:.2f}% on "
-        f"{r.n} {r.split} images{matched}.\ncheckpoint: {summary.checkpoint}\n"
+        f"{r.n} {r.split} images{skipped}{matched}.\ncheckpoint: {summary.checkpoint}\n"
         f"evaluate again: semiclust eval --checkpoint {summary.checkpoint}",
         highlight=False,
     )
@@ -68,15 +73,19 @@ def evaluate_checkpoint(
     from semiclust.data.datasets import build_dataset
     from semiclust.engine.checkpoint import load_checkpoint
     from semiclust.engine.trainer import resolve_device
-    from semiclust.evaluate import classifier_from_checkpoint, evaluate
+    from semiclust.evaluate import EvalViews, classifier_from_checkpoint, evaluate
 
     target = resolve_device(device)
     state = load_checkpoint(checkpoint)
     network, recipe = classifier_from_checkpoint(state)
     network.to(target)
     dataset = build_dataset(recipe.data.dataset, recipe.data.options)
-    result = evaluate(network, dataset.test, recipe.data.eval, tuple(state["mean"]), tuple(state["std"]),
-                      recipe.eval.batch_size, target, dataset.test_split_name, match=state["classifier"]["matched"])
+    if dataset.test is None:
+        raise SemiclustError(f"dataset '{dataset.name}' of this checkpoint's recipe has no evaluation split; "
+                             "give one in data.options (e.g. eval: for labeled_list) to evaluate.")
+    views = EvalViews(dataset.test, recipe.data.eval, tuple(state["mean"]), tuple(state["std"]), recipe.eval.batch_size,
+                      target, recipe.data.loader)
+    result = evaluate(network, views, dataset.test_split_name, match=state["classifier"]["matched"])
     if as_json:
         print(json.dumps({**result.as_dict(), "checkpoint": str(checkpoint), "step": state["step"]}))
         return
@@ -152,7 +161,8 @@ def list_names(
     from semiclust.registry import unknown_name_message
 
     if what not in LISTABLE:
-        raise SemiclustError(unknown_name_message("listing", what, list(LISTABLE)).replace("semiclust list listings", "semiclust list --help"))
+        message = unknown_name_message("listing", what, list(LISTABLE))
+        raise SemiclustError(message.replace("semiclust list listings", "semiclust list --help"))
     if what == "backbones":
         from semiclust.models.backbones import backbone_names
 

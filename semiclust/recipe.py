@@ -126,6 +126,17 @@ class Batch(Strict):
     labeled: PositiveInt = 32
 
 
+class Loader(Strict):
+    """DataLoader settings for datasets of image files (in-memory datasets are augmented on the
+    training device and use no workers)."""
+
+    workers: Literal["auto"] | Annotated[int, Field(ge=0)] = Field(
+        "auto", description="worker processes per training process; auto = CPUs per process - 1, at most 8")
+    prefetch: PositiveInt = Field(4, description="batches each worker prepares ahead")
+    pin_memory: Literal["auto"] | bool = Field("auto", description="auto = on when training on CUDA")
+    persistent_workers: bool = Field(True, description="keep evaluation workers alive between evaluations")
+
+
 class Data(Strict):
     dataset: str
     options: dict[str, Any] = {}
@@ -134,6 +145,10 @@ class Data(Strict):
     labeled: CropGroup
     eval: EvalView
     batch: Batch = Batch()
+    loader: Loader = Loader()
+    corrupt_images: Literal["skip", "fail"] = Field(
+        "skip", description="an unreadable image file: skip it with a warning (replaced by the next image), or "
+        "stop the run naming it")
 
     @field_validator("dataset")
     @classmethod

@@ -133,12 +133,19 @@ DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
 def build_dataset(name: str, options: dict[str, Any]) -> Dataset:
     """Call the registered factory with the recipe's `data.options`, rejecting unknown options."""
     factory = DATASETS.get(name)
-    accepted = [p for p in inspect.signature(factory).parameters if p != "self"]
+    parameters = inspect.signature(factory).parameters
+    accepted = list(parameters)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise SemiclustError(
             f"data.options for dataset '{name}' has unknown option(s) {', '.join(unknown)}; "
             f"accepted options: {', '.join(accepted) or 'none'}."
+        )
+    required = [k for k, p in parameters.items() if p.default is inspect.Parameter.empty and k not in options]
+    if required:
+        raise SemiclustError(
+            f"dataset '{name}' needs data.options {', '.join(required)} (e.g. `options: {{{required[0]}: /path/to/data}}` "
+            f"in the recipe, or --set data.options.{required[0]}=...); accepted options: {', '.join(accepted)}."
         )
     return factory(**options)
 

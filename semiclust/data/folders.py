@@ -1,2 +1,214 @@
-"""Datasets of image files: an ImageFolder tree, ImageNet with SimCLR subset lists, a labeled list."""
+"""Datasets of image files: an ImageFolder tree, ImageNet with SimCLR subset lists, a labeled list.
+
+Listing only: no image is opened here (decoding happens in loader workers; `semiclust data check`
+decodes a sample). Files are sorted so that indices, and the subsets drawn from them, are stable.
+What is wrong with the listing (a missing file, an empty class, a label outside the class set) is
+collected in `Dataset.problems` rather than raised, so that `data check` can report all of it.
+"""
 from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import torch
+
+from semiclust.data.datasets import DATASETS, UNLABELED, Dataset, FileSplit
+from semiclust.data.decode import is_image_file
+from semiclust.errors import SemiclustError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _stats(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    mean, std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise SemiclustError("data.options mean and std need three values each (RGB), std > 0.")
+    return mean, std
+
+
+def images_under(folder: Path) -> list[str]:
+    """Image files anywhere under `folder`, as sorted POSIX paths relative to it (hidden entries skipped)."""
+    found = []
+    for current, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        base = Path(current).relative_to(folder)
+        found.extend((base / f).as_posix() for f in files if is_image_file(f) and not f.startswith("."))
+    return sorted(found)
+
+
+def _require_dir(path: Path, what: str, fix: str) -> None:
+    if not path.is_dir():
+        raise SemiclustError(f"{what} '{path}' is not a directory. {fix}")
+
+
+def scan_class_tree(root: Path, classes: list[str] | None = None) -> tuple[FileSplit, list[str], list[str]]:
+    """`root/<class>/**/image`: a FileSplit labelled by folder, the class names (sorted folder names,
+    or the given `classes`), and problems (empty classes, folders whose class is not in `classes`,
+    images lying directly in `root` outside any class folder)."""
+    folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    names = folders if classes is None else classes
+    index = {name: i for i, name in enumerate(names)}
+    problems, files, labels = [], [], []
+    loose = [e.name for e in os.scandir(root) if e.is_file() and is_image_file(e.name)]
+    if loose:
+        problems.append(f"{len(loose)} image(s) lie directly in '{root}' outside any class folder (e.g. '{loose[0]}'); "
+                        "move them into a folder named after their class")
+    for folder in folders:
+        members = images_under(root / folder)
+        if folder not in index:
+            problems.append(f"'{root / folder}' holds {len(members)} image(s) of class '{folder}', which is not one of "
+                            "the training classes (a label outside the class set)")
+            continue
+        if not members:
+            problems.append(f"class '{folder}' has no images in '{root / folder}' (an empty class)")
+        files.extend(f"{folder}/{m}" for m in members)
+        labels.extend([index[folder]] * len(members))
+    return FileSplit(root, files, torch.tensor(labels, dtype=torch.long)), names, problems
+
+
+def _folder_dataset(name: str, train_root: Path, eval_root: Path | None, mean, std, fix: str) -> Dataset:
+    _require_dir(train_root, f"{name}: the training folder", fix)
+    train, classes, problems = scan_class_tree(train_root)
+    if not classes:
+        raise SemiclustError(f"{name}: '{train_root}' has no class folders; it must hold one folder of images per "
+                             f"class. {fix}")
+    test = None
+    if eval_root is not None:
+        _require_dir(eval_root, f"{name}: the evaluation folder", fix)
+        test, _, eval_problems = scan_class_tree(eval_root, classes)
+        problems += [p.replace("(an empty class)", "(no evaluation images)") for p in eval_problems]
+    mean, std = _stats(mean, std)
+    return Dataset(name, train, test, classes, mean, std, test_split_name=eval_root.name if eval_root else "none",
+                   problems=problems)
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(root: str, train_dir: str = "train", eval_dir: str | None = "val", eval_root: str | None = None,
+                mean: list[float] | None = None, std: list[float] | None = None) -> Dataset:
+    """`root/<train_dir>/<class>/*` for training and `root/<eval_dir>/<class>/*` (or `eval_root/<class>/*`)
+    for evaluation; eval_dir null = no evaluation set. Normalisation defaults to ImageNet's."""
+    base = Path(root).expanduser()
+    evaluation = Path(eval_root).expanduser() if eval_root else (base / eval_dir if eval_dir else None)
+    fix = ("Lay the images out as ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (torchvision's "
+           "ImageFolder layout), or set data.options train_dir / eval_dir / eval_root.")
+    return _folder_dataset("imagefolder", base / train_dir, evaluation, mean, std, fix)
+
+
+@DATASETS.register("imagenet")
+def imagenet(root: str, mean: list[float] | None = None, std: list[float] | None = None) -> Dataset:
+    """ILSVRC-2012 as `root/train/<wnid>/*.JPEG` and `root/val/<wnid>/*.JPEG`. The labeled subset is
+    usually a SimCLR list (data.labels.list: 1percent.txt or 10percent.txt, one file name per line)."""
+    base = Path(root).expanduser()
+    fix = ("Extract ILSVRC2012_img_train.tar into ROOT/train/<wnid>/ and sort the validation images into "
+           "ROOT/val/<wnid>/ (e.g. with the widely used valprep.sh); semiclust never downloads data.")
+    dataset = _folder_dataset("imagenet", base / "train", base / "val", mean, std, fix)
+    if dataset.test is not None and len(dataset.test) == 0:
+        dataset.problems.append(f"'{base / 'val'}' has no images in class folders: sort the validation images into "
+                                "val/<wnid>/ (e.g. with valprep.sh)")
+    return dataset
+
+
+# ---------------------------------------------------------------- labeled_list
+def read_label_file(path: Path) -> list[tuple[str, str, int]]:
+    """(file, label, line number) rows of a `path,label` CSV or whitespace-separated text file.
+    A first row whose label is literally 'label' (or 'class') is a header and skipped."""
+    if not path.is_file():
+        raise SemiclustError(f"labeled_list: the list '{path}' does not exist; data.options must name a CSV or text "
+                             "file with one 'path,label' line per image.")
+    rows = []
+    with path.open(newline="") as handle:
+        for number, line in enumerate(handle, start=1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            fields = next(csv.reader([text])) if "," in text else text.rsplit(None, 1)
+            if len(fields) != 2 or not fields[0].strip() or not fields[1].strip():
+                raise SemiclustError(f"labeled_list: '{path}' line {number} ('{text[:80]}') is not 'path,label'; "
+                                     "write one image path and its class per line.")
+            file, label = fields[0].strip(), fields[1].strip()
+            if number == 1 and label.lower() in ("label", "class"):
+                continue
+            rows.append((file, label, number))
+    if not rows:
+        raise SemiclustError(f"labeled_list: '{path}' lists no images; write one 'path,label' line per image.")
+    return rows
+
+
+def _class_names(labels: list[str]) -> list[str]:
+    """Sorted class names; numerically when every name is an integer (so '10' follows '9')."""
+    unique = set(labels)
+    if all(label.lstrip("-").isdigit() for label in unique):
+        return sorted(unique, key=int)
+    return sorted(unique)
+
+
+def _resolve(base: Path, file: str) -> Path:
+    """An absolute path (files of labeled lists are stored absolute, so runs do not depend on the cwd)."""
+    path = Path(file).expanduser()
+    return path if path.is_absolute() else (base / path).absolute()
+
+
+def _listed_split(rows, base: Path, classes: dict[str, int], what: str, problems: list[str]) -> FileSplit:
+    """The rows whose file exists and whose label is a known class; the others become problems."""
+    files, labels, missing, unknown = [], [], [], []
+    for file, label, number in rows:
+        path = _resolve(base, file)
+        if label not in classes:
+            unknown.append(f"'{label}' (line {number})")
+        elif not path.is_file():
+            missing.append(file)
+        else:
+            files.append(str(path))
+            labels.append(classes[label])
+    if missing:
+        shown = ", ".join(f"'{m}'" for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        problems.append(f"the {what} names {len(missing)} missing file(s) (relative to '{base}'): {shown}")
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        problems.append(f"the {what} has {len(unknown)} label(s) outside the class set of the labeled list: {shown}")
+    return FileSplit(Path("/"), files, torch.tensor(labels, dtype=torch.long))
+
+
+@DATASETS.register("labeled_list")
+def labeled_list(labeled: str, unlabeled: list[str] | str | None = None, eval: str | None = None,
+                 root: str | None = None, mean: list[float] | None = None, std: list[float] | None = None) -> Dataset:
+    """A few labeled images named in a `path,label` file, many unlabeled images in one or more folders
+    (any layout, searched recursively), and an optional labeled evaluation list. Relative paths are
+    resolved against `root` (default: the list file's folder). Classes are the labels of the labeled list.
+
+    The training split is the labeled images followed by the unlabeled ones (label -1); the whole of it
+    feeds the unlabeled stream; use data.labels {fraction: 1.0} to train with every listed label.
+    """
+    labeled_path = Path(labeled).expanduser()
+    rows = read_label_file(labeled_path)
+    base = Path(root).expanduser() if root else labeled_path.parent
+    names = _class_names([label for _, label, _ in rows])
+    classes = {name: i for i, name in enumerate(names)}
+    problems: list[str] = []
+    train = _listed_split(rows, base, classes, f"labeled list '{labeled_path}'", problems)
+    folders = [unlabeled] if isinstance(unlabeled, str) else list(unlabeled or [])
+    extra = []
+    for folder in map(lambda f: _resolve(base, f), folders):
+        _require_dir(folder, "labeled_list: the unlabeled folder", "data.options.unlabeled lists folders of images.")
+        found = [str(folder / f) for f in images_under(folder)]
+        if not found:
+            problems.append(f"the unlabeled folder '{folder}' holds no images")
+        extra.extend(found)
+    labeled_set = set(train.files)
+    extra = [f for f in extra if f not in labeled_set]  # a labeled image inside an unlabeled folder counts once
+    train = FileSplit(Path("/"), train.files + extra,
+                      torch.cat([train.labels, torch.full((len(extra),), UNLABELED, dtype=torch.long)]))
+    present = torch.bincount(train.labels[train.labels >= 0], minlength=len(names))
+    for name, count in zip(names, present.tolist()):
+        if count == 0:
+            problems.append(f"class '{name}' has no readable labeled image in the list (an empty class)")
+    test = None
+    if eval is not None:
+        eval_path = Path(eval).expanduser()
+        eval_base = Path(root).expanduser() if root else eval_path.parent
+        test = _listed_split(read_label_file(eval_path), eval_base, classes, f"evaluation list '{eval_path}'", problems)
+    mean, std = _stats(mean, std)
+    return Dataset("labeled_list", train, test, names, mean, std,
+                   test_split_name="eval list" if test is not None else "none", problems=problems)

@@ -156,8 +156,8 @@ class CropParams:
     """Every random choice for a batch of crops; drawing is separate from applying so that all
     processes can draw the parameters of the global batch and each apply its own rows."""
 
-    boxes: torch.Tensor
-    flips: torch.Tensor
+    boxes: torch.Tensor | None  # None where the crops were cut elsewhere (loader workers)
+    flips: torch.Tensor | None
     jitter: JitterParams | None
     gray: torch.Tensor | None
     blur_sigma: torch.Tensor | None
@@ -165,7 +165,7 @@ class CropParams:
 
     def select(self, rows: torch.Tensor) -> "CropParams":
         pick = lambda t: None if t is None else t[rows]  # noqa: E731
-        return CropParams(self.boxes[rows], self.flips[rows], self.jitter.select(rows) if self.jitter else None,
+        return CropParams(pick(self.boxes), pick(self.flips), self.jitter.select(rows) if self.jitter else None,
                           pick(self.gray), pick(self.blur_sigma), pick(self.solarize))
 
 
@@ -181,6 +181,12 @@ class CropAugment:
         g = self.group
         boxes = crop_boxes(n, g.scale, g.ratio, generator, device, image_aspect)
         flips = _bernoulli(n, g.flip, generator, device)
+        return self.draw_photometric(n, generator, device, boxes, flips)
+
+    def draw_photometric(self, n: int, generator: torch.Generator, device: torch.device,
+                         boxes: torch.Tensor | None = None, flips: torch.Tensor | None = None) -> CropParams:
+        """The colour, grayscale, blur and solarize choices (for crops cut elsewhere, e.g. by loader workers)."""
+        g = self.group
         jitter = draw_jitter(n, g.color, generator, device) if g.color is not None and g.color.p > 0 else None
         gray = _bernoulli(n, g.grayscale, generator, device) if g.grayscale > 0 else None
         blur_sigma = None
@@ -191,8 +197,14 @@ class CropAugment:
         return CropParams(boxes, flips, jitter, gray, blur_sigma, solarize)
 
     def apply(self, images: torch.Tensor, params: CropParams) -> torch.Tensor:
-        g, device, n = self.group, images.device, len(images)
-        x = resized_crops(images.float().div_(255), params.boxes, params.flips, g.size, g.interpolation).clamp_(0, 1)
+        """Crop, resize and flip uint8 `images`, then the photometric ops and normalisation."""
+        x = resized_crops(images.float().div_(255), params.boxes, params.flips, self.group.size,
+                          self.group.interpolation).clamp_(0, 1)
+        return self.photometric(x, params)
+
+    def photometric(self, x: torch.Tensor, params: CropParams) -> torch.Tensor:
+        """Colour jitter, grayscale, blur, solarize and normalisation of crops in [0, 1] (float)."""
+        n = len(x)
         if params.jitter is not None:
             x = color_jitter(x, params.jitter)
         if params.gray is not None:
@@ -201,7 +213,13 @@ class CropAugment:
             x = torch.where((params.blur_sigma > 0).view(n, 1, 1, 1), gaussian_blur(x, params.blur_sigma), x)
         if params.solarize is not None:
             x = torch.where(params.solarize.view(n, 1, 1, 1) & (x >= 0.5), 1 - x, x)
-        return (x - self.mean.to(device)) / self.std.to(device)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def finish(self, crops: torch.Tensor, generator: torch.Generator, rows: torch.Tensor | None = None,
+               total: int | None = None) -> torch.Tensor:
+        """Photometric ops on uint8 crops already cut to size; `rows`/`total` as in __call__."""
+        params = self.draw_photometric(total or len(crops), generator, crops.device)
+        return self.photometric(crops.float().div_(255), params if rows is None else params.select(rows))
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator, rows: torch.Tensor | None = None,
                  total: int | None = None) -> torch.Tensor:
@@ -211,9 +229,7 @@ class CropAugment:
         return self.apply(images, params if rows is None else params.select(rows))
 
 
-def center_view(
-    images: torch.Tensor, view: EvalView, mean: tuple[float, ...], std: tuple[float, ...]
-) -> torch.Tensor:
+def center_view(images: torch.Tensor, view: EvalView, mean, std) -> torch.Tensor:
     """The deterministic evaluation view: resize the short side to `resize`, centre-crop `size`."""
     x = images.float().div(255)
     height, width = x.shape[-2:]
@@ -226,6 +242,6 @@ def center_view(
                           align_corners=False if antialias else None)
     top, left = (new_h - view.size) // 2, (new_w - view.size) // 2
     x = x[..., top : top + view.size, left : left + view.size]
-    mean_t = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    mean_t = torch.as_tensor(mean, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, device=x.device).view(1, -1, 1, 1)
     return (x.clamp(0, 1) - mean_t) / std_t

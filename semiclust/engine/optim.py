@@ -30,7 +30,8 @@ class LARS(torch.optim.Optimizer):
                 grad = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad.clone()
                 if group["lars"]:
                     param_norm, grad_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(p.grad)
-                    ratio = group["trust_coefficient"] * param_norm / (grad_norm + param_norm * group["weight_decay"] + group["eps"])
+                    denominator = grad_norm + param_norm * group["weight_decay"] + group["eps"]
+                    ratio = group["trust_coefficient"] * param_norm / denominator
                     ratio = torch.where((param_norm > 0) & (grad_norm > 0), ratio, torch.ones_like(ratio))
                     grad.mul_(ratio)
                 state = self.state[p]

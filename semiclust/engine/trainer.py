@@ -18,6 +18,7 @@ from rich.console import Console
 
 from semiclust import __version__
 from semiclust.data.datasets import Dataset, build_dataset
+from semiclust.data.loader import Corrupt, TrainFiles, make_loader
 from semiclust.data.mixup import mix_extend
 from semiclust.data.streams import labeled_stream, unlabeled_stream
 from semiclust.data.subsets import LabeledSubset, choose_labeled, load_subset, save_subset
@@ -31,7 +32,7 @@ from semiclust.engine.schedules import cosine, scaled_lr, warmup_cosine
 from semiclust.engine.signals import StopRequest
 from semiclust.engine.syncbn import convert_sync_batchnorm
 from semiclust.errors import SemiclustError
-from semiclust.evaluate import EvalResult, evaluate
+from semiclust.evaluate import EvalResult, EvalViews, evaluate
 from semiclust.methods import METHODS, Method, StepBatch
 from semiclust.recipe import Recipe, dump_yaml
 
@@ -71,7 +72,7 @@ class RunFiles:
 class TrainSummary:
     run_dir: Path
     checkpoint: Path
-    result: EvalResult
+    result: EvalResult | None  # None when the dataset has no evaluation split
     steps: int
     seconds: float
 
@@ -135,13 +136,25 @@ def prepare_run_dir(files: RunFiles, recipe: Recipe, resume: bool, overwrite: bo
     dist.barrier()
 
 
+def load_dataset(recipe: Recipe) -> Dataset:
+    """The recipe's dataset; refuses one whose listing has problems (missing files, empty classes...)."""
+    dataset = build_dataset(recipe.data.dataset, recipe.data.options)
+    if dataset.problems:
+        shown = "; ".join(dataset.problems[:3]) + (f"; and {len(dataset.problems) - 3} more" if len(dataset.problems) > 3 else "")
+        raise SemiclustError(
+            f"dataset '{dataset.name}' has {len(dataset.problems)} problem(s): {shown}. Fix the files or data.options; "
+            "`semiclust data check RECIPE` lists every problem."
+        )
+    return dataset
+
+
 def labeled_subset_for(files: RunFiles, dataset: Dataset, recipe: Recipe, resume: bool) -> LabeledSubset:
     """Draw the labeled subset, or reuse the one saved in the run directory when resuming."""
     if resume and files.subset.exists():
         return load_subset(files.subset)
-    subset = choose_labeled(dataset.train.labels, recipe.data.labels, recipe.seed, dataset.num_classes)
+    subset = choose_labeled(dataset.train, recipe.data.labels, recipe.seed, dataset.num_classes)
     if dist.is_main():
-        save_subset(subset, files.subset)
+        save_subset(subset, dataset.train, files.subset)
     return subset
 
 
@@ -159,7 +172,9 @@ class BatchMaker:
     """Builds a step's StepBatch from the two index streams with batched, seeded augmentation.
 
     Every process draws the augmentation parameters of the whole global batch from the same
-    generator and applies its own rows, so crops do not depend on the number of processes.
+    generator and applies its own rows, so crops do not depend on the number of processes. In-memory
+    datasets are cropped on the device; image files are decoded and cropped by loader workers
+    (data/loader.py) and only their photometric ops run here.
     """
 
     def __init__(self, recipe: Recipe, dataset: Dataset, subset: LabeledSubset, method: Method,
@@ -181,6 +196,12 @@ class BatchMaker:
             )
         self.rows = {(n, c): process_rows(n, c, rank, world).to(device)
                      for n in (data.batch.unlabeled, data.batch.labeled) for c in {1, *(g.count for g in data.unlabeled.crops)}}
+        self.files = None if dataset.in_memory else TrainFiles(
+            dataset.train, self.unlabeled if method.uses_unlabeled else None, self.labeled, data.unlabeled.crops,
+            data.labeled, recipe.seed, rank, world)
+        self._items, self._next_position = None, -1
+        self.corrupt_images = 0
+        self.on_corrupt = lambda corrupt: None  # the trainer's warning
 
     @property
     def steps_per_epoch(self) -> int:
@@ -195,25 +216,60 @@ class BatchMaker:
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def _shares(self, images: int, copies: int) -> dict:
+        """This process's rows of the global batch's augmentation draws (nothing to select in one process)."""
+        if self.world == 1:
+            return {}
+        return {"rows": self.rows[(images, copies)], "total": images * copies * self.world}
+
     def _augment(self, augment: CropAugment, images: torch.Tensor, copies: int) -> torch.Tensor:
         stacked = images.repeat(copies, 1, 1, 1) if copies > 1 else images
-        if self.world == 1:
-            return augment(stacked, self.generator)
-        rows = self.rows[(len(images), copies)]
-        return augment(stacked, self.generator, rows=rows, total=len(stacked) * self.world)
+        return augment(stacked, self.generator, **self._shares(len(images), copies))
+
+    def _file_item(self, position: int) -> dict:
+        """The loader's item for `position`; the loader (re)starts wherever the positions jump."""
+        if self._items is None or position != self._next_position:
+            end = self.steps_per_epoch * self.recipe.schedule.epochs * self.accumulate
+            self._items = iter(make_loader(self.files, range(position, end), self.recipe.data.loader, self.device))
+        item = next(self._items)
+        self._next_position = position + 1
+        if item["corrupt"]:
+            self.corrupt_images += len(item["corrupt"])
+            self.on_corrupt(item["corrupt"])
+        return item
+
+    def _file_crops(self, position: int) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+        """Unlabeled crops, labeled view (photometric ops done here, on the device) and labels of a position."""
+        item = self._file_item(position)
+        slots, unlabeled = iter(item["unlabeled"]), []
+        for group in self.crop_groups if self.method.uses_unlabeled else []:
+            count = group.group.count
+            raw = torch.cat([next(slots) for _ in range(count)]).to(self.device, non_blocking=True)
+            unlabeled.extend(group.finish(raw, self.generator, **self._shares(len(raw) // count, count)).chunk(count))
+        view = labels = None
+        if self.labeled is not None:
+            raw = item["labeled"].to(self.device, non_blocking=True)
+            view, labels = self.labeled_view.finish(raw, self.generator, **self._shares(len(raw), 1)), item["labels"]
+        return unlabeled, view, labels
+
+    def _memory_crops(self, position: int) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+        images, unlabeled = self.dataset.train.images, []
+        if self.method.uses_unlabeled:
+            raw = images[self.unlabeled.indices(position)].to(self.device, non_blocking=True)
+            for group in self.crop_groups:
+                unlabeled.extend(self._augment(group, raw, group.group.count).chunk(group.group.count))
+        view = labels = None
+        if self.labeled is not None:
+            index = self.labeled.indices(position)
+            view = self._augment(self.labeled_view, images[index].to(self.device, non_blocking=True), 1)
+            labels = self.dataset.train.labels[index]
+        return unlabeled, view, labels
 
     def __call__(self, step: int) -> StepBatch:
-        images = self.dataset.train.images
-        batch = StepBatch(unlabeled=[])
-        if self.method.uses_unlabeled:
-            raw = images[self.unlabeled.indices(step)].to(self.device, non_blocking=True)
-            for group in self.crop_groups:
-                crops = self._augment(group, raw, group.group.count)
-                batch.unlabeled.extend(self._layout(c) for c in crops.chunk(group.group.count))
-        if self.labeled is not None:
-            index = self.labeled.indices(step)
-            view = self._augment(self.labeled_view, images[index].to(self.device, non_blocking=True), 1)
-            targets = F.one_hot(self.dataset.train.labels[index].to(self.device), self.dataset.num_classes).float()
+        unlabeled, view, labels = self._memory_crops(step) if self.files is None else self._file_crops(step)
+        batch = StepBatch(unlabeled=[self._layout(c) for c in unlabeled])
+        if view is not None:
+            targets = F.one_hot(labels.to(self.device), self.dataset.num_classes).float()
             mix = self.recipe.method.mixup
             if mix.enabled:
                 view, targets = mix_extend(view, targets, mix.mixup_prob, mix.alpha, self.generator)
@@ -256,6 +312,10 @@ def training_state(method: Method, optimizer, scaler, step: int, batches: BatchM
         "std": list(dataset.std),
         "labeled_indices": subset.indices.clone(),
         "labeled_sha256": subset.digest,
+        "labeled_list_sha256": subset.list_sha256,
+        "labeled_files": ([dataset.train.files[i] for i in subset.indices.tolist()]
+                          if not dataset.in_memory else None),
+        "corrupt_images": batches.corrupt_images,
         "classifier": {"prefix": "teacher" if method.classifier is not method.student else "student",
                        "prototypes": method.prototypes, "in_chans": dataset.channels,
                        "num_classes": dataset.num_classes, "matched": not method.uses_labels},
@@ -281,6 +341,7 @@ def restore(state: dict, method: Method, optimizer, scaler, batches: BatchMaker,
     if device.type == "cuda" and "cuda" in mine:
         torch.cuda.set_rng_state(mine["cuda"].cpu(), device)
     batches.generator.set_state(state["augment_rng"].cpu())
+    batches.corrupt_images = state.get("corrupt_images", 0)
     return state["step"]
 
 
@@ -349,7 +410,7 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
     prepare_run_dir(files, recipe, resume, overwrite)
 
     # data
-    dataset = build_dataset(recipe.data.dataset, recipe.data.options)
+    dataset = load_dataset(recipe)
     subset = labeled_subset_for(files, dataset, recipe, resume)
 
     # model and method: identical initial weights on every process, then per-process randomness
@@ -372,6 +433,8 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
             method.student, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False))
     torch.manual_seed(recipe.seed + 1 + rank)
     batches = BatchMaker(recipe, dataset, subset, method, device, channels_last)
+    eval_views = None if dataset.test is None else EvalViews(
+        dataset.test, recipe.data.eval, dataset.mean, dataset.std, recipe.eval.batch_size, device, recipe.data.loader)
     total_steps = batches.steps_per_epoch * recipe.schedule.epochs
 
     # optimiser and schedules (lr scaled by the global unlabeled batch; labeled for `supervised`)
@@ -408,16 +471,30 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
     params = sum(p.numel() for p in method.student.parameters())
     progress.message(
         f"semiclust {__version__}: {recipe.method.name} on {dataset.name} ({len(dataset.train)} train, "
-        f"{len(subset.indices)} labeled [{subset.description}, sha256 {subset.digest[:12]}], "
-        f"{len(dataset.test)} {dataset.test_split_name}); {params:,} parameters; {batches.steps_per_epoch} steps/epoch x "
+        f"{len(subset.indices)} labeled [{subset.identity}], "
+        + (f"{len(dataset.test)} {dataset.test_split_name}" if dataset.test is not None else "no evaluation set")
+        + f"); {params:,} parameters; {batches.steps_per_epoch} steps/epoch x "
         f"{schedule.epochs} epochs = {total_steps} steps; lr {peak_lr:.4g} (scaled); {world} process(es) on {device}"
         + (", SyncBatchNorm" if sync_bn else "") + (f", {amp_dtype}" if amp_dtype else "")
         + (f"; resuming at step {start_step}" if start_step else "")
     )
 
-    def run_eval(step: int) -> EvalResult:
-        evaluated = evaluate(method.classifier, dataset.test, recipe.data.eval, dataset.mean, dataset.std,
-                             recipe.eval.batch_size, device, dataset.test_split_name, match=not method.uses_labels)
+    def warn_corrupt(corrupt: list[Corrupt]) -> None:
+        for bad in corrupt:
+            if recipe.data.corrupt_images == "fail":
+                raise SemiclustError(
+                    f"unreadable training image '{bad.path}' ({bad.reason}). Replace or remove the file, or set "
+                    "data.corrupt_images: skip to skip unreadable images with a warning; `semiclust data check "
+                    "RECIPE --all` lists every one.", exit_code=1)
+            progress.message(f"warning: skipped unreadable image '{bad.path}' ({bad.reason}); "
+                             f"{batches.corrupt_images} skipped so far")
+
+    batches.on_corrupt = warn_corrupt
+
+    def run_eval(step: int) -> EvalResult | None:
+        if eval_views is None:
+            return None
+        evaluated = evaluate(method.classifier, eval_views, dataset.test_split_name, match=not method.uses_labels)
         metrics.write({"type": "eval", "step": step, "epoch": step // batches.steps_per_epoch, **evaluated.as_dict()})
         if board is not None:
             board.add_scalar("eval/top1", evaluated.top1, step)
@@ -492,6 +569,8 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
                               "lr": lr, "weight_decay": weight_decay_at(step), "img_per_s": speed,
                               "step_s": (now - window_start) / max(window_steps, 1),
                               "data_s": data_seconds / max(window_steps, 1), "elapsed_s": now - started}
+                    if batches.files is not None:
+                        record["corrupt_images"] = batches.corrupt_images
                     metrics.write(record)
                     if board is not None:
                         for key in (*names, "lr", "img_per_s"):
@@ -500,7 +579,8 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
                     progress.report(step, parts, lr, speed)
                 epoch_end = done % batches.steps_per_epoch == 0
                 epoch = done // batches.steps_per_epoch
-                if epoch_end and done < total_steps and recipe.eval.every_epochs and epoch % recipe.eval.every_epochs == 0:
+                if (epoch_end and done < total_steps and recipe.eval.every_epochs and eval_views is not None
+                        and epoch % recipe.eval.every_epochs == 0):
                     evaluated = run_eval(done)
                     progress.message(f"epoch {epoch}: top-1 {evaluated.top1:.2f}%  top-5 {evaluated.top5:.2f}%")
                 stop_now = dist.any_process(stop.requested, device)

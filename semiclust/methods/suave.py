@@ -28,7 +28,8 @@ class Suave(Method):
             if queue.length % dist.world_size():
                 raise SemiclustError(
                     f"method.queue.length {queue.length} is the total over processes and must be divisible by the "
-                    f"{dist.world_size()} processes; use e.g. {queue.length // dist.world_size() * dist.world_size() or dist.world_size()}."
+                    f"{dist.world_size()} processes; use e.g. "
+                    f"{queue.length // dist.world_size() * dist.world_size() or dist.world_size()}."
                 )
             per_process = queue.length // dist.world_size()
             self.queue = EmbeddingQueue(self.spec.target_crops, per_process, recipe.model.head.out)

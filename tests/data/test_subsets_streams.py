@@ -1,49 +1,51 @@
 import pytest
 import torch
 
+from semiclust.data.datasets import ImageSplit
 from semiclust.data.streams import labeled_stream, unlabeled_stream
 from semiclust.data.subsets import choose_labeled, load_subset, save_subset
 from semiclust.errors import SemiclustError
 from semiclust.recipe import Labels
 
 LABELS = torch.arange(10).repeat_interleave(20)  # 10 classes x 20 images
+SPLIT = ImageSplit(torch.zeros(len(LABELS), 1, 2, 2, dtype=torch.uint8), LABELS)
 
 
 def test_per_class_is_balanced_seeded_and_saved(tmp_path):
-    subset = choose_labeled(LABELS, Labels(per_class=3), seed=0, num_classes=10)
+    subset = choose_labeled(SPLIT, Labels(per_class=3), seed=0, num_classes=10)
     assert torch.equal(torch.bincount(LABELS[subset.indices], minlength=10), torch.full((10,), 3))
-    again = choose_labeled(LABELS, Labels(per_class=3), seed=0, num_classes=10)
-    other = choose_labeled(LABELS, Labels(per_class=3), seed=1, num_classes=10)
+    again = choose_labeled(SPLIT, Labels(per_class=3), seed=0, num_classes=10)
+    other = choose_labeled(SPLIT, Labels(per_class=3), seed=1, num_classes=10)
     assert torch.equal(subset.indices, again.indices) and not torch.equal(subset.indices, other.indices)
-    fixed = choose_labeled(LABELS, Labels(per_class=3, seed=7), seed=1, num_classes=10)
-    assert torch.equal(fixed.indices, choose_labeled(LABELS, Labels(per_class=3, seed=7), seed=2, num_classes=10).indices)
-    save_subset(subset, tmp_path / "s.json")
+    fixed = choose_labeled(SPLIT, Labels(per_class=3, seed=7), seed=1, num_classes=10)
+    assert torch.equal(fixed.indices, choose_labeled(SPLIT, Labels(per_class=3, seed=7), seed=2, num_classes=10).indices)
+    save_subset(subset, SPLIT, tmp_path / "s.json")
     loaded = load_subset(tmp_path / "s.json")
     assert torch.equal(loaded.indices, subset.indices) and loaded.digest == subset.digest
 
 
 def test_fraction_and_list(tmp_path):
-    subset = choose_labeled(LABELS, Labels(fraction=0.1), seed=0, num_classes=10)
+    subset = choose_labeled(SPLIT, Labels(fraction=0.1), seed=0, num_classes=10)
     assert torch.equal(torch.bincount(LABELS[subset.indices], minlength=10), torch.full((10,), 2))
     listing = tmp_path / "list.txt"
     listing.write_text("# chosen by hand\n5\n17\n\n3\n")
-    assert choose_labeled(LABELS, Labels(list=listing), 0, 10).indices.tolist() == [3, 5, 17]
+    assert choose_labeled(SPLIT, Labels(list=listing), 0, 10).indices.tolist() == [3, 5, 17]
 
 
 def test_subset_errors(tmp_path):
     with pytest.raises(SemiclustError, match="only 20"):
-        choose_labeled(LABELS, Labels(per_class=21), 0, 10)
+        choose_labeled(SPLIT, Labels(per_class=21), 0, 10)
     bad = tmp_path / "bad.txt"
     bad.write_text("1\n9999\n")
-    with pytest.raises(SemiclustError, match="line 2"):
-        choose_labeled(LABELS, Labels(list=bad), 0, 10)
+    with pytest.raises(SemiclustError, match="'9999'"):
+        choose_labeled(SPLIT, Labels(list=bad), 0, 10)
     with pytest.raises(SemiclustError, match="does not exist"):
-        choose_labeled(LABELS, Labels(list=tmp_path / "missing.txt"), 0, 10)
+        choose_labeled(SPLIT, Labels(list=tmp_path / "missing.txt"), 0, 10)
 
 
 def test_tampered_subset_file_is_refused(tmp_path):
-    subset = choose_labeled(LABELS, Labels(per_class=1), seed=0, num_classes=10)
-    save_subset(subset, tmp_path / "s.json")
+    subset = choose_labeled(SPLIT, Labels(per_class=1), seed=0, num_classes=10)
+    save_subset(subset, SPLIT, tmp_path / "s.json")
     text = (tmp_path / "s.json").read_text().replace(f"{subset.indices[0].item()},", "199,", 1)
     (tmp_path / "s.json").write_text(text)
     with pytest.raises(SemiclustError, match="edited"):

@@ -28,7 +28,8 @@ def build(name: str, raw: dict | None = None, **method_changes):
 
 def make_batch(seed: int = 0, labeled_seed: int = 100) -> StepBatch:
     g = torch.Generator().manual_seed(seed)
-    unlabeled = [torch.randn(B, 1, 8, 8, generator=g) for _ in range(2)] + [torch.randn(B, 1, 4, 4, generator=g) for _ in range(2)]
+    unlabeled = [torch.randn(B, 1, 8, 8, generator=g) for _ in range(2)]
+    unlabeled += [torch.randn(B, 1, 4, 4, generator=g) for _ in range(2)]
     gl = torch.Generator().manual_seed(labeled_seed)
     labeled = torch.randn(8, 1, 8, 8, generator=gl) + 3.0
     targets = F.one_hot(torch.randint(K, (8,), generator=gl), K).float()

@@ -1,0 +1,181 @@
+"""Image files for training and evaluation, decoded by DataLoader workers.
+
+A worker decodes each image ONCE and cuts all of its crops from that one tensor (geometry only:
+random resized crop and flip, uint8, torchvision v2 kernels with antialiasing). The photometric
+ops (colour jitter, grayscale, blur, solarize) then run on the training device in batches
+(`CropAugment.finish`), where they are nearly free on a GPU.
+
+Every random choice is a pure function of (seed, stream, position, row): the crops of an image
+depend neither on the number of workers nor on the number of processes, and resuming at any
+step reproduces them exactly. An unreadable image is replaced by the next readable one of the
+same pool and reported with the batch (the trainer warns, or fails the run if the recipe says so).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F2
+
+from semiclust.data.datasets import FileSplit
+from semiclust.data.decode import UnreadableImage, decode_rgb
+from semiclust.data.streams import IndexStream
+from semiclust.data.transforms import crop_boxes
+from semiclust.errors import SemiclustError
+from semiclust.recipe import CropGroup, EvalView, Loader
+
+MAX_SUBSTITUTES = 16  # consecutive unreadable images tolerated before a batch gives up
+_INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
+                  "nearest": InterpolationMode.NEAREST}
+
+
+def image_generator(seed: int, stream: int, position: int, row: int) -> torch.Generator:
+    """The generator of one image's crops: row `row` of the global batch at stream position `position`."""
+    value = (((seed * 1_000_003 + stream) * 1_000_000_007 + position) * 65_537 + row) % (2**63)
+    return torch.Generator().manual_seed(value)
+
+
+def cut_crops(image: torch.Tensor, group: CropGroup, generator: torch.Generator) -> torch.Tensor:
+    """`group.count` random resized crops (and flips) of one uint8 C x H x W image: count x C x s x s."""
+    height, width = image.shape[-2:]
+    boxes = crop_boxes(group.count, group.scale, group.ratio, generator, torch.device("cpu"), height / width)
+    flips = torch.rand(group.count, generator=generator) < group.flip
+    crops = torch.empty((group.count, image.shape[0], group.size, group.size), dtype=torch.uint8)
+    for k, (x0, y0, w, h) in enumerate(boxes.tolist()):
+        crop_w, crop_h = max(1, round(w * width)), max(1, round(h * height))
+        left, top = min(round(x0 * width), width - crop_w), min(round(y0 * height), height - crop_h)
+        crop = F2.resized_crop(image, top, left, crop_h, crop_w, [group.size, group.size],
+                               interpolation=_INTERPOLATION[group.interpolation], antialias=True)
+        crops[k] = crop.flip(-1) if flips[k] else crop
+    return crops
+
+
+def center_crop(image: torch.Tensor, view: EvalView) -> torch.Tensor:
+    """The evaluation view of one uint8 image: short side resized to `view.resize`, centre crop `view.size`."""
+    short = view.resize or view.size
+    if min(image.shape[-2:]) != short:
+        image = F2.resize(image, [short], interpolation=_INTERPOLATION[view.interpolation], antialias=True)
+    return F2.center_crop(image, [view.size, view.size])
+
+
+@dataclass
+class Corrupt:
+    path: str
+    reason: str
+
+
+@dataclass
+class ReadResult:
+    image: torch.Tensor
+    corrupt: list[Corrupt] = field(default_factory=list)
+
+
+def read_with_substitutes(split: FileSplit, index: int, pool: torch.Tensor) -> ReadResult:
+    """Decode image `index`; if it is unreadable, the next members of the sorted `pool` in turn."""
+    corrupt: list[Corrupt] = []
+    start = int(torch.searchsorted(pool, index))
+    for attempt in range(MAX_SUBSTITUTES):
+        candidate = index if attempt == 0 else int(pool[(start + attempt) % len(pool)])
+        try:
+            return ReadResult(decode_rgb(split.path(candidate)), corrupt)
+        except UnreadableImage as err:
+            corrupt.append(Corrupt(err.path, err.reason))
+    raise SemiclustError(
+        f"{MAX_SUBSTITUTES} images in a row could not be read, starting at '{split.path(index)}' "
+        f"({corrupt[0].reason}); the dataset looks damaged or its disk unavailable. "
+        "Run `semiclust data check RECIPE --all` to list every unreadable file."
+    )
+
+
+class TrainFiles(torch.utils.data.Dataset):
+    """Item p = this process's micro-batch at stream position p, as uint8 crops.
+
+    Returns {"position", "unlabeled": one B_u x 3 x s x s tensor per crop (group by group, copy by
+    copy), "labeled": B_l x 3 x s x s, "labels": B_l, "corrupt": [Corrupt]}.
+    """
+
+    def __init__(self, split: FileSplit, unlabeled: IndexStream | None, labeled: IndexStream | None,
+                 groups: list[CropGroup], labeled_group: CropGroup, seed: int, rank: int, world: int):
+        self.split, self.unlabeled, self.labeled = split, unlabeled, labeled
+        self.groups, self.labeled_group = groups, labeled_group
+        self.seed, self.rank, self.world = seed, rank, world
+
+    def __len__(self) -> int:  # positions are unbounded; the sampler decides which are read
+        return 2**62
+
+    def _images(self, stream: IndexStream, position: int, groups: list[CropGroup], corrupt: list[Corrupt]):
+        indices = stream.indices(position)
+        slots = [torch.empty((len(indices), 3, g.size, g.size), dtype=torch.uint8) for g in groups for _ in range(g.count)]
+        for j, index in enumerate(indices.tolist()):
+            generator = image_generator(self.seed, stream.stream, position, j * self.world + self.rank)
+            read = read_with_substitutes(self.split, index, stream.pool)
+            corrupt.extend(read.corrupt)
+            slot = 0
+            for group in groups:
+                for crop in cut_crops(read.image, group, generator):
+                    slots[slot][j] = crop
+                    slot += 1
+        return indices, slots
+
+    def __getitem__(self, position: int) -> dict:
+        corrupt: list[Corrupt] = []
+        item: dict = {"position": position, "unlabeled": [], "labeled": None, "labels": None}
+        if self.unlabeled is not None:
+            item["unlabeled"] = self._images(self.unlabeled, position, self.groups, corrupt)[1]
+        if self.labeled is not None:
+            indices, (view,) = self._images(self.labeled, position, [self.labeled_group], corrupt)
+            item["labeled"], item["labels"] = view, self.split.labels[indices]
+        item["corrupt"] = corrupt
+        return item
+
+
+class EvalFiles(torch.utils.data.Dataset):
+    """Item b = evaluation batch b as uint8 centre views; unreadable images are left out (`keep`)."""
+
+    def __init__(self, split: FileSplit, view: EvalView, batch_size: int):
+        self.split, self.view, self.batch_size = split, view, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.split) // self.batch_size)
+
+    def __getitem__(self, batch: int) -> dict:
+        indices = range(batch * self.batch_size, min((batch + 1) * self.batch_size, len(self.split)))
+        images = torch.zeros((len(indices), 3, self.view.size, self.view.size), dtype=torch.uint8)
+        keep = torch.ones(len(indices), dtype=torch.bool)
+        corrupt = []
+        for j, index in enumerate(indices):
+            try:
+                images[j] = center_crop(decode_rgb(self.split.path(index)), self.view)
+            except UnreadableImage as err:
+                keep[j] = False
+                corrupt.append(Corrupt(err.path, err.reason))
+        return {"images": images[keep], "labels": self.split.labels[list(indices)][keep], "corrupt": corrupt}
+
+
+def resolve_workers(spec: Loader) -> int:
+    """`auto`: the CPUs this process may use, shared among the processes of this node, at most 8."""
+    if spec.workers != "auto":
+        return spec.workers
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    per_process = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(8, per_process - 1))
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)  # workers run in parallel; intra-op threads would oversubscribe the CPUs
+
+
+def make_loader(items: torch.utils.data.Dataset, order: Iterable[int], spec: Loader,
+                device: torch.device) -> torch.utils.data.DataLoader:
+    """A DataLoader that returns `items[i]` for i in `order`, in order, prepared by worker processes."""
+    workers = resolve_workers(spec)
+    pin = spec.pin_memory is True or (spec.pin_memory == "auto" and device.type == "cuda")
+    options = {"prefetch_factor": spec.prefetch, "persistent_workers": spec.persistent_workers} if workers else {}
+    return torch.utils.data.DataLoader(items, batch_size=None, sampler=order, num_workers=workers, pin_memory=pin,
+                                       worker_init_fn=_one_thread, **options)
