@@ -18,6 +18,8 @@ app = typer.Typer(
 )
 recipe_app = typer.Typer(help="Inspect and check recipes.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
+data_app = typer.Typer(help="Inspect the data a recipe trains on.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -147,6 +149,59 @@ def recipe_validate(recipes: list[str] = typer.Argument(..., help="Recipe files 
             err_console.print(f"[red]invalid[/]  {err}", highlight=False, soft_wrap=True)
     if failures:
         raise typer.Exit(2)
+
+
+MAX_CLASS_ROWS = 40
+
+
+@data_app.command("check")
+def data_check(
+    recipe: str = typer.Argument(..., help="Recipe YAML file or shipped recipe name."),
+    overrides: Optional[list[str]] = SetOption,
+    sample: int = typer.Option(1000, help="Decode every labeled image and this many of the others (and eval)."),
+    all_files: bool = typer.Option(False, "--all", help="Decode every image file (slow on large datasets)."),
+) -> None:
+    """Load the dataset as the recipe describes: class counts, the labeled subset, image sizes and every
+    problem found (missing files, unreadable images, empty classes, stray labels, labeled/eval overlap).
+    Exits 0 only when there is none."""
+    from rich.progress import Progress
+
+    from semiclust.data.check import check_data
+    from semiclust.recipe import load_recipe
+
+    resolved = load_recipe(recipe, overrides or [])
+    with Progress(console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
+        task = progress.add_task("decoding images", total=None)
+        report = check_data(resolved, None if all_files else sample,
+                            lambda done, total: progress.update(task, completed=done, total=total))
+    dataset = report.dataset
+    table = Table(title=f"{dataset.name}: {dataset.num_classes} classes (recipe {resolved.name})")
+    for column in ("class", "labeled", "unlabeled", "eval"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    rows = report.rows if len(report.rows) <= MAX_CLASS_ROWS else report.rows[: MAX_CLASS_ROWS // 2]
+    for row in rows:
+        table.add_row(row.name, str(row.labeled), str(row.unlabeled), str(row.eval))
+    if len(rows) < len(report.rows):
+        fewest = min(report.rows, key=lambda r: r.labeled)
+        table.add_row(f"... {len(report.rows) - len(rows)} more (fewest labeled: {fewest.name})", "", "", "")
+    if report.unlabeled_only:
+        table.add_row("(no label)", "-", str(report.unlabeled_only), "-")
+    table.add_row("total", str(sum(r.labeled for r in report.rows)),
+                  str(sum(r.unlabeled for r in report.rows) + report.unlabeled_only),
+                  str(sum(r.eval for r in report.rows)) if dataset.test is not None else "no eval set", style="bold")
+    console.print(table)
+    console.print("unlabeled stream: every training image, its label unused", highlight=False)
+    if report.subset is not None:
+        console.print(f"labeled subset: {len(report.subset.indices)} images, {report.subset.identity}", highlight=False)
+    console.print(f"image sizes: {report.sizes}", highlight=False)
+    console.print(f"files: {report.decoded}", highlight=False)
+    if report.ok:
+        console.print("[bold green]no problems found[/]")
+        return
+    console.print(f"[bold red]{len(report.problems)} problem(s):[/]")
+    for problem in report.problems:
+        console.print(f"  - {problem}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
 
 
 LISTABLE = ("backbones", "assignments", "datasets", "methods", "recipes")

@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import torch
+
+# torchvision 0.29 deprecates its image codecs in favour of TorchCodec, which is not one of our
+# dependencies; the pinned codecs work, so the per-call warning is silenced rather than repeated.
+_CODEC_DEPRECATION = "The image decoding and encoding capabilities of TorchVision"
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -33,6 +38,12 @@ def decode_rgb(path: Path | str) -> torch.Tensor:
     torchvision's decoders (libjpeg-turbo, libpng, libwebp) read JPEG/PNG/GIF/WebP straight into a
     tensor; other formats (BMP, TIFF, PPM) go through PIL. Raises UnreadableImage, never a bare error.
     """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_CODEC_DEPRECATION, category=DeprecationWarning)
+        return _decode(path)
+
+
+def _decode(path: Path | str) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     try:

@@ -63,12 +63,25 @@ def resized_crops(
     return F.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=False)
 
 
-def grayscale(images: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601 luma, keeping the channel count (a no-op on 1-channel images)."""
+def luma(images: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma as one channel (N x 1 x H x W); 1-channel images are their own luma."""
     if images.shape[1] == 1:
         return images
-    weights = images.new_tensor(LUMA).view(1, 3, 1, 1)
-    return (images * weights).sum(dim=1, keepdim=True).expand_as(images)
+    red, green, blue = images.unbind(1)
+    return (red * LUMA[0] + green * LUMA[1] + blue * LUMA[2]).unsqueeze(1)
+
+
+def grayscale(images: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma, keeping the channel count (a no-op on 1-channel images)."""
+    return luma(images).expand_as(images)
+
+
+def mean_luma(images: torch.Tensor) -> torch.Tensor:
+    """Per-image mean luma (N x 1 x 1 x 1), from per-channel means: no full-size temporary."""
+    if images.shape[1] == 1:
+        return images.mean(dim=(1, 2, 3), keepdim=True)
+    channel_means = images.mean(dim=(2, 3))
+    return (channel_means @ channel_means.new_tensor(LUMA)).view(-1, 1, 1, 1)
 
 
 def rotate_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -117,20 +130,35 @@ def draw_jitter(n: int, jitter: ColorJitter, generator: torch.Generator, device:
 
 def color_jitter(images: torch.Tensor, params: JitterParams) -> torch.Tensor:
     """Brightness, contrast, saturation and hue with per-image factors, in a random order per batch
-    (torchvision's ColorJitter semantics; saturation and hue only act on RGB images)."""
+    (torchvision's ColorJitter semantics; saturation and hue only act on RGB images).
+
+    Works IN PLACE on `images` where it can (crops are fresh tensors): on a CPU, allocating a new
+    full-size tensor per op cost as much as the arithmetic."""
     n = len(images)
     colour = images.shape[1] == 3
     for op in (op for op in params.order if params.active[op]):
         if op == 0:
-            images = (images * params.brightness.view(n, 1, 1, 1)).clamp(0, 1)
+            images.mul_(params.brightness.view(n, 1, 1, 1)).clamp_(0, 1)
         elif op == 1:
-            mean = grayscale(images).mean(dim=(1, 2, 3), keepdim=True)
-            images = ((images - mean) * params.contrast.view(n, 1, 1, 1) + mean).clamp(0, 1)
+            mean = mean_luma(images)
+            images.sub_(mean).mul_(params.contrast.view(n, 1, 1, 1)).add_(mean).clamp_(0, 1)
         elif op == 2 and colour:
-            gray = grayscale(images)
-            images = ((images - gray) * params.saturation.view(n, 1, 1, 1) + gray).clamp(0, 1)
+            gray = luma(images)
+            images.sub_(gray).mul_(params.saturation.view(n, 1, 1, 1)).add_(gray).clamp_(0, 1)
         elif op == 3 and colour:
-            images = rotate_hue(images, params.hue).clamp(0, 1)
+            images = rotate_hue(images, params.hue).clamp_(0, 1)
+    return images
+
+
+def on_chosen(images: torch.Tensor, chosen: torch.Tensor, op) -> torch.Tensor:
+    """`op(part, rows)` applied to the chosen images only. On a CPU the others are skipped (blur and
+    grayscale usually touch half a batch); on CUDA the op runs on all and a mask selects, avoiding a
+    host synchronisation."""
+    if images.is_cuda:
+        return torch.where(chosen.view(-1, 1, 1, 1), op(images, slice(None)), images)
+    rows = torch.nonzero(chosen).flatten()
+    if len(rows):
+        images[rows] = op(images[rows], rows)
     return images
 
 
@@ -207,13 +235,14 @@ class CropAugment:
         n = len(x)
         if params.jitter is not None:
             x = color_jitter(x, params.jitter)
-        if params.gray is not None:
-            x = torch.where(params.gray.view(n, 1, 1, 1), grayscale(x), x)
-        if params.blur_sigma is not None and bool((params.blur_sigma > 0).any()):
-            x = torch.where((params.blur_sigma > 0).view(n, 1, 1, 1), gaussian_blur(x, params.blur_sigma), x)
+        if params.gray is not None and x.shape[1] > 1:
+            x = on_chosen(x, params.gray, lambda part, rows: grayscale(part))
+        if params.blur_sigma is not None:
+            sigma = params.blur_sigma
+            x = on_chosen(x, sigma > 0, lambda part, rows: gaussian_blur(part, sigma[rows]))
         if params.solarize is not None:
             x = torch.where(params.solarize.view(n, 1, 1, 1) & (x >= 0.5), 1 - x, x)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
 
     def finish(self, crops: torch.Tensor, generator: torch.Generator, rows: torch.Tensor | None = None,
                total: int | None = None) -> torch.Tensor:

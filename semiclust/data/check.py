@@ -1,0 +1,203 @@
+"""`semiclust data check`: load the data as a recipe describes and list everything wrong with it.
+
+Counts per class (labeled / unlabeled / eval), the labeled subset's identity, image sizes on a
+sample, and problems: missing files, unreadable images, empty classes, labels outside the class
+set, overlap between the labeled and evaluation sets. Pure reporting: nothing is written.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from semiclust.data.datasets import Dataset, FileSplit, ImageSplit, Split, build_dataset
+from semiclust.data.decode import UnreadableImage, decode_rgb, image_size
+from semiclust.data.loader import make_loader
+from semiclust.data.subsets import LabeledSubset, choose_labeled, match_list
+from semiclust.errors import SemiclustError
+from semiclust.recipe import Recipe
+
+
+@dataclass
+class ClassCounts:
+    name: str
+    labeled: int
+    unlabeled: int
+    eval: int
+
+
+@dataclass
+class DataReport:
+    dataset: Dataset
+    rows: list[ClassCounts]
+    unlabeled_only: int  # training images without any label (unlabeled folders, STL-10's unlabeled split)
+    subset: LabeledSubset | None
+    sizes: str
+    decoded: str  # how many files were test-decoded
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _subset_and_problems(dataset: Dataset, recipe: Recipe) -> tuple[LabeledSubset | None, list[str]]:
+    """The labeled subset; for a list file, every entry that names nothing is a problem, not an error."""
+    spec, problems = recipe.data.labels, []
+    if spec.list is not None:
+        match = match_list(spec.list, dataset.train)
+        for bad, what in ((match.missing, "missing file(s) or out-of-range index(es)"),
+                          (match.unlabeled, "image(s) that have no label")):
+            if bad:
+                shown = ", ".join(f"'{b}'" for b in bad[:5]) + (" ..." if len(bad) > 5 else "")
+                problems.append(f"the labeled list '{spec.list}' names {len(bad)} {what}: {shown}")
+        if not len(match.indices):
+            return None, problems
+        return LabeledSubset(match.indices, f"list {spec.list}", match.sha256, match.canonical), problems
+    try:
+        return choose_labeled(dataset.train, spec, recipe.seed, dataset.num_classes), problems
+    except SemiclustError as err:
+        return None, [str(err)]
+
+
+def _label_problems(split: Split | None, what: str, num_classes: int) -> list[str]:
+    if split is None:
+        return []
+    outside = split.labels[(split.labels < -1) | (split.labels >= num_classes)]
+    if len(outside) == 0:
+        return []
+    return [f"{len(outside)} {what} image(s) carry labels outside the class set 0..{num_classes - 1} "
+            f"(e.g. {int(outside[0])})"]
+
+
+def _overlap(dataset: Dataset, subset: LabeledSubset | None) -> list[str]:
+    """Labeled images that are also evaluation images: same file (resolved path), or same pixels."""
+    if subset is None or dataset.test is None:
+        return []
+    train, test, indices = dataset.train, dataset.test, subset.indices.tolist()
+    if isinstance(train, FileSplit) and isinstance(test, FileSplit):
+        labeled = {os.path.realpath(train.path(i)): train.files[i] for i in indices}
+        shared = [labeled[p] for p in map(os.path.realpath, map(test.path, range(len(test)))) if p in labeled]
+    elif isinstance(train, ImageSplit) and isinstance(test, ImageSplit):
+        def digest(images: torch.Tensor) -> list[str]:
+            return [hashlib.sha256(image.contiguous().numpy().tobytes()).hexdigest() for image in images]
+        labeled = dict(zip(digest(train.images[torch.tensor(indices)]), map(str, indices)))
+        shared = [labeled[d] for start in range(0, len(test), 4096)
+                  for d in digest(test.images[start : start + 4096]) if d in labeled]
+    else:
+        return []
+    if not shared:
+        return []
+    return [f"{len(shared)} labeled training image(s) also appear in the evaluation set (e.g. {shared[0]}): "
+            "evaluation would be optimistic; remove them from one of the two"]
+
+
+def _counts(dataset: Dataset, subset: LabeledSubset | None) -> tuple[list[ClassCounts], int]:
+    k = dataset.num_classes
+    train_labels = dataset.train.labels
+    known = train_labels[(train_labels >= 0) & (train_labels < k)]
+    per_class = torch.bincount(known, minlength=k)
+    labeled = torch.zeros(k, dtype=torch.long)
+    if subset is not None:
+        chosen = train_labels[subset.indices]
+        labeled = torch.bincount(chosen[(chosen >= 0) & (chosen < k)], minlength=k)
+    evaluation = torch.zeros(k, dtype=torch.long)
+    if dataset.test is not None:
+        test_labels = dataset.test.labels
+        evaluation = torch.bincount(test_labels[(test_labels >= 0) & (test_labels < k)], minlength=k)
+    rows = [ClassCounts(name, int(labeled[c]), int(per_class[c] - labeled[c]), int(evaluation[c]))
+            for c, name in enumerate(dataset.classes)]
+    return rows, int((train_labels == -1).sum())
+
+
+def _sample(count: int, limit: int | None) -> list[int]:
+    """Evenly spread indices: all of them, or `limit` of them."""
+    if limit is None or count <= limit:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / max(limit - 1, 1)) for i in range(limit)})
+
+
+def _sizes(dataset: Dataset, limit: int) -> tuple[str, list[str]]:
+    if isinstance(dataset.train, ImageSplit):
+        c, h, w = dataset.train.images.shape[1:]
+        return f"every image {w} x {h} px, {c} channel(s)", []
+    widths, heights, problems = [], [], []
+    for split in (dataset.train, dataset.test):
+        if not isinstance(split, FileSplit):
+            continue
+        for i in _sample(len(split), limit // 2):
+            try:
+                width, height = image_size(split.path(i))
+            except UnreadableImage:
+                continue  # reported by the decoding pass
+            widths.append(width)
+            heights.append(height)
+    if not widths:
+        return "no readable image", problems
+    return (f"on {len(widths)} files: width {min(widths)}..{max(widths)} (median {statistics.median(widths):g}), "
+            f"height {min(heights)}..{max(heights)} (median {statistics.median(heights):g}) px"), problems
+
+
+class _DecodeChunk(torch.utils.data.Dataset):
+    """Item c = the unreadable files among chunk c of (split, index) pairs, decoded by a worker."""
+
+    def __init__(self, jobs: list[tuple[FileSplit, int]], chunk: int):
+        self.jobs, self.chunk = jobs, chunk
+
+    def __len__(self) -> int:
+        return -(-len(self.jobs) // self.chunk)
+
+    def __getitem__(self, c: int) -> list[tuple[str, str]]:
+        bad = []
+        for split, index in self.jobs[c * self.chunk : (c + 1) * self.chunk]:
+            try:
+                decode_rgb(split.path(index))
+            except UnreadableImage as err:
+                bad.append((err.path, err.reason))
+        return bad
+
+
+def _unreadable(dataset: Dataset, subset: LabeledSubset | None, recipe: Recipe, limit: int | None,
+                advance: Callable[[int, int], None]) -> tuple[str, list[str]]:
+    """Decode every labeled image and a sample (or, with limit None, all) of the rest in loader workers."""
+    if not isinstance(dataset.train, FileSplit):
+        return "in-memory dataset: nothing to decode", []
+    labeled = set(subset.indices.tolist()) if subset is not None else set()
+    jobs = [(dataset.train, i) for i in sorted(labeled)]
+    jobs += [(dataset.train, i) for i in _sample(len(dataset.train), limit) if i not in labeled]
+    if isinstance(dataset.test, FileSplit):
+        jobs += [(dataset.test, i) for i in _sample(len(dataset.test), limit)]
+    total = len(dataset.train) + (len(dataset.test) if dataset.test is not None else 0)
+    chunk = 64
+    bad: list[tuple[str, str]] = []
+    items = _DecodeChunk(jobs, chunk)
+    for c, found in enumerate(make_loader(items, range(len(items)), recipe.data.loader, torch.device("cpu"))):
+        bad.extend(found)
+        advance(min((c + 1) * chunk, len(jobs)), len(jobs))
+    what = "every file" if len(jobs) == total else f"{len(jobs):,} of {total:,} files (all labeled + a sample; --all for every file)"
+    return f"decoded {what}", [f"unreadable image '{path}': {reason}" for path, reason in bad]
+
+
+def check_data(recipe: Recipe, sample: int | None = 1000,
+               advance: Callable[[int, int], None] = lambda done, total: None) -> DataReport:
+    """Everything `semiclust data check` prints; `sample` None decodes every file."""
+    dataset = build_dataset(recipe.data.dataset, recipe.data.options)
+    problems = list(dataset.problems)
+    subset, subset_problems = _subset_and_problems(dataset, recipe)
+    problems += subset_problems
+    problems += _label_problems(dataset.train, "training", dataset.num_classes)
+    problems += _label_problems(dataset.test, "evaluation", dataset.num_classes)
+    rows, unlabeled_only = _counts(dataset, subset)
+    if subset is not None:
+        empty = [r.name for r in rows if r.labeled == 0]
+        if empty:
+            shown = ", ".join(f"'{n}'" for n in empty[:5]) + (" ..." if len(empty) > 5 else "")
+            problems.append(f"{len(empty)} class(es) have no labeled image in the subset: {shown}")
+    problems += _overlap(dataset, subset)
+    sizes, size_problems = _sizes(dataset, sample or 1000)
+    decoded, unreadable = _unreadable(dataset, subset, recipe, sample, advance)
+    return DataReport(dataset, rows, unlabeled_only, subset, sizes, decoded, problems + size_problems + unreadable)
