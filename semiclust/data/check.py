@@ -178,7 +178,9 @@ def _unreadable(dataset: Dataset, subset: LabeledSubset | None, recipe: Recipe, 
     for c, found in enumerate(make_loader(items, range(len(items)), recipe.data.loader, torch.device("cpu"))):
         bad.extend(found)
         advance(min((c + 1) * chunk, len(jobs)), len(jobs))
-    what = "every file" if len(jobs) == total else f"{len(jobs):,} of {total:,} files (all labeled + a sample; --all for every file)"
+    what = "every file"
+    if len(jobs) < total:
+        what = f"{len(jobs):,} of {total:,} files (all labeled + a sample; --all for every file)"
     return f"decoded {what}", [f"unreadable image '{path}': {reason}" for path, reason in bad]
 
 

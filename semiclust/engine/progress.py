@@ -58,7 +58,7 @@ class TrainingProgress:
 
     def message(self, text: str) -> None:
         if self.mode != "none":
-            self.console.print(text, highlight=False, soft_wrap=True)
+            self.console.print(text, highlight=False, soft_wrap=True, markup=False)  # paths and [lists] print as they are
 
     def close(self) -> None:
         if self._bar is not None:
