@@ -191,9 +191,25 @@ class Head(Strict):
     init: Literal["default", "trunc_normal"] = Field("default", description="trunc_normal = DINO's std 0.02")
 
 
+class InitSpec(Strict):
+    """Start from a local checkpoint (nothing is downloaded): an official SwAV or DINO file, a timm
+    checkpoint, a safetensors file (timm's or a `semiclust export`), or a semiclust checkpoint."""
+
+    path: Path
+    format: Literal["auto", "swav", "dino", "timm", "safetensors", "semiclust"] = Field(
+        "auto", description="auto = recognised from the file's keys")
+    what: Literal["backbone", "backbone_head", "all"] = Field(
+        "backbone", description="backbone (the paper), backbone + projection head, or all (+ prototypes: "
+        "semiclust checkpoints and classifier exports)")
+    key: Literal["student", "teacher"] = Field(
+        "student", description="which network of a DINO or semiclust checkpoint that holds two")
+    strict: bool = Field(True, description="false: load what matches and only report missing keys")
+
+
 class ModelSpec(Strict):
     backbone: BackboneSpec
     head: Head = Head()
+    init: InitSpec | None = Field(None, description="initial weights from a local checkpoint; null = random")
     local_crops_update_bn: bool = Field(
         True, description="false: backbone calls on crops smaller than the largest leave BatchNorm running "
         "statistics untouched (they still normalise with batch statistics); true = the release")
