@@ -40,7 +40,12 @@ def decode_rgb(path: Path | str) -> torch.Tensor:
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_CODEC_DEPRECATION, category=DeprecationWarning)
-        return _decode(path)
+        try:
+            return _decode(path)
+        except UnreadableImage:
+            raise
+        except Exception as err:  # noqa: BLE001 - any decoder failure is a property of the file
+            raise UnreadableImage(path, f"{type(err).__name__}: {_short_reason(err)}") from None
 
 
 def _decode(path: Path | str) -> torch.Tensor:
@@ -54,11 +59,23 @@ def _decode(path: Path | str) -> torch.Tensor:
     if data.numel() == 0:
         raise UnreadableImage(path, "empty file")
     try:
-        return decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        image = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except RuntimeError as err:
         if "Unsupported image file" not in str(err):
             raise UnreadableImage(path, _short_reason(err)) from None
-    return _decode_with_pil(path)
+        return _decode_with_pil(path)
+    return as_uint8_rgb(image)
+
+
+def as_uint8_rgb(image: torch.Tensor) -> torch.Tensor:
+    """3 x H x W uint8 from what decoders return: the first frame of an animation, 16-bit PNGs scaled."""
+    if image.ndim == 4:
+        image = image[0]
+    if image.dtype != torch.uint8:
+        from torchvision.transforms.v2 import functional as F2
+
+        image = F2.to_dtype(image, torch.uint8, scale=True)
+    return image
 
 
 def _decode_with_pil(path: Path | str) -> torch.Tensor:
@@ -69,7 +86,7 @@ def _decode_with_pil(path: Path | str) -> torch.Tensor:
         with Image.open(path) as image:
             rgb = ImageOps.exif_transpose(image).convert("RGB")
             return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
-    except (OSError, ValueError, SyntaxError) as err:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise UnreadableImage(path, str(err) or type(err).__name__) from None
 
 
@@ -82,5 +99,5 @@ def image_size(path: Path | str) -> tuple[int, int]:
             return image.size
     except FileNotFoundError:
         raise UnreadableImage(path, "file not found") from None
-    except (OSError, ValueError, SyntaxError) as err:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise UnreadableImage(path, str(err) or type(err).__name__) from None

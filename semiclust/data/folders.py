@@ -30,8 +30,13 @@ def _stats(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def images_under(folder: Path) -> list[str]:
     """Image files anywhere under `folder`, as sorted POSIX paths relative to it (hidden entries skipped)."""
-    found = []
+    found, seen = [], set()
     for current, dirs, files in os.walk(folder, followlinks=True):
+        stat = os.stat(current)
+        if (stat.st_dev, stat.st_ino) in seen:  # a symbolic link back to a folder already listed
+            dirs[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         base = Path(current).relative_to(folder)
         found.extend((base / f).as_posix() for f in files if is_image_file(f) and not f.startswith("."))
@@ -118,19 +123,23 @@ def read_label_file(path: Path) -> list[tuple[str, str, int]]:
         raise SemiclustError(f"labeled_list: the list '{path}' does not exist; data.options must name a CSV or text "
                              "file with one 'path,label' line per image.")
     rows = []
-    with path.open(newline="") as handle:
-        for number, line in enumerate(handle, start=1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            fields = next(csv.reader([text])) if "," in text else text.rsplit(None, 1)
-            if len(fields) != 2 or not fields[0].strip() or not fields[1].strip():
-                raise SemiclustError(f"labeled_list: '{path}' line {number} ('{text[:80]}') is not 'path,label'; "
-                                     "write one image path and its class per line.")
-            file, label = fields[0].strip(), fields[1].strip()
-            if number == 1 and label.lower() in ("label", "class"):
-                continue
-            rows.append((file, label, number))
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise SemiclustError(f"labeled_list: '{path}' is not UTF-8 text ({err.reason} at byte {err.start}); save it "
+                             "as UTF-8 (one 'path,label' line per image).") from None
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        fields = next(csv.reader([text])) if "," in text else text.rsplit(None, 1)
+        if len(fields) != 2 or not fields[0].strip() or not fields[1].strip():
+            raise SemiclustError(f"labeled_list: '{path}' line {number} ('{text[:80]}') is not 'path,label'; "
+                                 "write one image path and its class per line.")
+        file, label = fields[0].strip(), fields[1].strip()
+        if number == 1 and label.lower() in ("label", "class"):
+            continue
+        rows.append((file, label, number))
     if not rows:
         raise SemiclustError(f"labeled_list: '{path}' lists no images; write one 'path,label' line per image.")
     return rows

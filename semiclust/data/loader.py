@@ -70,6 +70,7 @@ class Corrupt:
 @dataclass
 class ReadResult:
     image: torch.Tensor
+    index: int  # the image actually decoded: `index`, or the substitute (whose label must be used)
     corrupt: list[Corrupt] = field(default_factory=list)
 
 
@@ -80,7 +81,7 @@ def read_with_substitutes(split: FileSplit, index: int, pool: torch.Tensor) -> R
     for attempt in range(MAX_SUBSTITUTES):
         candidate = index if attempt == 0 else int(pool[(start + attempt) % len(pool)])
         try:
-            return ReadResult(decode_rgb(split.path(candidate)), corrupt)
+            return ReadResult(decode_rgb(split.path(candidate)), candidate, corrupt)
         except UnreadableImage as err:
             corrupt.append(Corrupt(err.path, err.reason))
     raise SemiclustError(
@@ -93,8 +94,10 @@ def read_with_substitutes(split: FileSplit, index: int, pool: torch.Tensor) -> R
 class TrainFiles(torch.utils.data.Dataset):
     """Item p = this process's micro-batch at stream position p, as uint8 crops.
 
-    Returns {"position", "unlabeled": one B_u x 3 x s x s tensor per crop (group by group, copy by
-    copy), "labeled": B_l x 3 x s x s, "labels": B_l, "corrupt": [Corrupt]}.
+    Returns {"position", "unlabeled": one (count x B_u) x 3 x s x s tensor per crop group (copy k of
+    image j at row k * B_u + j), "labeled": B_l x 3 x s x s, "labels": B_l (of the images actually
+    decoded), "corrupt": [Corrupt], "error": a message when the batch could not be made}. Errors are
+    returned, not raised: a worker's exception would reach the user wrapped in a traceback.
     """
 
     def __init__(self, split: FileSplit, unlabeled: IndexStream | None, labeled: IndexStream | None,
@@ -106,28 +109,33 @@ class TrainFiles(torch.utils.data.Dataset):
     def __len__(self) -> int:  # positions are unbounded; the sampler decides which are read
         return 2**62
 
-    def _images(self, stream: IndexStream, position: int, groups: list[CropGroup], corrupt: list[Corrupt]):
-        indices = stream.indices(position)
-        slots = [torch.empty((len(indices), 3, g.size, g.size), dtype=torch.uint8) for g in groups for _ in range(g.count)]
-        for j, index in enumerate(indices.tolist()):
+    def _images(self, stream: IndexStream, position: int, groups: list[CropGroup],
+                corrupt: list[Corrupt]) -> tuple[list[int], list[torch.Tensor]]:
+        """The indices decoded (substitutes included) and one crop tensor per group, copy-major."""
+        indices = stream.indices(position).tolist()
+        n = len(indices)
+        crops = [torch.empty((g.count * n, 3, g.size, g.size), dtype=torch.uint8) for g in groups]
+        used = []
+        for j, index in enumerate(indices):
             generator = image_generator(self.seed, stream.stream, position, j * self.world + self.rank)
             read = read_with_substitutes(self.split, index, stream.pool)
             corrupt.extend(read.corrupt)
-            slot = 0
-            for group in groups:
-                for crop in cut_crops(read.image, group, generator):
-                    slots[slot][j] = crop
-                    slot += 1
-        return indices, slots
+            used.append(read.index)
+            for group, out in zip(groups, crops):
+                out[j::n] = cut_crops(read.image, group, generator)  # copy k of image j at row k * n + j
+        return used, crops
 
     def __getitem__(self, position: int) -> dict:
         corrupt: list[Corrupt] = []
-        item: dict = {"position": position, "unlabeled": [], "labeled": None, "labels": None}
-        if self.unlabeled is not None:
-            item["unlabeled"] = self._images(self.unlabeled, position, self.groups, corrupt)[1]
-        if self.labeled is not None:
-            indices, (view,) = self._images(self.labeled, position, [self.labeled_group], corrupt)
-            item["labeled"], item["labels"] = view, self.split.labels[indices]
+        item: dict = {"position": position, "unlabeled": [], "labeled": None, "labels": None, "error": None}
+        try:
+            if self.unlabeled is not None:
+                item["unlabeled"] = self._images(self.unlabeled, position, self.groups, corrupt)[1]
+            if self.labeled is not None:
+                used, (view,) = self._images(self.labeled, position, [self.labeled_group], corrupt)
+                item["labeled"], item["labels"] = view, self.split.labels[used]
+        except SemiclustError as err:
+            item["error"] = str(err)
         item["corrupt"] = corrupt
         return item
 

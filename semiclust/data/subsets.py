@@ -88,7 +88,12 @@ class ListMatch:
 def _list_entries(path: Path) -> list[str]:
     if not path.is_file():
         raise SemiclustError(f"labeled list '{path}' does not exist; data.labels.list must name a readable file.")
-    entries = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise SemiclustError(f"labeled list '{path}' is not UTF-8 text ({err.reason} at byte {err.start}); "
+                             "save it as UTF-8, one index or file name per line.") from None
+    entries = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     entries = [e for e in entries if e]
     if not entries:
         raise SemiclustError(f"labeled list '{path}' is empty; put one training image (index or file name) per line.")
@@ -162,13 +167,16 @@ def choose_labeled(split: Split, spec: Labels, seed: int, num_classes: int) -> L
 def save_subset(subset: LabeledSubset, split: Split, path: Path) -> None:
     """The exact subset, with file names for file-based splits, so a run records what it trained on."""
     record = {"description": subset.description, "sha256": subset.digest, "count": len(subset.indices),
-              "list_sha256": subset.list_sha256, "canonical": subset.canonical, "indices": subset.indices.tolist()}
+              "list_sha256": subset.list_sha256, "canonical": subset.canonical, "train_size": len(split),
+              "indices": subset.indices.tolist()}
     if isinstance(split, FileSplit):
         record["files"] = [split.files[i] for i in subset.indices.tolist()]
     path.write_text(json.dumps(record, indent=1))
 
 
-def load_subset(path: Path) -> LabeledSubset:
+def load_subset(path: Path, split: Split | None = None) -> LabeledSubset:
+    """The saved subset; given the training split, also checks that the data still lists the same files
+    (indices into a changed listing would silently name other images, and resume would not be exact)."""
     data = json.loads(path.read_text())
     subset = LabeledSubset(torch.tensor(data["indices"], dtype=torch.long), data["description"],
                            data.get("list_sha256"), data.get("canonical"))
@@ -176,4 +184,25 @@ def load_subset(path: Path) -> LabeledSubset:
         raise SemiclustError(
             f"'{path}' was edited: its indices no longer match its recorded SHA-256. Restore it or start a new run."
         )
+    if split is not None:
+        _check_same_listing(path, data, subset, split)
     return subset
+
+
+def _check_same_listing(path: Path, data: dict, subset: LabeledSubset, split: Split) -> None:
+    size = data.get("train_size")
+    changed = None
+    if size is not None and size != len(split):
+        changed = f"the training split had {size} images and now has {len(split)}"
+    elif len(subset.indices) and int(subset.indices.max()) >= len(split):
+        changed = f"the training split now has only {len(split)} images"
+    elif isinstance(split, FileSplit) and "files" in data:
+        now = [split.files[i] for i in subset.indices.tolist()]
+        differ = next((pair for pair in zip(data["files"], now) if pair[0] != pair[1]), None)
+        if differ:
+            changed = f"labeled image '{differ[0]}' is now '{differ[1]}' at the same index"
+    if changed:
+        raise SemiclustError(
+            f"the data changed since this run started ({changed}; recorded in '{path}'). Resuming would train on "
+            "other images; restore the dataset as it was, or start a new run."
+        )

@@ -151,7 +151,7 @@ def load_dataset(recipe: Recipe) -> Dataset:
 def labeled_subset_for(files: RunFiles, dataset: Dataset, recipe: Recipe, resume: bool) -> LabeledSubset:
     """Draw the labeled subset, or reuse the one saved in the run directory when resuming."""
     if resume and files.subset.exists():
-        return load_subset(files.subset)
+        return load_subset(files.subset, dataset.train)
     subset = choose_labeled(dataset.train, recipe.data.labels, recipe.seed, dataset.num_classes)
     if dist.is_main():
         save_subset(subset, dataset.train, files.subset)
@@ -233,6 +233,8 @@ class BatchMaker:
             self._items = iter(make_loader(self.files, range(position, end), self.recipe.data.loader, self.device))
         item = next(self._items)
         self._next_position = position + 1
+        if item["error"]:
+            raise SemiclustError(item["error"], exit_code=1)
         if item["corrupt"]:
             self.corrupt_images += len(item["corrupt"])
             self.on_corrupt(item["corrupt"])
@@ -241,10 +243,10 @@ class BatchMaker:
     def _file_crops(self, position: int) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
         """Unlabeled crops, labeled view (photometric ops done here, on the device) and labels of a position."""
         item = self._file_item(position)
-        slots, unlabeled = iter(item["unlabeled"]), []
-        for group in self.crop_groups if self.method.uses_unlabeled else []:
+        unlabeled = []
+        for group, raw in zip(self.crop_groups, item["unlabeled"]):
             count = group.group.count
-            raw = torch.cat([next(slots) for _ in range(count)]).to(self.device, non_blocking=True)
+            raw = raw.to(self.device, non_blocking=True)
             unlabeled.extend(group.finish(raw, self.generator, **self._shares(len(raw) // count, count)).chunk(count))
         view = labels = None
         if self.labeled is not None:
@@ -478,6 +480,8 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
         + (", SyncBatchNorm" if sync_bn else "") + (f", {amp_dtype}" if amp_dtype else "")
         + (f"; resuming at step {start_step}" if start_step else "")
     )
+    if method.init_report is not None:
+        progress.message(method.init_report.summary())
 
     def warn_corrupt(corrupt: list[Corrupt]) -> None:
         for bad in corrupt:

@@ -27,6 +27,20 @@ def test_decode_reads_png_jpeg_and_bmp_and_names_unreadable_files(tmp_path):
     assert caught.value.path.endswith("bad.png") and caught.value.reason
 
 
+def test_sixteen_bit_png_and_animated_gif_decode_to_uint8_rgb(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)  # 0 .. 63000 in 16 bits
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    decoded16 = decode_rgb(tmp_path / "deep.png")
+    assert decoded16.dtype == torch.uint8 and decoded16.shape == (3, 8, 8)
+    assert torch.allclose(decoded16[0].float(), torch.from_numpy(ramp / 257.0).float(), atol=1.0)  # scaled, not wrapped
+    frames = [Image.fromarray(stripes(i, i)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    assert decode_rgb(tmp_path / "anim.gif").shape == (3, 12, 12)
+
+
 def test_imagefolder_lists_classes_files_and_eval_split(tmp_path):
     train = image_tree(tmp_path / "train", ["b_class", "a_class"], per_class=3)
     image_tree(tmp_path / "val", ["a_class", "b_class"], per_class=2, start_seed=77)

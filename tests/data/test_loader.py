@@ -43,10 +43,12 @@ def _items(dataset, rank, world, batch_u=8, batch_l=4, position=3):
 def test_crops_do_not_depend_on_the_number_of_processes(folder):
     single = _items(folder, 0, 1)
     shares = [_items(folder, r, 2) for r in range(2)]
-    assert len(single["unlabeled"]) == 5 and single["unlabeled"][2].shape == (8, 3, 4, 4)
-    for slot, whole in enumerate(single["unlabeled"]):
-        interleaved = torch.stack([shares[j % 2]["unlabeled"][slot][j // 2] for j in range(8)])
-        assert torch.equal(interleaved, whole)  # global row j lives on process j % 2 at position j // 2
+    assert [t.shape for t in single["unlabeled"]] == [(16, 3, 8, 8), (24, 3, 4, 4)]  # copy-major per group
+    for group, whole in zip(GROUPS, single["unlabeled"]):
+        index = 0 if group is GROUPS[0] else 1
+        for k in range(group.count):
+            for j in range(8):  # global row j lives on process j % 2 at position j // 2
+                assert torch.equal(shares[j % 2]["unlabeled"][index][k * 4 + j // 2], whole[k * 8 + j])
     interleaved = torch.stack([shares[j % 2]["labeled"][j // 2] for j in range(4)])
     assert torch.equal(interleaved, single["labeled"])
     assert single["labels"].tolist() == [int(folder.train.labels[i]) for i in
@@ -59,7 +61,27 @@ def test_crops_do_not_depend_on_the_number_of_workers(folder):
     loaded = list(make_loader(files, range(4), Loader(workers=2, prefetch=1), torch.device("cpu")))
     assert [item["position"] for item in loaded] == [0, 1, 2, 3]
     for a, b in zip(direct, loaded):
+        assert len(a["unlabeled"]) == len(b["unlabeled"]) == 2
         assert all(torch.equal(x, y) for x, y in zip(a["unlabeled"], b["unlabeled"]))
+
+
+def test_a_substituted_labeled_image_carries_its_own_label(tmp_path):
+    image_tree(tmp_path / "train", ["a", "b"], per_class=2)
+    dataset = build_dataset("imagefolder", {"root": str(tmp_path), "eval_dir": None})
+    corrupt(dataset.train.path(1))  # a/a_1.png: its substitute is b/b_0.png, of the other class
+    files = TrainFiles(dataset.train, None, labeled_stream(torch.arange(4), 4, 0), GROUPS, LABELED, 0, 0, 1)
+    item = files[0]
+    order = labeled_stream(torch.arange(4), 4, 0).indices(0).tolist()
+    expected = [1 if i == 1 else int(dataset.train.labels[i]) for i in order]
+    assert item["labels"].tolist() == expected and len(item["corrupt"]) == 1
+
+
+def test_a_batch_that_cannot_be_made_returns_its_error_instead_of_raising_in_the_worker(folder):
+    for i in range(len(folder.train)):
+        corrupt(folder.train.path(i))
+    files = TrainFiles(folder.train, unlabeled_stream(len(folder.train), 8, 0), None, GROUPS, LABELED, 0, 0, 1)
+    item = next(iter(make_loader(files, range(1), Loader(workers=1), torch.device("cpu"))))
+    assert "16 images in a row could not be read" in item["error"] and "Traceback" not in item["error"]
 
 
 def test_an_unreadable_image_is_replaced_by_the_next_readable_one_and_reported(folder):
@@ -70,7 +92,7 @@ def test_an_unreadable_image_is_replaced_by_the_next_readable_one_and_reported(f
     assert torch.equal(read.image, read_with_substitutes(folder.train, 6, pool).image)
     files = TrainFiles(folder.train, unlabeled_stream(len(folder.train), 24, 0), None, GROUPS, LABELED, 0, 0, 1)
     item = files[0]  # the whole training set in one batch: the bad file is met, the batch stays full
-    assert item["unlabeled"][0].shape[0] == 24 and [c.path for c in item["corrupt"]] == [str(bad)]
+    assert item["unlabeled"][0].shape[0] == 2 * 24 and [c.path for c in item["corrupt"]] == [str(bad)]
 
 
 def test_eval_files_leave_unreadable_images_out(folder):

@@ -66,3 +66,14 @@ def test_listing_problems_stop_training_before_it_starts(tmp_path, dataset_optio
     csv.write_text(csv.read_text() + "labeled/not_there.png,cat\n")
     with pytest.raises(SemiclustError, match=r"1 problem\(s\).*not_there.png.*semiclust data check"):
         train(validate(file_recipe(dataset_options)), tmp_path / "run")
+
+
+def test_resume_refuses_data_whose_listing_changed(tmp_path, dataset_options):
+    raw = file_recipe(dataset_options)
+    raw["schedule"]["epochs"] = 1
+    recipe = validate(raw)
+    train(recipe, tmp_path / "run")
+    (tmp_path / "run" / "checkpoints" / "final.pt").unlink()
+    shutil.copy(tmp_path / "data" / "pool" / "u0_0.png", tmp_path / "data" / "pool" / "a_new_image.png")
+    with pytest.raises(SemiclustError, match=r"data changed since this run started \(the training split had 65 images"):
+        train(recipe, tmp_path / "run", resume=True)
