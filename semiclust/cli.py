@@ -65,51 +65,172 @@ def train(
     )
 
 
+MAX_JSON_CONFUSION = 100  # classes; above this the matrix is left out of --json (it is in the PNG)
+WORST_CLASSES = 10
+
+
+def _eval_data(state: dict, overrides: list[str]):
+    """The checkpoint's recipe with --set overrides applied (e.g. a new data.options.root), validated."""
+    from semiclust.recipe import apply_overrides, validate
+
+    raw = apply_overrides(json.loads(json.dumps(state["recipe"])), overrides) if overrides else state["recipe"]
+    return validate(raw, "the checkpoint's recipe with --set overrides")
+
+
+def _labeled_memory(dataset, state: dict):
+    """The labeled subset the checkpoint trained with, as a split, or (None, why not)."""
+    import torch
+
+    from semiclust.data.datasets import FileSplit, ImageSplit
+
+    indices = state.get("labeled_indices")
+    if indices is None or not len(indices) or int(indices.max()) >= len(dataset.train):
+        return None, "the labeled subset does not fit this training split"
+    train = dataset.train
+    if isinstance(train, FileSplit):
+        files = [train.files[i] for i in indices.tolist()]
+        if state.get("labeled_files") and files != list(state["labeled_files"]):
+            return None, "the training files differ from those the checkpoint recorded"
+        return FileSplit(train.root, files, train.labels[indices]), None
+    return ImageSplit(train.images[torch.as_tensor(indices)], train.labels[indices]), None
+
+
 @app.command("eval")
 def evaluate_checkpoint(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A checkpoint .pt file (or its run directory)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    overrides: Optional[list[str]] = typer.Option(
+        None, "--set", help="Override the checkpoint's recipe before loading the data, e.g. data.options.root=/data."),
+    confusion: Optional[Path] = typer.Option(None, "--confusion", help="Confusion-matrix PNG (default: beside the checkpoint)."),
+    no_confusion: bool = typer.Option(False, "--no-confusion", help="Do not write the confusion-matrix PNG."),
+    knn: int = typer.Option(20, "--knn-k", help="Neighbours of the kNN diagnostic (0 = skip it)."),
+    knn_temperature: float = typer.Option(0.07, "--knn-temperature", help="Temperature of the kNN vote weights."),
 ) -> None:
-    """Top-1/top-5 of the prototype classifier (the teacher for Daino) on the recipe's evaluation split."""
+    """Top-1/top-5 of the prototype classifier (the teacher for Daino), per-class accuracy, a confusion matrix
+    PNG and a weighted kNN on backbone features (labeled subset as memory), on the recipe's evaluation split."""
     from semiclust.data.datasets import build_dataset
     from semiclust.engine.checkpoint import load_checkpoint
     from semiclust.engine.trainer import resolve_device
-    from semiclust.evaluate import EvalViews, classifier_from_checkpoint, evaluate
+    from semiclust.evaluate import EvalViews, classifier_from_checkpoint, evaluation_report
+    from semiclust.plot import plot_confusion
 
     target = resolve_device(device)
     state = load_checkpoint(checkpoint)
-    network, recipe = classifier_from_checkpoint(state)
+    network, _ = classifier_from_checkpoint(state)
     network.to(target)
+    recipe = _eval_data(state, overrides or [])
     dataset = build_dataset(recipe.data.dataset, recipe.data.options)
     if dataset.test is None:
         raise SemiclustError(f"dataset '{dataset.name}' of this checkpoint's recipe has no evaluation split; "
-                             "give one in data.options (e.g. eval: for labeled_list) to evaluate.")
-    views = EvalViews(dataset.test, recipe.data.eval, tuple(state["mean"]), tuple(state["std"]), recipe.eval.batch_size,
-                      target, recipe.data.loader)
-    result = evaluate(network, views, dataset.test_split_name, match=state["classifier"]["matched"])
+                             "give one with --set (e.g. data.options.eval=eval.csv for labeled_list).")
+    if len(dataset.classes) != state["classifier"]["num_classes"]:
+        raise SemiclustError(f"the dataset now has {len(dataset.classes)} classes but the checkpoint was trained "
+                             f"with {state['classifier']['num_classes']}; point --set data.options at the same data.")
+    mean, std = tuple(state["mean"]), tuple(state["std"])
+    views = EvalViews(dataset.test, recipe.data.eval, mean, std, recipe.eval.batch_size, target, recipe.data.loader)
+    memory, no_memory = (None, "--knn-k 0") if knn <= 0 else _labeled_memory(dataset, state)
+    memory_views = None if memory is None else EvalViews(memory, recipe.data.eval, mean, std, recipe.eval.batch_size,
+                                                         target, recipe.data.loader)
+    report = evaluation_report(network, views, dataset.test_split_name, list(state["classes"]),
+                               match=state["classifier"]["matched"], memory=memory_views, knn_k=max(knn, 1),
+                               knn_temperature=knn_temperature)
+    checkpoint_file = Path(checkpoint) if Path(checkpoint).is_file() else Path(checkpoint) / "checkpoints" / "final.pt"
+    png = None
+    if not no_confusion:
+        png = confusion or checkpoint_file.with_name(f"{checkpoint_file.stem}_confusion.png")
+        plot_confusion(report.confusion, report.classes, png,
+                       f"{recipe.name}, step {state['step']}: top-1 {report.result.top1:.2f}% on {report.result.n} images")
     if as_json:
-        print(json.dumps({**result.as_dict(), "checkpoint": str(checkpoint), "step": state["step"]}))
+        print(json.dumps({**report.as_dict(include_confusion=len(report.classes) <= MAX_JSON_CONFUSION),
+                          "checkpoint": str(checkpoint), "step": state["step"], "confusion_png": str(png) if png else None}))
         return
+    r = report.result
     table = Table(title=f"{recipe.name} ({recipe.method.name}), step {state['step']}")
-    for column in ("split", "images", "top-1 %", "top-5 %", "matching"):
+    for column in ("split", "images", "top-1 %", "top-5 %", "matching", "kNN top-1 %"):
         table.add_column(column)
-    table.add_row(result.split, str(result.n), f"{result.top1:.2f}", f"{result.top5:.2f}", result.matching)
+    knn_cell = f"{report.knn_top1:.2f} (k {knn}, {report.knn_memory} labeled)" if report.knn_top1 is not None else "-"
+    table.add_row(r.split, str(r.n) + (f" ({r.unreadable} unreadable)" if r.unreadable else ""), f"{r.top1:.2f}",
+                  f"{r.top5:.2f}", r.matching, knn_cell)
     console.print(table)
+    ranked = sorted(zip(report.classes, report.per_class.tolist(), report.confusion.sum(dim=1).tolist()),
+                    key=lambda row: (row[1] != row[1], row[1]))  # worst first, classes without images last
+    shown = ranked if len(ranked) <= 2 * WORST_CLASSES else ranked[:WORST_CLASSES]
+    per_class = Table(title="per-class accuracy" + ("" if shown is ranked else f" ({WORST_CLASSES} worst)"))
+    for column in ("class", "images", "top-1 %"):
+        per_class.add_column(column)
+    for name, accuracy, count in shown:
+        per_class.add_row(name, str(count), "-" if accuracy != accuracy else f"{accuracy:.1f}")
+    console.print(per_class)
+    if report.knn_top1 is None and no_memory != "--knn-k 0":
+        console.print(f"kNN diagnostic skipped: {no_memory}.", highlight=False)
+    if png:
+        console.print(f"confusion matrix: {png}", highlight=False)
 
 
 @app.command()
 def export(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A checkpoint written by `semiclust train`."),
     out: Path = typer.Option(..., "--out", "-o", help="Destination .safetensors file."),
+    content: str = typer.Option("backbone", "--content",
+                                help="backbone (loads in plain timm) or classifier (backbone + head + prototypes)."),
 ) -> None:
-    """Export to safetensors (not implemented yet in this release)."""
-    raise SemiclustError(
-        "`semiclust export` is not implemented yet in this release: safetensors export with timm-loadable "
-        "metadata is planned for the next one. Until then, the checkpoint itself is readable with "
-        "torch.load(path, weights_only=True).",
-        exit_code=1,
-    )
+    """Export the evaluated network (Daino: the teacher) to safetensors with its metadata."""
+    from semiclust.export import export_checkpoint
+
+    meta = export_checkpoint(checkpoint, out, content)
+    console.print(f"wrote {out}: {content} of {meta['architecture']} (step {meta['step']}, {meta['num_classes']} classes, "
+                  f"recipe sha256 {meta['recipe_sha256'][:12]})", highlight=False)
+    if content == "backbone":
+        kwargs = "".join(f", {k}={v!r}" for k, v in json.loads(meta["timm_kwargs"]).items())
+        console.print(f"load it with timm: timm.create_model({meta['architecture']!r}, pretrained=True, num_classes=0, "
+                      f"pretrained_cfg_overlay=dict(file={str(out)!r}){kwargs})", highlight=False, markup=False)
+    else:
+        console.print(f"load it with semiclust: semiclust.load_classifier({str(out)!r}); or "
+                      f"semiclust predict --model {out} IMAGES...", highlight=False, markup=False)
+
+
+@app.command()
+def predict(
+    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    model: Path = typer.Option(..., "--model", "-m", help="A classifier exported with `semiclust export --content classifier`."),
+    top_k: int = typer.Option(5, "--top-k", "-k", help="Classes per image."),
+    output_format: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write csv/json here instead of standard output."),
+    batch_size: int = typer.Option(64, help="Images per forward pass."),
+    workers: int = typer.Option(0, help="Decoding worker processes."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Top-k classes with probabilities for each image, using the evaluation transform stored in the export."""
+    from semiclust.engine.trainer import resolve_device
+    from semiclust.export import load_classifier
+    from semiclust.predict import as_csv, as_json, collect_images, predict_files
+
+    if output_format not in ("table", "csv", "json"):
+        raise SemiclustError(f"--format must be table, csv or json, not '{output_format}'.")
+    if top_k < 1:
+        raise SemiclustError("--top-k must be at least 1.")
+    classifier = load_classifier(model, resolve_device(device))
+    paths = collect_images(inputs)
+    predictions = predict_files(classifier, paths, top_k, batch_size, workers)
+    if output_format != "table":
+        text = as_csv(predictions, min(top_k, len(classifier.classes))) if output_format == "csv" else as_json(predictions)
+        if out is None:
+            print(text, end="" if text.endswith("\n") else "\n")
+        else:
+            out.write_text(text)
+            console.print(f"wrote {len(predictions)} predictions to {out}", highlight=False)
+    else:
+        table = Table(title=f"{model.name}: top-{min(top_k, len(classifier.classes))}")
+        for column in ("image", "classes (probability)"):
+            table.add_column(column)
+        for p in predictions:
+            cell = p.error and f"unreadable: {p.error}" or ", ".join(f"{c} ({v:.1%})" for c, v in zip(p.classes, p.probabilities))
+            table.add_row(p.path, cell)
+        console.print(table)
+    failed = sum(p.error is not None for p in predictions)
+    if failed:
+        err_console.print(f"{failed} of {len(predictions)} file(s) could not be read (see the error column).")
 
 
 @app.command()

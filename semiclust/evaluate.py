@@ -8,6 +8,7 @@ import torch
 
 from semiclust.data.datasets import FileSplit, Split
 from semiclust.data.transforms import center_view
+from semiclust.errors import SemiclustError
 from semiclust.recipe import EvalView, Loader
 
 
@@ -58,6 +59,12 @@ class EvalViews:
                 yield (images - self.mean) / self.std, item["labels"]
 
 
+def _require_images(outputs: list, views: EvalViews) -> None:
+    if not outputs:
+        raise SemiclustError(f"none of the {len(views.split)} evaluation images could be read ({views.unreadable} "
+                             "unreadable); check the evaluation files with `semiclust data check RECIPE --all`.")
+
+
 @torch.no_grad()
 def predict_scores(network: torch.nn.Module, views: EvalViews) -> tuple[torch.Tensor, torch.Tensor]:
     """Prototype scores (N x K, fp32, on CPU) of every readable image's centre view, in eval mode,
@@ -69,6 +76,7 @@ def predict_scores(network: torch.nn.Module, views: EvalViews) -> tuple[torch.Te
         for images, batch_labels in views:
             outputs.append(network(images).float().cpu())
             labels.append(batch_labels)
+        _require_images(outputs, views)
         return torch.cat(outputs), torch.cat(labels)
     finally:
         network.train(was_training)
@@ -105,6 +113,99 @@ def evaluate(network: torch.nn.Module, views: EvalViews, split_name: str, match:
         scores, matching = permuted, "hungarian"
     return EvalResult(topk_accuracy(scores, labels, 1), topk_accuracy(scores, labels, 5), len(labels), split_name,
                       matching, views.unreadable)
+
+
+# ---------------------------------------------------------------- the `semiclust eval` report
+@torch.no_grad()
+def features_and_scores(network: torch.nn.Module, views: EvalViews) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backbone features, prototype scores and labels of every readable image (one pass, eval mode)."""
+    was_training = network.training
+    network.eval()
+    try:
+        features, scores, labels = [], [], []
+        for images, batch_labels in views:
+            feats = network.backbone(images)
+            features.append(feats.float().cpu())
+            scores.append(network.scores(network.head(feats)).float().cpu())
+            labels.append(batch_labels)
+        _require_images(scores, views)
+        return torch.cat(features), torch.cat(scores), torch.cat(labels)
+    finally:
+        network.train(was_training)
+
+
+def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """K x K counts: row = true class, column = predicted class."""
+    counts = torch.zeros(num_classes * num_classes, dtype=torch.long)
+    counts.index_add_(0, labels * num_classes + predicted, torch.ones_like(labels))
+    return counts.view(num_classes, num_classes)
+
+
+def per_class_accuracy(confusion: torch.Tensor) -> torch.Tensor:
+    """Recall of each class in percent (NaN for a class with no evaluation image)."""
+    totals = confusion.sum(dim=1).double()
+    return 100.0 * confusion.diagonal().double() / totals.where(totals > 0, torch.tensor(float("nan"), dtype=torch.double))
+
+
+def knn_scores(memory: torch.Tensor, memory_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
+               k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
+    """Weighted k-nearest-neighbour votes (DINO's protocol): cosine similarity on L2-normalised features,
+    the k most similar memory items vote for their class with weight exp(similarity / temperature)."""
+    memory = torch.nn.functional.normalize(memory.float(), dim=1)
+    k = min(k, len(memory))
+    votes = []
+    for start in range(0, len(queries), chunk):
+        query = torch.nn.functional.normalize(queries[start : start + chunk].float(), dim=1)
+        similarity, index = (query @ memory.t()).topk(k, dim=1)
+        weights = (similarity / temperature).exp()
+        one_hot = torch.nn.functional.one_hot(memory_labels[index], num_classes).float()
+        votes.append((one_hot * weights.unsqueeze(-1)).sum(dim=1))
+    return torch.cat(votes)
+
+
+@dataclass
+class EvalReport:
+    """Everything `semiclust eval` prints: the classifier's accuracy, per class, its confusion matrix, and
+    the kNN diagnostic on backbone features (None when no labeled memory could be rebuilt)."""
+
+    result: EvalResult
+    classes: list[str]
+    per_class: torch.Tensor
+    confusion: torch.Tensor
+    knn_top1: float | None = None
+    knn_top5: float | None = None
+    knn_memory: int = 0
+
+    def as_dict(self, include_confusion: bool) -> dict:
+        out = {**self.result.as_dict(), "knn_top1": self.knn_top1, "knn_top5": self.knn_top5, "knn_memory": self.knn_memory,
+               "per_class": {c: (None if v != v else v) for c, v in zip(self.classes, self.per_class.tolist())}}
+        if include_confusion:
+            out["confusion"] = self.confusion.tolist()
+        return out
+
+
+def evaluation_report(network: torch.nn.Module, views: EvalViews, split_name: str, classes: list[str],
+                      match: bool = False, memory: EvalViews | None = None, knn_k: int = 20,
+                      knn_temperature: float = 0.07) -> EvalReport:
+    """The classifier's top-1/top-5, per-class accuracy and confusion on `views`; with `memory` (the
+    labeled images), also the weighted kNN accuracy of backbone features as a diagnostic."""
+    features, scores, labels = features_and_scores(network, views)
+    matching = "identity"
+    if match:
+        mapping = match_clusters(scores.argmax(dim=1), labels, scores.shape[1])
+        permuted = torch.empty_like(scores)
+        permuted[:, mapping] = scores
+        scores, matching = permuted, "hungarian"
+    result = EvalResult(topk_accuracy(scores, labels, 1), topk_accuracy(scores, labels, 5), len(labels), split_name,
+                        matching, views.unreadable)
+    confusion = confusion_matrix(scores.argmax(dim=1), labels, len(classes))
+    report = EvalReport(result, classes, per_class_accuracy(confusion), confusion)
+    if memory is not None:
+        memory_features, _, memory_labels = features_and_scores(network, memory)
+        votes = knn_scores(memory_features, memory_labels, features, len(classes), knn_k, knn_temperature)
+        report.knn_top1, report.knn_top5 = topk_accuracy(votes, labels, 1), topk_accuracy(votes, labels, 5)
+        report.knn_memory = len(memory_labels)
+    return report
 
 
 def classifier_from_checkpoint(state: dict):

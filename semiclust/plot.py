@@ -51,3 +51,36 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     figure.savefig(target, dpi=100)
     plt.close(figure)
     return target
+
+
+MAX_LABELLED_CLASSES = 30  # above this, class names would overlap: the axes show indices
+
+
+def plot_confusion(confusion, classes: list[str], out: Path, title: str) -> Path:
+    """A row-normalised confusion matrix (true class by row) as a PNG; counts written in the cells of small ones."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = confusion.double()
+    rates = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    k = len(classes)
+    side = min(4 + 0.35 * k, 40)
+    figure, axis = plt.subplots(figsize=(side, side * 0.9), constrained_layout=True)
+    image = axis.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    figure.colorbar(image, ax=axis, fraction=0.046, label="fraction of the true class")
+    if k <= MAX_LABELLED_CLASSES:
+        axis.set_xticks(range(k), classes, rotation=90)
+        axis.set_yticks(range(k), classes)
+        for row in range(k):
+            for col in range(k):
+                if counts[row, col] > 0:
+                    axis.text(col, row, int(counts[row, col]), ha="center", va="center", fontsize=7,
+                              color="white" if rates[row, col] > 0.5 else "black")
+    axis.set(xlabel="predicted class", ylabel="true class", title=title)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out

@@ -66,9 +66,11 @@ def test_list_commands(capsys):
     assert code == 2 and "did you mean 'backbones'" in err.lower()
 
 
-def test_export_says_honestly_it_is_not_there_yet(capsys, tmp_path):
+def test_export_of_a_missing_checkpoint_or_to_a_wrong_suffix(capsys, tmp_path):
     code, _, err = run(capsys, "export", "--checkpoint", str(tmp_path / "x.pt"), "--out", str(tmp_path / "x.safetensors"))
-    assert code == 1 and "not implemented yet" in err
+    assert code == 2 and "does not exist" in err
+    code, _, err = run(capsys, "export", "--checkpoint", str(tmp_path / "x.pt"), "--out", str(tmp_path / "x.bin"))
+    assert code == 2 and "must end in .safetensors" in err
 
 
 def test_eval_of_missing_or_corrupt_checkpoint(capsys, tmp_path):

@@ -15,6 +15,7 @@ from torch import nn
 
 from semiclust.assign import build_assigner
 from semiclust.methods.losses import combine_losses, labeled_fraction, soft_cross_entropy, swapped_cross_entropy
+from semiclust.models.init import initialise
 from semiclust.models.network import Network
 from semiclust.recipe import Recipe
 
@@ -62,6 +63,7 @@ class Method(nn.Module):
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = steps_per_epoch * recipe.schedule.epochs
         self.student = Network(recipe.model, in_chans, num_classes, self.prototypes)
+        self.init_report = initialise(self.student, recipe.model.init) if recipe.model.init else None
         self.assigner = build_assigner(self.spec.assignment, num_classes) if self.uses_unlabeled else None
 
     # ---- what subclasses provide

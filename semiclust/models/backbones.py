@@ -19,10 +19,35 @@ from semiclust.registry import unknown_name_message
 _TIMM_ONLY = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 
-def _no_pretrained(pretrained: bool, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    if pretrained:
-        raise SemiclustError(f"backbone '{name}' has no published weights; initialise from a local checkpoint instead.")
-    return {k: v for k, v in kwargs.items() if k not in _TIMM_ONLY}
+def _pretrained_file(pretrained: bool, name: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The model kwargs without timm's pretrained options, and the local weights file asked for, if any.
+
+    These networks have no published weights; `pretrained=True` works, as for timm's own models, with
+    a local file: `pretrained_cfg_overlay=dict(file=PATH)` (e.g. a `semiclust export` of the backbone).
+    """
+    file = (kwargs.get("pretrained_cfg_overlay") or {}).get("file") if pretrained else None
+    if pretrained and not file:
+        raise SemiclustError(f"backbone '{name}' has no published weights; pass pretrained_cfg_overlay=dict(file=PATH) "
+                             "with a local file, or initialise from a checkpoint with model.init.")
+    return {k: v for k, v in kwargs.items() if k not in _TIMM_ONLY}, file
+
+
+def _with_weights(model: nn.Module, file: str | None) -> nn.Module:
+    """Load a local weights file into a freshly built small-image network (classifier keys excepted, as timm)."""
+    if file is None:
+        return model
+    if str(file).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(file)
+    else:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("fc.")]
+    if missing or result.unexpected_keys:
+        raise SemiclustError(f"weights file '{file}' does not fit this network: missing {missing[:5]}, "
+                             f"unexpected {result.unexpected_keys[:5]}.")
+    return model
 
 
 def _small_cfg(in_chans: int, size: int) -> dict[str, Any]:
@@ -76,18 +101,19 @@ class TinyConvNet(nn.Module):
 @register_model
 def tinyconv(pretrained: bool = False, **kwargs: Any) -> TinyConvNet:
     """TinyConvNet for the embedded digits (see the class docstring)."""
-    return TinyConvNet(**_no_pretrained(pretrained, "tinyconv", kwargs))
+    kwargs, file = _pretrained_file(pretrained, "tinyconv", kwargs)
+    return _with_weights(TinyConvNet(**kwargs), file)
 
 
 def _cifar_resnet(name: str, layers: tuple[int, ...], pretrained: bool, kwargs: dict[str, Any]) -> ResNet:
     """timm's ResNet with a 3x3 stride-1 stem and no max-pool, the usual setting for 32-px images."""
-    kwargs = _no_pretrained(pretrained, name, kwargs)
+    kwargs, file = _pretrained_file(pretrained, name, kwargs)
     model = ResNet(block=BasicBlock, layers=layers, **kwargs)
     in_chans = model.conv1.in_channels
     model.conv1 = nn.Conv2d(in_chans, model.conv1.out_channels, 3, 1, 1, bias=False)
     model.maxpool = nn.Identity()
     model.pretrained_cfg = _small_cfg(in_chans, 32)
-    return model
+    return _with_weights(model, file)
 
 
 @register_model
