@@ -105,14 +105,22 @@ def evaluate(network: torch.nn.Module, views: EvalViews, split_name: str, match:
     """Accuracy of argmax over prototype scores. With `match` (no labels in training), prototypes are
     first mapped to classes by the best one-to-one matching on this split, and scores permuted."""
     scores, labels = predict_scores(network, views)
+    return accuracy_result(scores, labels, split_name, match, views.unreadable)[0]
+
+
+def accuracy_result(scores: torch.Tensor, labels: torch.Tensor, split_name: str, match: bool,
+                    unreadable: int) -> tuple[EvalResult, torch.Tensor]:
+    """Top-1/top-5 of the scores, and the scores used (permuted to classes by the best matching when
+    `match`: a run trained without labels has prototypes in no particular class order)."""
     matching = "identity"
     if match:
         mapping = match_clusters(scores.argmax(dim=1), labels, scores.shape[1])
         permuted = torch.empty_like(scores)
         permuted[:, mapping] = scores
         scores, matching = permuted, "hungarian"
-    return EvalResult(topk_accuracy(scores, labels, 1), topk_accuracy(scores, labels, 5), len(labels), split_name,
-                      matching, views.unreadable)
+    result = EvalResult(topk_accuracy(scores, labels, 1), topk_accuracy(scores, labels, 5), len(labels), split_name,
+                        matching, unreadable)
+    return result, scores
 
 
 # ---------------------------------------------------------------- the `semiclust eval` report
@@ -190,14 +198,7 @@ def evaluation_report(network: torch.nn.Module, views: EvalViews, split_name: st
     """The classifier's top-1/top-5, per-class accuracy and confusion on `views`; with `memory` (the
     labeled images), also the weighted kNN accuracy of backbone features as a diagnostic."""
     features, scores, labels = features_and_scores(network, views)
-    matching = "identity"
-    if match:
-        mapping = match_clusters(scores.argmax(dim=1), labels, scores.shape[1])
-        permuted = torch.empty_like(scores)
-        permuted[:, mapping] = scores
-        scores, matching = permuted, "hungarian"
-    result = EvalResult(topk_accuracy(scores, labels, 1), topk_accuracy(scores, labels, 5), len(labels), split_name,
-                        matching, views.unreadable)
+    result, scores = accuracy_result(scores, labels, split_name, match, views.unreadable)
     confusion = confusion_matrix(scores.argmax(dim=1), labels, len(classes))
     report = EvalReport(result, classes, per_class_accuracy(confusion), confusion)
     if memory is not None:
