@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -34,6 +35,9 @@ def train(
     overrides: Optional[list[str]] = SetOption,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Build data, model and optimiser, print the plan, do not train."),
+    processes: Optional[int] = typer.Option(None, "--processes", help="With --dry-run: plan for this many processes "
+                                            "(default: $WORLD_SIZE or 1)."),
 ) -> None:
     """Train a model as the recipe says; writes recipe, labeled subset, metrics and checkpoints to --out."""
     from semiclust.engine import dist
@@ -41,6 +45,9 @@ def train(
     from semiclust.recipe import load_recipe
 
     resolved = load_recipe(recipe, overrides or [])
+    if dry_run:
+        _print_dry_run(resolved, processes or int(os.environ.get("WORLD_SIZE", "1")))
+        return
     run_dir = out or Path("runs") / resolved.name
     hint = " ".join(["semiclust train", recipe, "--out", str(run_dir), *[f"--set {o}" for o in overrides or []], "--resume"])
     try:
@@ -93,6 +100,43 @@ def _labeled_memory(dataset, state: dict):
             return None, "the training files differ from those the checkpoint recorded"
         return FileSplit(train.root, files, train.labels[indices]), None
     return ImageSplit(train.images[torch.as_tensor(indices)], train.labels[indices]), None
+
+
+def _print_dry_run(recipe, processes: int) -> None:
+    from semiclust.engine.plan import dry_run
+
+    if processes < 1:
+        raise SemiclustError("--processes must be at least 1.")
+    plan = dry_run(recipe, processes)
+    n, params = plan.numbers, plan.parameters
+    table = Table(title=f"{recipe.name}: {recipe.method.name} on {plan.dataset} (dry run, {processes} process(es))",
+                  show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    evaluation = "no evaluation set" if plan.eval_images is None else f"{plan.eval_images:,} evaluation images"
+    accumulated = f" x {recipe.optim.accumulate_steps} accumulated" if recipe.optim.accumulate_steps > 1 else ""
+    teacher = f"; EMA teacher {plan.teacher_parameters:,}" if plan.teacher_parameters else ""
+    rows = [
+        ("data", f"{plan.train_images:,} training images, {plan.labeled:,} labeled, {evaluation}, {plan.classes} classes"),
+        ("labeled subset", plan.labeled_identity),
+        ("global batch", f"{n.global_unlabeled:,} unlabeled + {n.global_labeled:,} labeled images per step "
+                         f"({recipe.data.batch.unlabeled} + {recipe.data.batch.labeled} per process{accumulated})"),
+        ("steps", f"{n.steps_per_epoch:,} per epoch x {recipe.schedule.epochs} epochs = {n.total_steps:,}; "
+                  f"warm-up {n.warmup_steps:,}"),
+        ("learning rate", f"{n.peak_lr:.4g} after scaling ({recipe.optim.lr:g} per {recipe.optim.lr_reference_batch} images)"
+                          if recipe.optim.lr_reference_batch else f"{n.peak_lr:.4g} (not scaled)"),
+        ("parameters", f"backbone {params['backbone']:,}, head {params['head']:,}, prototypes {params['prototypes']:,}; "
+                       f"trainable {params['trainable']:,}{teacher}"),
+        ("optimiser", plan.optimizer),
+        ("activations", f"~{plan.activation_gib:.2f} GiB per process kept for backward ({plan.precision}; "
+                        "an estimate from the layer outputs of a 2-image probe)"),
+    ]
+    if plan.init:
+        rows.append(("init", plan.init))
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+    console.print("dry run: nothing was trained or written.", highlight=False)
 
 
 @app.command("eval")

@@ -28,7 +28,8 @@ from semiclust.engine.checkpoint import latest_usable, periodic_checkpoints, sav
 from semiclust.engine.metrics import MetricsLog
 from semiclust.engine.optim import build_optimizer, set_lr_and_decay
 from semiclust.engine.progress import TrainingProgress
-from semiclust.engine.schedules import cosine, scaled_lr, warmup_cosine
+from semiclust.engine.plan import run_numbers, steps_per_epoch
+from semiclust.engine.schedules import cosine, warmup_cosine
 from semiclust.engine.signals import StopRequest
 from semiclust.engine.syncbn import convert_sync_batchnorm
 from semiclust.errors import SemiclustError
@@ -206,7 +207,7 @@ class BatchMaker:
     @property
     def steps_per_epoch(self) -> int:
         """Optimiser steps per epoch (each takes `accumulate` batches)."""
-        return self.unlabeled.batches_per_pass // self.accumulate
+        return steps_per_epoch(len(self.dataset.train), self.recipe.data.batch.unlabeled, self.world, self.accumulate)
 
     def micro_batches(self, step: int):
         """The batches of optimiser step `step`: stream positions step * accumulate ... + accumulate - 1."""
@@ -417,8 +418,8 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
 
     # model and method: identical initial weights on every process, then per-process randomness
     torch.manual_seed(recipe.seed)
-    steps_per_epoch = max(len(dataset.train) // (recipe.data.batch.unlabeled * world) // recipe.optim.accumulate_steps, 1)
-    method = METHODS.get(recipe.method.name)(recipe, dataset.num_classes, dataset.channels, steps_per_epoch)
+    numbers = run_numbers(recipe, len(dataset.train), world, METHODS.get(recipe.method.name).uses_unlabeled)
+    method = METHODS.get(recipe.method.name)(recipe, dataset.num_classes, dataset.channels, numbers.steps_per_epoch)
     sync_bn = recipe.runtime.sync_batchnorm is True or (recipe.runtime.sync_batchnorm == "auto" and world > 1)
     if sync_bn:
         convert_sync_batchnorm(method, device.type == "cuda")
@@ -437,13 +438,11 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
     batches = BatchMaker(recipe, dataset, subset, method, device, channels_last)
     eval_views = None if dataset.test is None else EvalViews(
         dataset.test, recipe.data.eval, dataset.mean, dataset.std, recipe.eval.batch_size, device, recipe.data.loader)
-    total_steps = batches.steps_per_epoch * recipe.schedule.epochs
+    total_steps = numbers.total_steps
 
     # optimiser and schedules (lr scaled by the global unlabeled batch; labeled for `supervised`)
     optim, schedule = recipe.optim, recipe.schedule
-    reference_images = recipe.data.batch.unlabeled if method.uses_unlabeled else recipe.data.batch.labeled
-    peak_lr = scaled_lr(optim.lr, reference_images * world * optim.accumulate_steps, optim.lr_reference_batch)
-    warmup_steps = round(schedule.warmup_epochs * batches.steps_per_epoch)
+    peak_lr, warmup_steps = numbers.peak_lr, numbers.warmup_steps
     optimizer = build_optimizer(method.student, optim, peak_lr, fused=device.type == "cuda")
     amp_dtype = autocast_dtype(recipe.runtime.precision, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
