@@ -299,6 +299,14 @@ def recipe_show(
     print(dump_yaml(load_recipe(recipe, overrides or [])), end="")
 
 
+@recipe_app.command("reference")
+def recipe_reference() -> None:
+    """Print the recipe reference (every key, type, default, meaning) as Markdown, generated from the schema."""
+    from semiclust.recipe_reference import render_reference
+
+    print(render_reference(), end="")
+
+
 @recipe_app.command("validate")
 def recipe_validate(recipes: list[str] = typer.Argument(..., help="Recipe files or shipped recipe names.")) -> None:
     """Check recipes; lists every invalid one and exits 2 if any is invalid."""

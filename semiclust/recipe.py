@@ -40,33 +40,36 @@ class Strict(BaseModel):
 class ColorJitter(Strict):
     """torchvision-style colour jitter, applied with probability p (factors drawn per image)."""
 
-    p: Probability = 0.8
-    brightness: Annotated[float, Field(ge=0)] = 0.4
-    contrast: Annotated[float, Field(ge=0)] = 0.4
-    saturation: Annotated[float, Field(ge=0)] = 0.4
-    hue: Annotated[float, Field(ge=0, le=0.5)] = 0.1
+    p: Probability = Field(0.8, description="probability that an image is jittered at all")
+    brightness: Annotated[float, Field(ge=0)] = Field(0.4, description="brightness factor drawn from [1 - b, 1 + b]")
+    contrast: Annotated[float, Field(ge=0)] = Field(0.4, description="contrast factor drawn from [1 - c, 1 + c]")
+    saturation: Annotated[float, Field(ge=0)] = Field(0.4,
+        description="saturation factor drawn from [1 - s, 1 + s] (RGB only)")
+    hue: Annotated[float, Field(ge=0, le=0.5)] = Field(0.1, description="hue shift drawn from [-h, h] turns (RGB only)")
 
 
 class Blur(Strict):
     """Gaussian blur with a sigma drawn uniformly from `sigma`, applied with probability p."""
 
-    p: Probability = 0.0
-    sigma: Range = (0.1, 2.0)
+    p: Probability = Field(0.0, description="probability of a Gaussian blur")
+    sigma: Range = Field((0.1, 2.0), description="blur sigma range in pixels, drawn uniformly")
 
 
 class CropGroup(Strict):
     """`count` random resized crops of `size` px with their own augmentation."""
 
-    count: PositiveInt = 1
-    size: PositiveInt
-    scale: Range = (0.08, 1.0)
-    ratio: Range = (3 / 4, 4 / 3)
-    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
-    flip: Probability = 0.5
-    color: ColorJitter | None = None
-    grayscale: Probability = 0.0
-    blur: Blur = Blur()
-    solarize: Probability = 0.0
+    count: PositiveInt = Field(1, description="number of crops of this kind per image")
+    size: PositiveInt = Field(description="crop side in pixels after resizing")
+    scale: Range = Field((0.08, 1.0), description="range of the crop's area as a fraction of the image")
+    ratio: Range = Field((3 / 4, 4 / 3),
+        description="range of the crop's aspect ratio (width / height), drawn log-uniformly")
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = Field("bilinear",
+        description="resampling used when resizing the crop")
+    flip: Probability = Field(0.5, description="probability of a horizontal flip")
+    color: ColorJitter | None = Field(None, description="colour jitter; null = none")
+    grayscale: Probability = Field(0.0, description="probability of converting to grayscale")
+    blur: Blur = Field(Blur(), description="Gaussian blur")
+    solarize: Probability = Field(0.0, description="probability of solarizing (inverting pixels >= 0.5)")
 
     @field_validator("scale", "ratio")
     @classmethod
@@ -87,9 +90,11 @@ class CropGroup(Strict):
 class Labels(Strict):
     """Which training images keep their label: k per class, a fraction, or a list file. Choose one."""
 
-    per_class: PositiveInt | None = None
-    fraction: Annotated[float, Field(gt=0, le=1)] | None = None
-    list: Path | None = None
+    per_class: PositiveInt | None = Field(None, description="k labeled images per class, drawn with the seed")
+    fraction: Annotated[float, Field(gt=0, le=1)] | None = Field(None,
+        description="this fraction of each class (at least one image each); 1.0 = every labeled image")
+    list: Path | None = Field(None,
+        description="a file with one training index (in-memory datasets) or file name (image files) per line, e.g. a SimCLR list")
     seed: int | None = Field(None, description="seed of the draw; null = the recipe's seed")
 
     @model_validator(mode="after")
@@ -108,22 +113,25 @@ class UnlabeledViews(Strict):
     are the target (global) crops: one group of 2, or two groups of 1 with different augmentation
     (DINO's two global views)."""
 
-    crops: Annotated[list[CropGroup], Field(min_length=1)]
+    crops: Annotated[list[CropGroup], Field(min_length=1)] = Field(description="the crop groups, in order")
 
 
 class EvalView(Strict):
     """The single centre view used for evaluation: resize the short side, then centre-crop."""
 
-    size: PositiveInt
+    size: PositiveInt = Field(description="side of the centre crop in pixels")
     resize: PositiveInt | None = Field(None, description="short side before the centre crop; null = size")
-    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = Field("bilinear",
+        description="resampling used for the resize")
 
 
 class Batch(Strict):
     """Images per process and step."""
 
-    unlabeled: PositiveInt = 64
-    labeled: PositiveInt = 32
+    unlabeled: PositiveInt = Field(64,
+        description="unlabeled images per process and step (each gives every crop of the multi-crop set)")
+    labeled: PositiveInt = Field(32,
+        description="labeled images per process and step (one view each; mixup appends a mixed copy)")
 
 
 class Loader(Strict):
@@ -138,8 +146,9 @@ class Loader(Strict):
 
 
 class Data(Strict):
-    dataset: str
-    options: dict[str, Any] = {}
+    dataset: str = Field(description="a registered dataset (`semiclust list datasets`)")
+    options: dict[str, Any] = Field({},
+        description="the dataset's options, e.g. {root: data/cifar100} (see docs/data.md)")
     labels: Labels
     unlabeled: UnlabeledViews
     labeled: CropGroup
@@ -169,8 +178,10 @@ class Data(Strict):
 class BackboneSpec(Strict):
     """Any timm model name (or one semiclust registers with timm) and its keyword arguments."""
 
-    name: str
-    kwargs: dict[str, Any] = {}
+    name: str = Field(
+        description="any timm model name, or semiclust's tinyconv, resnet18_cifar, resnet34_cifar (`semiclust list backbones`)")
+    kwargs: dict[str, Any] = Field({},
+        description="keyword arguments for timm.create_model, e.g. {dynamic_img_size: true, drop_path_rate: 0.1}")
 
     @field_validator("name")
     @classmethod
@@ -183,11 +194,13 @@ class BackboneSpec(Strict):
 class Head(Strict):
     """Projector MLP on backbone features, then L2 normalisation and the class prototypes."""
 
-    hidden: PositiveInt = 2048
-    out: PositiveInt = 128
-    layers: Annotated[int, Field(ge=1)] = 2
-    batchnorm: bool = True
-    activation: Literal["relu", "gelu"] = "relu"
+    hidden: PositiveInt = Field(2048, description="width of the hidden layers (default depends on the method: 2048)")
+    out: PositiveInt = Field(128,
+        description="embedding size after L2 normalisation (suave/swav/supervised 128, daino/dino 256)")
+    layers: Annotated[int, Field(ge=1)] = Field(2, description="number of linear layers (suave 2, daino 3)")
+    batchnorm: bool = Field(True, description="BatchNorm after hidden layers (SwAV: true, DINO: false)")
+    activation: Literal["relu", "gelu"] = Field("relu",
+        description="activation after hidden layers (SwAV relu, DINO gelu)")
     init: Literal["default", "trunc_normal"] = Field("default", description="trunc_normal = DINO's std 0.02")
 
 
@@ -195,7 +208,7 @@ class InitSpec(Strict):
     """Start from a local checkpoint (nothing is downloaded): an official SwAV or DINO file, a timm
     checkpoint, a safetensors file (timm's or a `semiclust export`), or a semiclust checkpoint."""
 
-    path: Path
+    path: Path = Field(description="the checkpoint file")
     format: Literal["auto", "swav", "dino", "timm", "safetensors", "semiclust"] = Field(
         "auto", description="auto = recognised from the file's keys")
     what: Literal["backbone", "backbone_head", "all"] = Field(
@@ -219,19 +232,21 @@ class ModelSpec(Strict):
 class SinkhornSpec(Strict):
     """SwAV's equipartitioned assignment (on cosine scores / epsilon, in fp32)."""
 
-    name: Literal["sinkhorn"] = "sinkhorn"
-    epsilon: Annotated[float, Field(gt=0)] = 0.05
-    iterations: PositiveInt = 3
+    name: Literal["sinkhorn"] = Field("sinkhorn", description="the assignment method")
+    epsilon: Annotated[float, Field(gt=0)] = Field(0.05,
+        description="entropy regularisation (scores are divided by it before the exponential)")
+    iterations: PositiveInt = Field(3, description="Sinkhorn-Knopp normalisation rounds")
 
 
 class CenterSharpenSpec(Strict):
     """DINO's teacher targets: softmax((logits - center) / temperature), center kept by EMA."""
 
-    name: Literal["center_sharpen"] = "center_sharpen"
-    temperature: Annotated[float, Field(gt=0)] = 0.07
-    warmup_temperature: Annotated[float, Field(gt=0)] = 0.04
+    name: Literal["center_sharpen"] = Field("center_sharpen", description="the assignment method")
+    temperature: Annotated[float, Field(gt=0)] = Field(0.07, description="teacher temperature after the warm-up")
+    warmup_temperature: Annotated[float, Field(gt=0)] = Field(0.04,
+        description="teacher temperature at the start of the warm-up")
     warmup_epochs: Annotated[int, Field(ge=0)] = Field(10, description="linear warm-up, stepped per epoch as DINO")
-    center_momentum: Probability = 0.9
+    center_momentum: Probability = Field(0.9, description="EMA momentum of the center")
 
 
 AssignmentSpec = Annotated[Union[SinkhornSpec, CenterSharpenSpec], Field(discriminator="name")]
@@ -240,38 +255,44 @@ AssignmentSpec = Annotated[Union[SinkhornSpec, CenterSharpenSpec], Field(discrim
 class Queue(Strict):
     """Suave/SwAV queue of past unlabeled embeddings, used by Sinkhorn once full (0 = off)."""
 
-    length: Annotated[int, Field(ge=0)] = 0
-    start_epoch: Annotated[int, Field(ge=0)] = 0
+    length: Annotated[int, Field(ge=0)] = Field(0,
+        description="embeddings kept in total over processes (0 = no queue); used only once full")
+    start_epoch: Annotated[int, Field(ge=0)] = Field(0, description="epoch from which the queue is filled and used")
 
 
 class Teacher(Strict):
     """Daino/DINO EMA teacher: momentum follows a per-step cosine from `momentum` to `momentum_end`."""
 
-    momentum: Probability = 0.990
-    momentum_end: Probability = 1.0
+    momentum: Probability = Field(0.990, description="EMA momentum at the first step")
+    momentum_end: Probability = Field(1.0, description="EMA momentum at the last step")
 
 
 class Mixup(Strict):
     """Appends a mixed copy of the labeled batch: Mixup with probability mixup_prob, else CutMix."""
 
-    enabled: bool = True
-    mixup_prob: Probability = 0.5
-    alpha: Annotated[float, Field(gt=0)] = 1.0
+    enabled: bool = Field(True, description="append a mixed copy of the labeled batch")
+    mixup_prob: Probability = Field(0.5, description="probability of Mixup for a batch (else CutMix)")
+    alpha: Annotated[float, Field(gt=0)] = Field(1.0, description="lambda ~ Beta(alpha, alpha)")
 
 
 class MethodSpec(Strict):
-    name: str
-    temperature: Annotated[float, Field(gt=0)] = 0.1
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.01
+    name: str = Field(description="suave, daino, swav, dino or supervised (`semiclust list methods`); sets the defaults "
+                      "of head, assignment and optimiser")
+    temperature: Annotated[float, Field(gt=0)] = Field(0.1,
+        description="prototype scores are divided by it to give logits (tau)")
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = Field(0.01,
+        description="label smoothing of the labeled cross-entropy")
     labeled_weight: Probability | None = Field(
         None, description="weight of the labeled loss; null = row-count weighting (the release)"
     )
-    target_crops: Annotated[int, Field(ge=1)] = 2
+    target_crops: Annotated[int, Field(ge=1)] = Field(2,
+        description="how many of the first unlabeled crops make targets (SwAV's crops for assignment, DINO's teacher crops)")
     assignment: AssignmentSpec
     queue: Queue = Queue()
     teacher: Teacher = Teacher()
     mixup: Mixup = Mixup()
-    freeze_prototypes_steps: Annotated[int, Field(ge=0)] = 0
+    freeze_prototypes_steps: Annotated[int, Field(ge=0)] = Field(0,
+        description="keep the prototypes fixed for this many first steps (SwAV's option)")
 
     @field_validator("name")
     @classmethod
@@ -286,19 +307,23 @@ class Optim(Strict):
     """Optimiser. lr is for `lr_reference_batch` images per step (the global unlabeled batch,
     the labeled batch for `supervised`) and scaled linearly; null = use lr as given."""
 
-    name: Literal["sgd", "lars", "adamw"]
-    lr: Annotated[float, Field(gt=0)]
-    lr_reference_batch: PositiveInt | None = 256
-    weight_decay: Annotated[float, Field(ge=0)] = 1e-6
+    name: Literal["sgd", "lars", "adamw"] = Field(description="the optimiser")
+    lr: Annotated[float, Field(gt=0)] = Field(description="peak learning rate for lr_reference_batch images per step")
+    lr_reference_batch: PositiveInt | None = Field(256,
+        description="the lr is scaled by global unlabeled batch / this (labeled batch for supervised); null = no scaling")
+    weight_decay: Annotated[float, Field(ge=0)] = Field(1e-6,
+        description="weight decay (at the start, if weight_decay_end is set)")
     weight_decay_end: Annotated[float, Field(ge=0)] | None = Field(
         None, description="cosine weight-decay schedule end value; null = constant"
     )
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    nesterov: bool = False
-    trust_coefficient: Annotated[float, Field(gt=0)] = 0.001
-    betas: Range = (0.9, 0.999)
-    exclude_bias_and_norm: bool = False
-    clip_grad_norm: Annotated[float, Field(gt=0)] | None = Field(None, description="max gradient norm; null = no clipping")
+    momentum: Annotated[float, Field(ge=0, lt=1)] = Field(0.9, description="momentum of SGD and LARS")
+    nesterov: bool = Field(False, description="Nesterov momentum (SGD)")
+    trust_coefficient: Annotated[float, Field(gt=0)] = Field(0.001, description="LARS trust coefficient")
+    betas: Range = Field((0.9, 0.999), description="AdamW betas")
+    exclude_bias_and_norm: bool = Field(False,
+        description="no weight decay (and no LARS adaptation) for biases and normalisation parameters")
+    clip_grad_norm: Annotated[float, Field(gt=0)] | None = Field(None,
+        description="max gradient norm; null = no clipping")
     accumulate_steps: PositiveInt = Field(
         1, description="batches per optimiser step (gradients summed; targets, queue and center per batch)")
 
@@ -306,24 +331,26 @@ class Optim(Strict):
 class Schedule(Strict):
     """Epochs (passes over the unlabeled set), linear warm-up, then cosine down to final_lr."""
 
-    epochs: PositiveInt
-    warmup_epochs: Annotated[float, Field(ge=0)] = 0
-    warmup_start_lr: Annotated[float, Field(ge=0)] = 0.0
-    final_lr: Annotated[float, Field(ge=0)] = 0.0
+    epochs: PositiveInt = Field(description="passes over the unlabeled set")
+    warmup_epochs: Annotated[float, Field(ge=0)] = Field(0, description="linear warm-up length (may be fractional)")
+    warmup_start_lr: Annotated[float, Field(ge=0)] = Field(0.0, description="learning rate at step 0 of the warm-up")
+    final_lr: Annotated[float, Field(ge=0)] = Field(0.0, description="learning rate at the end of the cosine decay")
 
 
 class Runtime(Strict):
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when visible, else CPU")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto",
+        description="auto = bf16 autocast on GPUs that support it, fp32 on CPU (bf16 is slow there); fp16 uses a gradient scaler")
     channels_last: Literal["auto"] | bool = Field("auto", description="auto = on for convolutional backbones on CUDA")
-    compile: bool = False
+    compile: bool = Field(False, description="torch.compile the backbone")
     threads: PositiveInt | None = Field(None, description="CPU threads; null = torch's default")
     sync_batchnorm: Literal["auto"] | bool = Field(
         "auto", description="batch statistics over all processes; auto = on when more than one process")
     skip_nonfinite_steps: Annotated[int, Field(ge=0)] = Field(
         0, description="skip up to this many steps with a non-finite loss before stopping")
-    log_every_steps: PositiveInt = 10
-    progress: Literal["auto", "rich", "plain", "none"] = "auto"
+    log_every_steps: PositiveInt = Field(10, description="steps between metrics.jsonl training records")
+    progress: Literal["auto", "rich", "plain", "none"] = Field("auto",
+        description="auto = a live bar on a terminal, plain lines otherwise")
     tensorboard: bool = Field(False, description="also log to <run>/tensorboard (needs the tensorboard package)")
 
 
@@ -331,22 +358,25 @@ class CheckpointSpec(Strict):
     """Periodic checkpoints (checkpoints/step_<N>.pt, written atomically; 0 = off) and how many to
     keep; checkpoints/final.pt is always written at the end."""
 
-    every_epochs: Annotated[int, Field(ge=0)] = 10
-    every_steps: Annotated[int, Field(ge=0)] = 0
-    every_minutes: Annotated[float, Field(ge=0)] = 0
-    keep_last: PositiveInt = 2
+    every_epochs: Annotated[int, Field(ge=0)] = Field(10,
+        description="write checkpoints/step_<N>.pt every this many epochs (0 = off)")
+    every_steps: Annotated[int, Field(ge=0)] = Field(0, description="... every this many steps (0 = off)")
+    every_minutes: Annotated[float, Field(ge=0)] = Field(0, description="... every this many minutes (0 = off)")
+    keep_last: PositiveInt = Field(2, description="periodic checkpoints kept (final.pt is always written)")
 
 
 class EvalSpec(Strict):
-    every_epochs: Annotated[int, Field(ge=0)] = 0
-    batch_size: PositiveInt = 512
+    every_epochs: Annotated[int, Field(ge=0)] = Field(0,
+        description="evaluate every this many epochs (0 = only at the end)")
+    batch_size: PositiveInt = Field(512, description="images per evaluation batch")
 
 
 class Recipe(Strict):
     """A whole training run, top to bottom."""
 
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
-    seed: int = 0
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")] = Field(
+        description="the run's name (default run directory runs/<name>)")
+    seed: int = Field(0, description="seed of everything random (subset draw, weights, augmentation, streams)")
     data: Data
     model: ModelSpec
     method: MethodSpec
