@@ -3,6 +3,7 @@ page is linked from the README, and every `semiclust` command shown in README.md
 import re
 import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,26 @@ def test_every_documented_command_runs(workspace, monkeypatch, capsys):
         if code != 0:
             failures.append(f"{page}: `{command}` exited {code}: {(output.err or output.out)[-400:]}")
     assert not failures, "\n".join(failures)
+
+
+def test_the_extending_examples_work():
+    """Runs the ```python blocks of docs/extending.md, then uses what they registered."""
+    import types
+
+    import torch
+
+    from semiclust.assign import ASSIGNMENTS
+    from semiclust.data.datasets import build_dataset
+    from semiclust.models.backbones import create_backbone
+
+    module = types.ModuleType("docs_extending_examples")  # timm's register_model looks its module up
+    sys.modules[module.__name__] = module
+    for block in re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "extending.md").read_text(), re.S):
+        exec(compile(block, "docs/extending.md", "exec"), module.__dict__)  # noqa: S102 - our own documentation
+    backbone = create_backbone("small_net", {"width": 8}, in_chans=1)
+    assert backbone(torch.randn(2, 1, 8, 8)).shape == (2, 8) and backbone.num_features == 8
+    dataset = build_dataset("noise_squares", {"per_class": 4})
+    assert len(dataset.train) == 8 and dataset.classes == ["left", "right"]
+    assigner = ASSIGNMENTS.get("sharpened_softmax")(types.SimpleNamespace(temperature=0.5), 2)
+    (targets,) = assigner([torch.tensor([[1.0, 0.0]])], epoch=0)
+    assert torch.allclose(targets, torch.softmax(torch.tensor([[2.0, 0.0]]), dim=1))
