@@ -60,9 +60,9 @@ def _decode(path: Path | str) -> torch.Tensor:
         raise UnreadableImage(path, "empty file")
     try:
         image = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
-    except RuntimeError as err:
-        if "Unsupported image file" not in str(err):
-            raise UnreadableImage(path, _short_reason(err)) from None
+    except RuntimeError:
+        # an unsupported format, or a damaged file: PIL reads more formats and names damage better
+        # (libpng's own reason is often just "Internal error.")
         return _decode_with_pil(path)
     return as_uint8_rgb(image)
 
