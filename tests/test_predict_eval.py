@@ -91,3 +91,13 @@ def test_eval_reports_per_class_confusion_png_and_knn(trained_run, tmp_path, cap
     assert report["knn_memory"] == 8 and 0 <= report["knn_top1"] <= 100
     code, out, _ = run(capsys, "eval", "--checkpoint", str(trained_run.checkpoint), "--no-confusion", "--knn-k", "0")
     assert code == 0 and "per-class accuracy" in out and "kNN" in out
+
+
+def test_top_k_accuracy_is_exact_for_round_fractions():
+    from semiclust.evaluate import topk_accuracy
+
+    labels = torch.zeros(360, dtype=torch.long)
+    scores = torch.zeros(360, 3)
+    scores[:324, 0] = 1.0  # 324 right, the rest predict class 1
+    scores[324:, 1] = 1.0
+    assert topk_accuracy(scores, labels, 1) == 90.0 and topk_accuracy(scores, labels, 2) == 100.0
