@@ -153,9 +153,15 @@ def color_jitter(images: torch.Tensor, params: JitterParams) -> torch.Tensor:
 def on_chosen(images: torch.Tensor, chosen: torch.Tensor, op) -> torch.Tensor:
     """`op(part, rows)` applied to the chosen images only. On a CPU the others are skipped (blur and
     grayscale usually touch half a batch); on CUDA the op runs on all and a mask selects, avoiding a
-    host synchronisation."""
-    if images.is_cuda:
-        return torch.where(chosen.view(-1, 1, 1, 1), op(images, slice(None)), images)
+    host synchronisation. Both give the same result."""
+    return masked(images, chosen, op) if images.is_cuda else rows_only(images, chosen, op)
+
+
+def masked(images: torch.Tensor, chosen: torch.Tensor, op) -> torch.Tensor:
+    return torch.where(chosen.view(-1, 1, 1, 1), op(images, slice(None)), images)
+
+
+def rows_only(images: torch.Tensor, chosen: torch.Tensor, op) -> torch.Tensor:
     rows = torch.nonzero(chosen).flatten()
     if len(rows):
         images[rows] = op(images[rows], rows)

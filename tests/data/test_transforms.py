@@ -86,3 +86,18 @@ def test_crop_aspect_is_in_pixels_for_non_square_images():
     assert pixel_aspect.min() >= 0.75 - 1e-4 and pixel_aspect.max() <= 4 / 3 + 1e-4
     area = boxes[:, 2] * boxes[:, 3]
     assert area.min() >= 0.1 - 1e-6 and area.max() <= 0.3 + 1e-6
+
+
+def test_the_cuda_and_cpu_ways_of_touching_only_chosen_images_agree():
+    from semiclust.data.transforms import gaussian_blur, masked, rows_only
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 3, 12, 12, generator=g)
+    sigma = torch.tensor([0.0, 1.2, 0.0, 0.7, 2.0, 0.0])
+    chosen = sigma > 0
+    blur = lambda part, rows: gaussian_blur(part, sigma[rows])  # noqa: E731
+    gray = lambda part, rows: grayscale(part)  # noqa: E731
+    for op in (blur, gray):
+        a, b = masked(images.clone(), chosen, op), rows_only(images.clone(), chosen, op)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+        assert torch.equal(a[~chosen], images[~chosen])  # the others untouched
