@@ -19,25 +19,14 @@ step calls Sinkhorn once per target crop (2 in every shipped recipe).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
+from machine import cpu_model  # benchmarks/machine.py (scripts run from their folder)
 from semiclust.assign.sinkhorn import sinkhorn
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def synchronize(device: torch.device) -> None:

@@ -37,6 +37,7 @@ import torch
 from rich.console import Console
 
 import semiclust.engine.trainer as trainer
+from machine import cpu_model  # benchmarks/machine.py (scripts run from their folder)
 from semiclust.engine.trainer import train
 from semiclust.recipe import load_recipe
 
@@ -78,17 +79,6 @@ class Outcome:
             if e.stage == last_stage and e.top1 + 1e-4 >= threshold:
                 return e.train_s
         return None
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_method(method: str, seed: int, eval_every: int, folder: Path, extra_overrides: list[str]) -> Outcome:
