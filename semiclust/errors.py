@@ -12,3 +12,9 @@ class SemiclustError(Exception):
     def __init__(self, message: str, exit_code: int = 2):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def examples(items: list[str], limit: int = 5, quote: bool = True) -> str:
+    """The first `limit` items of a list for a message, quoted, with ' ...' when there are more."""
+    shown = ", ".join(f"'{item}'" if quote else str(item) for item in items[:limit])
+    return shown + (" ..." if len(items) > limit else "")

@@ -18,7 +18,7 @@ from semiclust.data.datasets import Dataset, FileSplit, ImageSplit, Split, build
 from semiclust.data.decode import UnreadableImage, decode_rgb, image_size
 from semiclust.data.loader import make_loader
 from semiclust.data.subsets import LabeledSubset, choose_labeled, match_list
-from semiclust.errors import SemiclustError
+from semiclust.errors import SemiclustError, examples
 from semiclust.recipe import Recipe
 
 
@@ -53,8 +53,7 @@ def _subset_and_problems(dataset: Dataset, recipe: Recipe) -> tuple[LabeledSubse
         for bad, what in ((match.missing, "missing file(s) or out-of-range index(es)"),
                           (match.unlabeled, "image(s) that have no label")):
             if bad:
-                shown = ", ".join(f"'{b}'" for b in bad[:5]) + (" ..." if len(bad) > 5 else "")
-                problems.append(f"the labeled list '{spec.list}' names {len(bad)} {what}: {shown}")
+                problems.append(f"the labeled list '{spec.list}' names {len(bad)} {what}: {examples(bad)}")
         if not len(match.indices):
             return None, problems
         return LabeledSubset(match.indices, f"list {spec.list}", match.sha256, match.canonical), problems
@@ -197,8 +196,7 @@ def check_data(recipe: Recipe, sample: int | None = 1000,
     if subset is not None:
         empty = [r.name for r in rows if r.labeled == 0]
         if empty:
-            shown = ", ".join(f"'{n}'" for n in empty[:5]) + (" ..." if len(empty) > 5 else "")
-            problems.append(f"{len(empty)} class(es) have no labeled image in the subset: {shown}")
+            problems.append(f"{len(empty)} class(es) have no labeled image in the subset: {examples(empty)}")
     problems += _overlap(dataset, subset)
     sizes, size_problems = _sizes(dataset, sample or 1000)
     decoded, unreadable = _unreadable(dataset, subset, recipe, sample, advance)

@@ -15,7 +15,7 @@ import torch
 
 from semiclust.data.datasets import DATASETS, UNLABELED, Dataset, FileSplit
 from semiclust.data.decode import is_image_file
-from semiclust.errors import SemiclustError
+from semiclust.errors import SemiclustError, examples
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -172,11 +172,10 @@ def _listed_split(rows, base: Path, classes: dict[str, int], what: str, problems
             files.append(str(path))
             labels.append(classes[label])
     if missing:
-        shown = ", ".join(f"'{m}'" for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        problems.append(f"the {what} names {len(missing)} missing file(s) (relative to '{base}'): {shown}")
+        problems.append(f"the {what} names {len(missing)} missing file(s) (relative to '{base}'): {examples(missing)}")
     if unknown:
-        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        problems.append(f"the {what} has {len(unknown)} label(s) outside the class set of the labeled list: {shown}")
+        problems.append(f"the {what} has {len(unknown)} label(s) outside the class set of the labeled list: "
+                        f"{examples(unknown, quote=False)}")
     return FileSplit(Path("/"), files, torch.tensor(labels, dtype=torch.long))
 
 

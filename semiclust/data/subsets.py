@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from semiclust.data.datasets import FileSplit, Split
-from semiclust.errors import SemiclustError
+from semiclust.errors import SemiclustError, examples
 from semiclust.recipe import Labels
 
 CANONICAL_LISTS = {
@@ -133,9 +133,8 @@ def _listed_subset(path: Path, split: Split) -> LabeledSubset:
     for bad, why in ((match.missing, "name no training image (a missing file, or an index out of range)"),
                      (match.unlabeled, "name training images that have no label")):
         if bad:
-            shown = ", ".join(f"'{b}'" for b in bad[:5]) + (" ..." if len(bad) > 5 else "")
             raise SemiclustError(
-                f"labeled list '{path}': {len(bad)} of its {len(bad) + len(match.indices)} entries {why}: {shown}. "
+                f"labeled list '{path}': {len(bad)} of its {len(bad) + len(match.indices)} entries {why}: {examples(bad)}. "
                 "Check that the list belongs to this dataset and that the files are in place "
                 "(`semiclust data check RECIPE` lists every problem)."
             )
