@@ -65,19 +65,29 @@ def _require_images(outputs: list, views: EvalViews) -> None:
                              "unreadable); check the evaluation files with `semiclust data check RECIPE --all`.")
 
 
-@torch.no_grad()
 def predict_scores(network: torch.nn.Module, views: EvalViews) -> tuple[torch.Tensor, torch.Tensor]:
     """Prototype scores (N x K, fp32, on CPU) of every readable image's centre view, in eval mode,
     and the labels of those images."""
+    _, scores, labels = _forward_views(network, views, keep_features=False)
+    return scores, labels
+
+
+@torch.no_grad()
+def _forward_views(network: torch.nn.Module, views: EvalViews,
+                   keep_features: bool) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """One pass over the views in eval mode: backbone features (when kept), prototype scores, labels."""
     was_training = network.training
     network.eval()
     try:
-        outputs, labels = [], []
+        features, scores, labels = [], [], []
         for images, batch_labels in views:
-            outputs.append(network(images).float().cpu())
+            feats = network.backbone(images)
+            if keep_features:
+                features.append(feats.float().cpu())
+            scores.append(network.scores(network.head(feats)).float().cpu())
             labels.append(batch_labels)
-        _require_images(outputs, views)
-        return torch.cat(outputs), torch.cat(labels)
+        _require_images(scores, views)
+        return (torch.cat(features) if keep_features else None), torch.cat(scores), torch.cat(labels)
     finally:
         network.train(was_training)
 
@@ -126,22 +136,9 @@ def accuracy_result(scores: torch.Tensor, labels: torch.Tensor, split_name: str,
 
 
 # ---------------------------------------------------------------- the `semiclust eval` report
-@torch.no_grad()
 def features_and_scores(network: torch.nn.Module, views: EvalViews) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backbone features, prototype scores and labels of every readable image (one pass, eval mode)."""
-    was_training = network.training
-    network.eval()
-    try:
-        features, scores, labels = [], [], []
-        for images, batch_labels in views:
-            feats = network.backbone(images)
-            features.append(feats.float().cpu())
-            scores.append(network.scores(network.head(feats)).float().cpu())
-            labels.append(batch_labels)
-        _require_images(scores, views)
-        return torch.cat(features), torch.cat(scores), torch.cat(labels)
-    finally:
-        network.train(was_training)
+    return _forward_views(network, views, keep_features=True)
 
 
 def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
