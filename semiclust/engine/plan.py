@@ -111,18 +111,14 @@ def dry_run(recipe: Recipe, processes: int) -> DryRun:
     from semiclust.engine.optim import build_optimizer
     from semiclust.engine.trainer import load_dataset
     from semiclust.methods import METHODS
+    from semiclust.methods.queue import queue_per_process
 
     dataset = load_dataset(recipe)
     subset = choose_labeled(dataset.train, recipe.data.labels, recipe.seed, dataset.num_classes)
     kind = METHODS.get(recipe.method.name)
     numbers = run_numbers(recipe, len(dataset.train), processes, kind.uses_unlabeled)
     unlabeled_stream(len(dataset.train), recipe.data.batch.unlabeled, recipe.seed, 0, processes)  # batches fit?
-    queue = recipe.method.queue.length
-    if queue % processes:
-        from semiclust.errors import SemiclustError
-
-        raise SemiclustError(f"method.queue.length {queue} is the total over processes and must be divisible by the "
-                             f"{processes} processes; use e.g. {queue // processes * processes or processes}.")
+    queue_per_process(recipe.method.queue.length, processes)
     if kind.uses_labels:
         labeled_stream(subset.indices, recipe.data.batch.labeled, recipe.seed, 0, processes)
     method = kind(recipe, dataset.num_classes, dataset.channels, numbers.steps_per_epoch)

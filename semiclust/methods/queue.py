@@ -4,6 +4,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from semiclust.errors import SemiclustError
+
+
+def queue_per_process(total: int, processes: int) -> int:
+    """Each process's share of `method.queue.length` (a total over processes, so it must divide)."""
+    if total % processes:
+        raise SemiclustError(
+            f"method.queue.length {total} is the total over processes and must be divisible by the "
+            f"{processes} processes; use e.g. {total // processes * processes or processes}."
+        )
+    return total // processes
+
 
 class EmbeddingQueue(nn.Module):
     """The last `length` L2-normalised embeddings of each target crop (never labeled samples).

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 
 from semiclust.engine import dist
-from semiclust.errors import SemiclustError
 from semiclust.methods.base import Method, MethodDefaults
-from semiclust.methods.queue import EmbeddingQueue
+from semiclust.methods.queue import EmbeddingQueue, queue_per_process
 from semiclust.recipe import Recipe
 
 SWAV_HEAD = {"hidden": 2048, "out": 128, "layers": 2, "batchnorm": True, "activation": "relu", "init": "default"}
@@ -25,13 +24,7 @@ class Suave(Method):
         queue = self.spec.queue
         self.queue = None
         if queue.length:
-            if queue.length % dist.world_size():
-                raise SemiclustError(
-                    f"method.queue.length {queue.length} is the total over processes and must be divisible by the "
-                    f"{dist.world_size()} processes; use e.g. "
-                    f"{queue.length // dist.world_size() * dist.world_size() or dist.world_size()}."
-                )
-            per_process = queue.length // dist.world_size()
+            per_process = queue_per_process(queue.length, dist.world_size())
             self.queue = EmbeddingQueue(self.spec.target_crops, per_process, recipe.model.head.out)
 
     def targets(self, embeddings, scores, crops, step):

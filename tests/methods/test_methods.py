@@ -172,3 +172,12 @@ def test_special_cases_use_one_stream_each():
     assert set(out.parts) == {"loss_labeled", "loss"} and supervised.assigner is None
     out = swav.training_step(StepBatch(unlabeled=batch.unlabeled), 0)
     assert set(out.parts) == {"loss_unlabeled", "loss"}
+
+
+def test_queue_length_is_a_total_split_evenly_over_processes():
+    from semiclust.errors import SemiclustError
+    from semiclust.methods.queue import queue_per_process
+
+    assert queue_per_process(256, 4) == 64
+    with pytest.raises(SemiclustError, match="must be divisible by the 3 processes; use e.g. 255"):
+        queue_per_process(256, 3)
