@@ -86,20 +86,16 @@ def _eval_data(state: dict, overrides: list[str]):
 
 def _labeled_memory(dataset, state: dict):
     """The labeled subset the checkpoint trained with, as a split, or (None, why not)."""
-    import torch
-
-    from semiclust.data.datasets import FileSplit, ImageSplit
+    from semiclust.data.datasets import split_rows
+    from semiclust.data.subsets import listing_change
 
     indices = state.get("labeled_indices")
-    if indices is None or not len(indices) or int(indices.max()) >= len(dataset.train):
-        return None, "the labeled subset does not fit this training split"
-    train = dataset.train
-    if isinstance(train, FileSplit):
-        files = [train.files[i] for i in indices.tolist()]
-        if state.get("labeled_files") and files != list(state["labeled_files"]):
-            return None, "the training files differ from those the checkpoint recorded"
-        return FileSplit(train.root, files, train.labels[indices]), None
-    return ImageSplit(train.images[torch.as_tensor(indices)], train.labels[indices]), None
+    if indices is None or not len(indices):
+        return None, "the checkpoint records no labeled subset"
+    changed = listing_change(indices, dataset.train, state.get("labeled_files"))
+    if changed:
+        return None, f"the training data differ from those the checkpoint recorded ({changed})"
+    return split_rows(dataset.train, indices), None
 
 
 def _print_dry_run(recipe, processes: int) -> None:
@@ -154,7 +150,7 @@ def evaluate_checkpoint(
     """Top-1/top-5 of the prototype classifier (the teacher for Daino), per-class accuracy, a confusion matrix
     PNG and a weighted kNN on backbone features (labeled subset as memory), on the recipe's evaluation split."""
     from semiclust.data.datasets import build_dataset
-    from semiclust.engine.checkpoint import load_checkpoint
+    from semiclust.engine.checkpoint import checkpoint_file, load_checkpoint
     from semiclust.engine.trainer import resolve_device
     from semiclust.evaluate import EvalViews, classifier_from_checkpoint, evaluation_report
     from semiclust.plot import plot_confusion
@@ -179,10 +175,10 @@ def evaluate_checkpoint(
     report = evaluation_report(network, views, dataset.test_split_name, list(state["classes"]),
                                match=state["classifier"]["matched"], memory=memory_views, knn_k=max(knn, 1),
                                knn_temperature=knn_temperature)
-    checkpoint_file = Path(checkpoint) if Path(checkpoint).is_file() else Path(checkpoint) / "checkpoints" / "final.pt"
     png = None
     if not no_confusion:
-        png = confusion or checkpoint_file.with_name(f"{checkpoint_file.stem}_confusion.png")
+        evaluated = checkpoint_file(checkpoint)
+        png = confusion or evaluated.with_name(f"{evaluated.stem}_confusion.png")
         plot_confusion(report.confusion, report.classes, png,
                        f"{recipe.name}, step {state['step']}: top-1 {report.result.top1:.2f}% on {report.result.n} images")
     if as_json:

@@ -98,6 +98,13 @@ class FileSplit:
 Split = ImageSplit | FileSplit
 
 
+def split_rows(split: Split, indices: torch.Tensor) -> Split:
+    """The images at `indices` as a split of their own (e.g. the labeled subset, for a kNN memory)."""
+    if isinstance(split, FileSplit):
+        return FileSplit(split.root, [split.files[i] for i in indices.tolist()], split.labels[indices])
+    return ImageSplit(split.images[torch.as_tensor(indices)], split.labels[indices])
+
+
 @dataclass
 class Dataset:
     """A training split (its unlabeled-only images carry label -1), an evaluation split (None when

@@ -189,19 +189,25 @@ def load_subset(path: Path, split: Split | None = None) -> LabeledSubset:
 
 
 def _check_same_listing(path: Path, data: dict, subset: LabeledSubset, split: Split) -> None:
-    size = data.get("train_size")
-    changed = None
-    if size is not None and size != len(split):
-        changed = f"the training split had {size} images and now has {len(split)}"
-    elif len(subset.indices) and int(subset.indices.max()) >= len(split):
-        changed = f"the training split now has only {len(split)} images"
-    elif isinstance(split, FileSplit) and "files" in data:
-        now = [split.files[i] for i in subset.indices.tolist()]
-        differ = next((pair for pair in zip(data["files"], now) if pair[0] != pair[1]), None)
-        if differ:
-            changed = f"labeled image '{differ[0]}' is now '{differ[1]}' at the same index"
+    changed = listing_change(subset.indices, split, data.get("files"), data.get("train_size"))
     if changed:
         raise SemiclustError(
             f"the data changed since this run started ({changed}; recorded in '{path}'). Resuming would train on "
             "other images; restore the dataset as it was, or start a new run."
         )
+
+
+def listing_change(indices: torch.Tensor, split: Split, recorded_files: list[str] | None = None,
+                   recorded_size: int | None = None) -> str | None:
+    """How the training split no longer matches a subset recorded earlier (its size, or the files at the
+    subset's indices), or None when it still does: indices into a changed listing name other images."""
+    if recorded_size is not None and recorded_size != len(split):
+        return f"the training split had {recorded_size} images and now has {len(split)}"
+    if len(indices) and int(indices.max()) >= len(split):
+        return f"the training split now has only {len(split)} images"
+    if isinstance(split, FileSplit) and recorded_files:
+        now = [split.files[i] for i in indices.tolist()]
+        differ = next((pair for pair in zip(recorded_files, now) if pair[0] != pair[1]), None)
+        if differ:
+            return f"labeled image '{differ[0]}' is now '{differ[1]}' at the same index"
+    return None

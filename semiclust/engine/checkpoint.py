@@ -33,14 +33,20 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         raise
 
 
-def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a semiclust checkpoint without executing pickled code; clear errors for bad files."""
+def checkpoint_file(path: Path | str) -> Path:
+    """The checkpoint a path names: the file itself, or a run directory's checkpoints/final.pt."""
     path = Path(path)
     if path.is_dir():
         candidate = path / "checkpoints" / "final.pt"
         if not candidate.is_file():
             raise SemiclustError(f"'{path}' is a folder without checkpoints/final.pt; pass the checkpoint file itself.")
-        path = candidate
+        return candidate
+    return path
+
+
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a semiclust checkpoint without executing pickled code; clear errors for bad files."""
+    path = checkpoint_file(path)
     if not path.is_file():
         raise SemiclustError(f"checkpoint '{path}' does not exist; pass a .pt file written by `semiclust train`.")
     try:

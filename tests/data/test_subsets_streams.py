@@ -82,3 +82,18 @@ def test_batches_larger_than_the_data_are_refused():
         labeled_stream(torch.arange(5), 8, seed=0)
     with pytest.raises(SemiclustError, match="lower data.batch.unlabeled"):
         unlabeled_stream(5, 8, seed=0)
+
+
+def test_listing_change_names_what_moved_under_a_recorded_subset(tmp_path):
+    from semiclust.data.datasets import FileSplit, split_rows
+    from semiclust.data.subsets import listing_change
+
+    split = FileSplit(tmp_path, ["a.png", "b.png", "c.png"], torch.tensor([0, 1, 0]))
+    chosen = torch.tensor([0, 2])
+    assert listing_change(chosen, split, ["a.png", "c.png"], 3) is None
+    assert listing_change(chosen, split, ["a.png", "c.png"], 4) == "the training split had 4 images and now has 3"
+    assert "'c.png' is now 'x.png'" in listing_change(chosen, FileSplit(tmp_path, ["a.png", "b.png", "x.png"],
+                                                                      split.labels), ["a.png", "c.png"])
+    assert "now has only 3 images" in listing_change(torch.tensor([5]), split)
+    rows = split_rows(split, chosen)
+    assert rows.files == ["a.png", "c.png"] and rows.labels.tolist() == [0, 0]
