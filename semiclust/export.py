@@ -80,17 +80,23 @@ def export_checkpoint(checkpoint: Path, out: Path, content: str = "backbone") ->
     return metadata
 
 
+def safetensors_content(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor and the metadata of a safetensors file, in one pass (the caller words the errors)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}
+
+
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors file; a missing, truncated or foreign file is a clear error."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
 
     path = Path(path)
     if not path.is_file():
         raise SemiclustError(f"model file '{path}' does not exist; give the .safetensors file `semiclust export` wrote.")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        tensors, metadata = safetensors_content(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise SemiclustError(
             f"'{path}' is not a readable safetensors file ({str(err).splitlines()[0][:160]}): it is truncated, "

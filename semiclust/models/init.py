@@ -122,13 +122,10 @@ def read_checkpoint(path: Path, safetensors: bool | None = None) -> Loaded:
 
 def _read_safetensors(path: Path) -> Loaded:
     """Tensors and metadata of a safetensors file (nothing in it can execute)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from semiclust.export import safetensors_content
 
     try:
-        tensors = load_file(str(path), device="cpu")
-        with safe_open(str(path), framework="pt") as file:
-            metadata = file.metadata() or {}
+        tensors, metadata = safetensors_content(path)
     except Exception as err:  # SafetensorError, OSError, ... for truncated or foreign files
         raise SemiclustError(
             f"init checkpoint '{path}' could not be read as safetensors ({type(err).__name__}: {_first_line(err)}). "
