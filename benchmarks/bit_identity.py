@@ -1,0 +1,128 @@
+"""Correctness, not speed: does the code of this checkout train exactly what an earlier commit trained?
+
+    python benchmarks/bit_identity.py [--base COMMIT] [--epochs 5] [--cache DIR] [--cases NAME ...]
+
+A refactor must not change a single bit of what training computes. For each case below this script
+trains the same recipe twice, once with the code of `--base` (checked out as a git worktree under
+`--cache` and reused on later calls, so the reference runs are made once) and once with this
+checkout, each as a fresh `semiclust train` process (or a 2-process `torchrun`), and compares the
+two `checkpoints/final.pt` files: every tensor (method weights and buffers, optimiser state, RNG
+states, labeled indices) must be `torch.equal`, and every other value equal. It prints one row per
+case and exits 1 if any case differs.
+
+Cases: digits_suave, digits_daino and digits_swav at `--epochs` epochs (seed 0, one process, 2
+threads), and digits_suave under `torchrun --standalone --nproc_per_node 2` (gloo, 1 thread per
+process) at the same global batch as one process (64 + 25 images per process). The default base is
+the last commit before the layered redesign (docs/architecture.md).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BEFORE_REDESIGN = "ba2516a"
+TWO_PROCESS_BATCH = ["--set", "data.batch.unlabeled=64", "--set", "data.batch.labeled=25"]
+CASES = {
+    "digits_suave": ("digits_suave", 1, []),
+    "digits_daino": ("digits_daino", 1, []),
+    "digits_swav": ("digits_swav", 1, []),
+    "digits_suave_2proc": ("digits_suave", 2, TWO_PROCESS_BATCH),
+}
+SKIPPED_VALUES = ("semiclust_version",)  # what a release bump may change without changing the training
+
+
+def train(source: Path, recipe: str, processes: int, extra: list[str], epochs: int, out: Path) -> None:
+    """One `semiclust train` of `recipe` with the package found in `source` (cwd and PYTHONPATH)."""
+    command = ["-m", "semiclust", "train", str(ROOT / "recipes" / f"{recipe}.yaml"), "--out", str(out),
+               "--set", f"schedule.epochs={epochs}", "--set", "runtime.progress=none", *extra]
+    threads = "2" if processes == 1 else "1"
+    if processes == 1:
+        command = [sys.executable, *command]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                   str(processes), *command]
+    env = {**os.environ, "PYTHONPATH": str(source), "OMP_NUM_THREADS": threads, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=source, env=env, capture_output=True, text=True)
+    if not (out / "checkpoints" / "final.pt").is_file():
+        raise SystemExit(f"training {recipe} with {source} failed (rc {done.returncode}):\n{done.stderr[-3000:]}")
+
+
+def flatten(value, prefix: str = "") -> dict[str, object]:
+    """Nested dicts and lists as one dict of dotted paths to leaves."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return {prefix: value}
+    out: dict[str, object] = {}
+    for key, child in items:
+        out.update(flatten(child, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def compare(reference: Path, candidate: Path) -> tuple[int, list[str]]:
+    """The number of tensors compared and every difference between two checkpoints."""
+    a = flatten(torch.load(reference, weights_only=True))
+    b = flatten(torch.load(candidate, weights_only=True))
+    differences = [f"only in the reference: {k}" for k in sorted(a.keys() - b.keys())]
+    differences += [f"only in this checkout: {k}" for k in sorted(b.keys() - a.keys())]
+    tensors = 0
+    for key in sorted(a.keys() & b.keys()):
+        left, right = a[key], b[key]
+        if isinstance(left, torch.Tensor) and isinstance(right, torch.Tensor):
+            tensors += 1
+            if left.dtype != right.dtype or left.shape != right.shape or not torch.equal(left, right):
+                differences.append(f"tensor {key} differs")
+        elif key.split(".")[-1] not in SKIPPED_VALUES and left != right:
+            differences.append(f"{key}: {left!r} vs {right!r}")
+    return tensors, differences
+
+
+def base_worktree(cache: Path, base: str) -> Path:
+    """A checkout of `base` under `cache` (made once)."""
+    commit = subprocess.run(["git", "rev-parse", base], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    tree = cache / f"base-{commit[:12]}" / "src"
+    if not (tree / "semiclust").is_dir():
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "worktree", "add", "--detach", "--force", str(tree), commit], cwd=ROOT, check=True,
+                       capture_output=True)
+    return tree
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", default=BEFORE_REDESIGN, help="the commit whose training is the reference")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "semiclust-bit-identity")
+    parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    args = parser.parse_args()
+    tree = base_worktree(args.cache, args.base)
+    failed = False
+    print(f"base {args.base} ({tree}) against this checkout ({ROOT}), {args.epochs} epochs, seed 0")
+    print(f"{'case':<22} {'tensors':>8}  result")
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in args.cases:
+            recipe, processes, extra = CASES[name]
+            reference = tree.parent / "runs" / f"{name}-{args.epochs}"
+            if not (reference / "checkpoints" / "final.pt").is_file():
+                train(tree, recipe, processes, extra, args.epochs, reference)
+            candidate = Path(scratch) / name
+            train(ROOT, recipe, processes, extra, args.epochs, candidate)
+            tensors, differences = compare(reference / "checkpoints" / "final.pt", candidate / "checkpoints" / "final.pt")
+            failed |= bool(differences)
+            print(f"{name:<22} {tensors:>8}  " + ("identical" if not differences else f"{len(differences)} difference(s)"))
+            for line in differences[:10]:
+                print(f"{'':<33}{line}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
