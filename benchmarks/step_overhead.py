@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from semiclust.data.datasets import build_dataset
-from semiclust.data.subsets import choose_labeled
-from semiclust.engine.optim import build_optimizer, set_lr_and_decay
-from semiclust.engine.trainer import BatchMaker, apply_gradients, autocast_dtype
-from semiclust.methods import METHODS
-from semiclust.recipe import validate
+from semiclust.data.streams import Stream
+from semiclust.engine.device import autocast
+from semiclust.engine.run_dir import RunFiles
+from semiclust.engine.setup import build_run
+from semiclust.engine.step import train_step
+from semiclust.recipe import resolve
 
 
 def recipe_for(method: str, args) -> dict:
@@ -56,7 +58,7 @@ def recipe_for(method: str, args) -> dict:
 
 def bare_step(method, batch, optimizer) -> None:
     """The network work alone: the same forward/backward rows, optimiser step, teacher forward."""
-    groups = ([batch.labeled] if method.uses_labels else []) + batch.unlabeled
+    groups = ([batch.labeled] if Stream.LABELED in method.streams else []) + batch.unlabeled
     _, scores = method.student(groups)
     optimizer.zero_grad(set_to_none=True)
     scores.float().mean().backward()
@@ -72,34 +74,27 @@ def synchronize(device: torch.device) -> None:
 
 
 def measure(method_name: str, args) -> dict:
-    recipe = validate(recipe_for(method_name, args))
+    """The production step (engine/step.py's train_step) on one fixed batch, against the bare network on
+    the same batch; the batch's augmentation is timed on its own."""
+    recipe = resolve(recipe_for(method_name, args))
     device = torch.device(args.device)
-    dataset = build_dataset("synthetic", recipe.data.options)
-    subset = choose_labeled(dataset.train, recipe.data.labels, 0, dataset.num_classes)
-    torch.manual_seed(0)
-    method = METHODS.get(method_name)(recipe, dataset.num_classes, 3, 3).to(device)
-    if args.channels_last:
-        method.to(memory_format=torch.channels_last)
-    batches = BatchMaker(recipe, dataset, subset, method, device, args.channels_last)
-    optimizer = build_optimizer(method.student, recipe.optim, recipe.optim.lr, fused=device.type == "cuda")
-    dtype = autocast_dtype(recipe.runtime.precision, device)
-    batch = batches(0)
+    with tempfile.TemporaryDirectory() as folder:
+        run = build_run(recipe, RunFiles(Path(folder)), device, resume=False)
+    method, batch = run.method, run.batches(0)
     if getattr(method, "queue", None) is not None:
         method.queue.filled.fill_(method.queue.length)  # time the steady state: the queue is full and used
+    make_batch = run.batches.__call__
+    run.batches.micro_batches = lambda step: iter([batch])  # the step without its data: augmentation is timed apart
 
     def full(step: int) -> None:
-        set_lr_and_decay(optimizer, 0.1, 1e-6)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = method.training_step(batch, step)
-        assert bool(torch.isfinite(out.loss))
-        apply_gradients(method, optimizer, None, out.loss, step, None)
+        assert train_step(run, step).finite
 
     def bare(step: int) -> None:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            bare_step(method, batch, optimizer)
+        with autocast(device, run.amp_dtype):
+            bare_step(method, batch, run.optimizer)
 
     def augment(step: int) -> None:
-        batches(step)
+        make_batch(step)
 
     timings = {"full": [], "bare": [], "augment": []}
     for round_index in range(args.warmup + args.repeats):
@@ -111,7 +106,7 @@ def measure(method_name: str, args) -> dict:
             if round_index >= args.warmup:
                 timings[name].append(time.perf_counter() - start)
     medians = {k: statistics.median(v) for k, v in timings.items()}
-    images = batches.images_per_step()
+    images = run.numbers.images_per_step
     return {"method": method_name, **medians, "ratio": medians["full"] / medians["bare"],
             "img_per_s": images / medians["full"], "augment_share": medians["augment"] / medians["full"]}
 

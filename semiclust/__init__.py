@@ -1,10 +1,18 @@
-"""semiclust: semi-supervised image classification with self-supervised clustering (Suave, Daino)."""
+"""semiclust: semi-supervised image classification with self-supervised clustering (Suave, Daino).
 
-__version__ = "0.1.0"
+The library API lives in `semiclust.api` (train, dry_run, evaluate, export, load_classifier, predict,
+check_data); its functions are also reachable from here, imported on first use so that `import
+semiclust` stays light.
+"""
+from semiclust.version import __version__
+
+API = ("load_recipe", "train", "dry_run", "evaluate", "export", "load_classifier", "predict", "check_data", "catalogue")
+__all__ = ["__version__", *API]
 
 
-def load_classifier(path, device="cpu"):
-    """An exported classifier (`semiclust export --content classifier`), ready to run; see semiclust.export."""
-    from semiclust.export import load_classifier as load
+def __getattr__(name: str):
+    if name in API:
+        from semiclust import api
 
-    return load(path, device)
+        return getattr(api, name)
+    raise AttributeError(f"module 'semiclust' has no attribute {name!r}")

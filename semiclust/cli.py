@@ -1,7 +1,8 @@
-"""The `semiclust` command line: thin wrappers that parse, call the library and print with rich."""
+"""The `semiclust` command line: each command parses its options, calls one function of the library API
+(`semiclust/api.py`) and shows the result (`semiclust/render.py`). Heavy imports happen inside the
+commands, so `semiclust --help` stays fast."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -9,7 +10,6 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from semiclust.errors import SemiclustError
 
@@ -26,11 +26,13 @@ console = Console()
 err_console = Console(stderr=True)
 
 SetOption = typer.Option(None, "--set", help="Override a recipe value before validation: key.path=value (repeatable).")
+RecipeArgument = typer.Argument(..., help="Recipe YAML file, or the name of a shipped recipe.")
+LISTABLE = ("backbones", "assignments", "datasets", "methods", "recipes")
 
 
 @app.command()
 def train(
-    recipe: str = typer.Argument(..., help="Recipe YAML file, or the name of a shipped recipe."),
+    recipe: str = RecipeArgument,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<recipe name>)."),
     overrides: Optional[list[str]] = SetOption,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
@@ -40,99 +42,18 @@ def train(
                                             "(default: $WORLD_SIZE or 1)."),
 ) -> None:
     """Train a model as the recipe says; writes recipe, labeled subset, metrics and checkpoints to --out."""
-    from semiclust.engine import dist
-    from semiclust.engine.trainer import train as run_training
-    from semiclust.recipe import load_recipe
+    from semiclust import api, render
 
-    resolved = load_recipe(recipe, overrides or [])
+    resolved = api.load_recipe(recipe, overrides or [])
     if dry_run:
-        _print_dry_run(resolved, processes or int(os.environ.get("WORLD_SIZE", "1")))
+        count = processes or int(os.environ.get("WORLD_SIZE", "1"))
+        render.show_dry_run(console, resolved, api.dry_run(resolved, count), count)
         return
     run_dir = out or Path("runs") / resolved.name
     hint = " ".join(["semiclust train", recipe, "--out", str(run_dir), *[f"--set {o}" for o in overrides or []], "--resume"])
-    try:
-        summary = run_training(resolved, run_dir, console, resume=resume, overwrite=overwrite, resume_hint=hint)
-        main_process = dist.is_main()
-    finally:
-        dist.shutdown()
-    if not main_process:
-        return
-    r = summary.result
-    if r is None:
-        console.print(f"[bold green]done[/] in {summary.seconds:.0f}s (the dataset has no evaluation set).\n"
-                      f"checkpoint: {summary.checkpoint}", highlight=False)
-        return
-    matched = " (prototypes matched to classes)" if r.matching != "identity" else ""
-    skipped = f" ({r.unreadable} unreadable left out)" if r.unreadable else ""
-    console.print(
-        f"[bold green]done[/] in {summary.seconds:.0f}s: top-1 [bold]{r.top1:.2f}%[/], top-5 {r.top5:.2f}% on "
-        f"{r.n} {r.split} images{skipped}{matched}.\ncheckpoint: {summary.checkpoint}\n"
-        f"evaluate again: semiclust eval --checkpoint {summary.checkpoint}",
-        highlight=False,
-    )
-
-
-MAX_JSON_CONFUSION = 100  # classes; above this the matrix is left out of --json (it is in the PNG)
-WORST_CLASSES = 10
-
-
-def _eval_data(state: dict, overrides: list[str]):
-    """The checkpoint's recipe with --set overrides applied (e.g. a new data.options.root), validated."""
-    from semiclust.recipe import apply_overrides, validate
-
-    raw = apply_overrides(json.loads(json.dumps(state["recipe"])), overrides) if overrides else state["recipe"]
-    return validate(raw, "the checkpoint's recipe with --set overrides")
-
-
-def _labeled_memory(dataset, state: dict):
-    """The labeled subset the checkpoint trained with, as a split, or (None, why not)."""
-    from semiclust.data.datasets import split_rows
-    from semiclust.data.subsets import listing_change
-
-    indices = state.get("labeled_indices")
-    if indices is None or not len(indices):
-        return None, "the checkpoint records no labeled subset"
-    changed = listing_change(indices, dataset.train, state.get("labeled_files"))
-    if changed:
-        return None, f"the training data differ from those the checkpoint recorded ({changed})"
-    return split_rows(dataset.train, indices), None
-
-
-def _print_dry_run(recipe, processes: int) -> None:
-    from semiclust.engine.plan import dry_run
-
-    if processes < 1:
-        raise SemiclustError("--processes must be at least 1.")
-    plan = dry_run(recipe, processes)
-    n, params = plan.numbers, plan.parameters
-    table = Table(title=f"{recipe.name}: {recipe.method.name} on {plan.dataset} (dry run, {processes} process(es))",
-                  show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    evaluation = "no evaluation set" if plan.eval_images is None else f"{plan.eval_images:,} evaluation images"
-    accumulated = f" x {recipe.optim.accumulate_steps} accumulated" if recipe.optim.accumulate_steps > 1 else ""
-    teacher = f"; EMA teacher {plan.teacher_parameters:,}" if plan.teacher_parameters else ""
-    rows = [
-        ("data", f"{plan.train_images:,} training images, {plan.labeled:,} labeled, {evaluation}, {plan.classes} classes"),
-        ("labeled subset", plan.labeled_identity),
-        ("global batch", f"{n.global_unlabeled:,} unlabeled + {n.global_labeled:,} labeled images per step "
-                         f"({recipe.data.batch.unlabeled} + {recipe.data.batch.labeled} per process{accumulated})"),
-        ("steps", f"{n.steps_per_epoch:,} per epoch x {recipe.schedule.epochs} epochs = {n.total_steps:,}; "
-                  f"warm-up {n.warmup_steps:,}"),
-        ("learning rate", f"{n.peak_lr:.4g} after scaling ({recipe.optim.lr:g} per {recipe.optim.lr_reference_batch} images)"
-                          if recipe.optim.lr_reference_batch else f"{n.peak_lr:.4g} (not scaled)"),
-        ("parameters", f"backbone {params['backbone']:,}, head {params['head']:,}, prototypes {params['prototypes']:,}; "
-                       f"trainable {params['trainable']:,}{teacher}"),
-        ("optimiser", plan.optimizer),
-        ("activations", f"~{plan.activation_gib:.2f} GiB per process kept for backward ({plan.precision}; "
-                        "an estimate from the layer outputs of a 2-image probe)"),
-    ]
-    if plan.init:
-        rows.append(("init", plan.init))
-    for key, value in rows:
-        table.add_row(key, value)
-    console.print(table)
-    console.print("dry run: nothing was trained or written.", highlight=False)
+    summary = api.train(resolved, run_dir, console=console, resume=resume, overwrite=overwrite, resume_hint=hint)
+    if summary.main_process:
+        render.show_trained(console, summary)
 
 
 @app.command("eval")
@@ -149,63 +70,14 @@ def evaluate_checkpoint(
 ) -> None:
     """Top-1/top-5 of the prototype classifier (the teacher for Daino), per-class accuracy, a confusion matrix
     PNG and a weighted kNN on backbone features (labeled subset as memory), on the recipe's evaluation split."""
-    from semiclust.data.datasets import build_dataset
-    from semiclust.engine.checkpoint import checkpoint_file, load_checkpoint
-    from semiclust.engine.trainer import resolve_device
-    from semiclust.evaluate import EvalViews, classifier_from_checkpoint, evaluation_report
-    from semiclust.plot import plot_confusion
+    from semiclust import api, render
 
-    target = resolve_device(device)
-    state = load_checkpoint(checkpoint)
-    network, _ = classifier_from_checkpoint(state)
-    network.to(target)
-    recipe = _eval_data(state, overrides or [])
-    dataset = build_dataset(recipe.data.dataset, recipe.data.options)
-    if dataset.test is None:
-        raise SemiclustError(f"dataset '{dataset.name}' of this checkpoint's recipe has no evaluation split; "
-                             "give one with --set (e.g. data.options.eval=eval.csv for labeled_list).")
-    if len(dataset.classes) != state["classifier"]["num_classes"]:
-        raise SemiclustError(f"the dataset now has {len(dataset.classes)} classes but the checkpoint was trained "
-                             f"with {state['classifier']['num_classes']}; point --set data.options at the same data.")
-    mean, std = tuple(state["mean"]), tuple(state["std"])
-    views = EvalViews(dataset.test, recipe.data.eval, mean, std, recipe.eval.batch_size, target, recipe.data.loader)
-    memory, no_memory = (None, "--knn-k 0") if knn <= 0 else _labeled_memory(dataset, state)
-    memory_views = None if memory is None else EvalViews(memory, recipe.data.eval, mean, std, recipe.eval.batch_size,
-                                                         target, recipe.data.loader)
-    report = evaluation_report(network, views, dataset.test_split_name, list(state["classes"]),
-                               match=state["classifier"]["matched"], memory=memory_views, knn_k=max(knn, 1),
-                               knn_temperature=knn_temperature)
-    png = None
-    if not no_confusion:
-        evaluated = checkpoint_file(checkpoint)
-        png = confusion or evaluated.with_name(f"{evaluated.stem}_confusion.png")
-        plot_confusion(report.confusion, report.classes, png,
-                       f"{recipe.name}, step {state['step']}: top-1 {report.result.top1:.2f}% on {report.result.n} images")
+    evaluation = api.evaluate(checkpoint, overrides or [], device, knn, knn_temperature, confusion,
+                              write_confusion=not no_confusion)
     if as_json:
-        print(json.dumps({**report.as_dict(include_confusion=len(report.classes) <= MAX_JSON_CONFUSION),
-                          "checkpoint": str(checkpoint), "step": state["step"], "confusion_png": str(png) if png else None}))
-        return
-    r = report.result
-    table = Table(title=f"{recipe.name} ({recipe.method.name}), step {state['step']}")
-    for column in ("split", "images", "top-1 %", "top-5 %", "matching", "kNN top-1 %"):
-        table.add_column(column)
-    knn_cell = f"{report.knn_top1:.2f} (k {knn}, {report.knn_memory} labeled)" if report.knn_top1 is not None else "-"
-    table.add_row(r.split, str(r.n) + (f" ({r.unreadable} unreadable)" if r.unreadable else ""), f"{r.top1:.2f}",
-                  f"{r.top5:.2f}", r.matching, knn_cell)
-    console.print(table)
-    ranked = sorted(zip(report.classes, report.per_class.tolist(), report.confusion.sum(dim=1).tolist()),
-                    key=lambda row: (row[1] != row[1], row[1]))  # worst first, classes without images last
-    shown = ranked if len(ranked) <= 2 * WORST_CLASSES else ranked[:WORST_CLASSES]
-    per_class = Table(title="per-class accuracy" + ("" if shown is ranked else f" ({WORST_CLASSES} worst)"))
-    for column in ("class", "images", "top-1 %"):
-        per_class.add_column(column)
-    for name, accuracy, count in shown:
-        per_class.add_row(name, str(count), "-" if accuracy != accuracy else f"{accuracy:.1f}")
-    console.print(per_class)
-    if report.knn_top1 is None and no_memory != "--knn-k 0":
-        console.print(f"kNN diagnostic skipped: {no_memory}.", highlight=False)
-    if png:
-        console.print(f"confusion matrix: {png}", highlight=False)
+        print(render.evaluation_json(evaluation))
+    else:
+        render.show_evaluation(console, evaluation, knn)
 
 
 @app.command()
@@ -216,9 +88,11 @@ def export(
                                 help="backbone (loads in plain timm) or classifier (backbone + head + prototypes)."),
 ) -> None:
     """Export the evaluated network (Daino: the teacher) to safetensors with its metadata."""
-    from semiclust.export import export_checkpoint
+    import json
 
-    meta = export_checkpoint(checkpoint, out, content)
+    from semiclust import api
+
+    meta = api.export(checkpoint, out, content)
     console.print(f"wrote {out}: {content} of {meta['architecture']} (step {meta['step']}, {meta['num_classes']} classes, "
                   f"recipe sha256 {meta['recipe_sha256'][:12]})", highlight=False)
     if content == "backbone":
@@ -242,32 +116,23 @@ def predict(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ) -> None:
     """Top-k classes with probabilities for each image, using the evaluation transform stored in the export."""
-    from semiclust.engine.trainer import resolve_device
-    from semiclust.export import load_classifier
-    from semiclust.predict import as_csv, as_json, collect_images, predict_files
+    from semiclust import api, render
+    from semiclust.predict import as_csv, as_json
 
     if output_format not in ("table", "csv", "json"):
         raise SemiclustError(f"--format must be table, csv or json, not '{output_format}'.")
-    if top_k < 1:
-        raise SemiclustError("--top-k must be at least 1.")
-    classifier = load_classifier(model, resolve_device(device))
-    paths = collect_images(inputs)
-    predictions = predict_files(classifier, paths, top_k, batch_size, workers)
-    if output_format != "table":
-        text = as_csv(predictions, min(top_k, len(classifier.classes))) if output_format == "csv" else as_json(predictions)
+    classifier = api.load_classifier(model, device)
+    predictions = api.predict(classifier, inputs, top_k, batch_size, workers)
+    shown_k = min(top_k, len(classifier.classes))
+    if output_format == "table":
+        console.print(render.predictions_table(f"{model.name}: top-{shown_k}", predictions))
+    else:
+        text = as_csv(predictions, shown_k) if output_format == "csv" else as_json(predictions)
         if out is None:
             print(text, end="" if text.endswith("\n") else "\n")
         else:
             out.write_text(text)
             console.print(f"wrote {len(predictions)} predictions to {out}", highlight=False)
-    else:
-        table = Table(title=f"{model.name}: top-{min(top_k, len(classifier.classes))}")
-        for column in ("image", "classes (probability)"):
-            table.add_column(column)
-        for p in predictions:
-            cell = p.error and f"unreadable: {p.error}" or ", ".join(f"{c} ({v:.1%})" for c, v in zip(p.classes, p.probabilities))
-            table.add_row(p.path, cell)
-        console.print(table)
     failed = sum(p.error is not None for p in predictions)
     if failed:
         err_console.print(f"{failed} of {len(predictions)} file(s) could not be read (see the error column).")
@@ -285,14 +150,12 @@ def plot(
 
 
 @recipe_app.command("show")
-def recipe_show(
-    recipe: str = typer.Argument(..., help="Recipe YAML file or shipped recipe name."),
-    overrides: Optional[list[str]] = SetOption,
-) -> None:
+def recipe_show(recipe: str = RecipeArgument, overrides: Optional[list[str]] = SetOption) -> None:
     """Print the fully resolved recipe: every default filled in, overrides applied."""
-    from semiclust.recipe import dump_yaml, load_recipe
+    from semiclust import api
+    from semiclust.validation import dump_yaml
 
-    print(dump_yaml(load_recipe(recipe, overrides or [])), end="")
+    print(dump_yaml(api.load_recipe(recipe, overrides or [])), end="")
 
 
 @recipe_app.command("reference")
@@ -306,12 +169,12 @@ def recipe_reference() -> None:
 @recipe_app.command("validate")
 def recipe_validate(recipes: list[str] = typer.Argument(..., help="Recipe files or shipped recipe names.")) -> None:
     """Check recipes; lists every invalid one and exits 2 if any is invalid."""
-    from semiclust.recipe import load_recipe
+    from semiclust import api
 
     failures = 0
     for item in recipes:
         try:
-            load_recipe(item)
+            api.load_recipe(item)
             console.print(f"[green]ok[/]  {item}", highlight=False)
         except SemiclustError as err:
             failures += 1
@@ -320,12 +183,9 @@ def recipe_validate(recipes: list[str] = typer.Argument(..., help="Recipe files 
         raise typer.Exit(2)
 
 
-MAX_CLASS_ROWS = 40
-
-
 @data_app.command("check")
 def data_check(
-    recipe: str = typer.Argument(..., help="Recipe YAML file or shipped recipe name."),
+    recipe: str = RecipeArgument,
     overrides: Optional[list[str]] = SetOption,
     sample: int = typer.Option(1000, help="Decode every labeled image and this many of the others (and eval)."),
     all_files: bool = typer.Option(False, "--all", help="Decode every image file (slow on large datasets)."),
@@ -335,45 +195,16 @@ def data_check(
     Exits 0 only when there is none."""
     from rich.progress import Progress
 
-    from semiclust.data.check import check_data
-    from semiclust.recipe import load_recipe
+    from semiclust import api, render
 
-    resolved = load_recipe(recipe, overrides or [])
+    resolved = api.load_recipe(recipe, overrides or [])
     with Progress(console=err_console, transient=True, disable=not err_console.is_terminal) as progress:
         task = progress.add_task("decoding images", total=None)
-        report = check_data(resolved, None if all_files else sample,
-                            lambda done, total: progress.update(task, completed=done, total=total))
-    dataset = report.dataset
-    table = Table(title=f"{dataset.name}: {dataset.num_classes} classes (recipe {resolved.name})")
-    for column in ("class", "labeled", "unlabeled", "eval"):
-        table.add_column(column, justify="left" if column == "class" else "right")
-    rows = report.rows if len(report.rows) <= MAX_CLASS_ROWS else report.rows[: MAX_CLASS_ROWS // 2]
-    for row in rows:
-        table.add_row(row.name, str(row.labeled), str(row.unlabeled), str(row.eval))
-    if len(rows) < len(report.rows):
-        fewest = min(report.rows, key=lambda r: r.labeled)
-        table.add_row(f"... {len(report.rows) - len(rows)} more (fewest labeled: {fewest.name})", "", "", "")
-    if report.unlabeled_only:
-        table.add_row("(no label)", "-", str(report.unlabeled_only), "-")
-    table.add_row("total", str(sum(r.labeled for r in report.rows)),
-                  str(sum(r.unlabeled for r in report.rows) + report.unlabeled_only),
-                  str(sum(r.eval for r in report.rows)) if dataset.test is not None else "no eval set", style="bold")
-    console.print(table)
-    console.print("unlabeled stream: every training image, its label unused", highlight=False)
-    if report.subset is not None:
-        console.print(f"labeled subset: {len(report.subset.indices)} images, {report.subset.identity}", highlight=False)
-    console.print(f"image sizes: {report.sizes}", highlight=False)
-    console.print(f"files: {report.decoded}", highlight=False)
-    if report.ok:
-        console.print("[bold green]no problems found[/]")
-        return
-    console.print(f"[bold red]{len(report.problems)} problem(s):[/]")
-    for problem in report.problems:
-        console.print(f"  - {problem}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
-
-
-LISTABLE = ("backbones", "assignments", "datasets", "methods", "recipes")
+        report = api.check_data(resolved, None if all_files else sample,
+                                advance=lambda done, total: progress.update(task, completed=done, total=total))
+    render.show_data_report(console, report, resolved.name)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @app.command("list")
@@ -381,34 +212,18 @@ def list_names(
     what: str = typer.Argument(..., help="backbones | assignments | datasets | methods | recipes"),
     pattern: Optional[str] = typer.Argument(None, help="Shell-style filter, e.g. 'resnet*'."),
 ) -> None:
-    """List registered names (timm backbones included)."""
+    """List registered names (timm backbones included), each with a one-line summary where it has one."""
+    from semiclust import api
     from semiclust.registry import unknown_name_message
 
     if what not in LISTABLE:
-        message = unknown_name_message("listing", what, list(LISTABLE))
-        raise SemiclustError(message.replace("semiclust list listings", "semiclust list --help"))
-    if what == "backbones":
-        from semiclust.models.backbones import backbone_names
-
-        names = backbone_names(pattern)
-    elif what == "assignments":
-        from semiclust.assign import ASSIGNMENTS
-
-        names = ASSIGNMENTS.names(pattern)
-    elif what == "datasets":
-        from semiclust.data.datasets import DATASETS
-
-        names = DATASETS.names(pattern)
-    elif what == "methods":
-        from semiclust.methods import METHODS
-
-        names = [f"{n}: {METHODS.get(n).summary}" for n in METHODS.names(pattern)]
-    else:
-        from semiclust.recipes_dir import shipped_recipes
-
-        names = [f"{name}: {path}" for name, path in shipped_recipes(pattern).items()]
+        raise SemiclustError(unknown_name_message("listing", what, list(LISTABLE)).replace(
+            "semiclust list listings", "semiclust list --help"))
+    registry = api.catalogue()[what]
+    names = registry.names(pattern)
     for name in names:
-        print(name)
+        summary = registry.summary(name)
+        print(f"{name}: {summary}" if summary else name)
     if not names:
         err_console.print(f"no {what} match '{pattern}'")
         raise typer.Exit(1)

@@ -14,7 +14,8 @@ class SemiclustError(Exception):
         self.exit_code = exit_code
 
 
-def examples(items: list[str], limit: int = 5, quote: bool = True) -> str:
-    """The first `limit` items of a list for a message, quoted, with ' ...' when there are more."""
+def examples(items: list, limit: int = 5, quote: bool = True) -> str:
+    """The first `limit` items of a list for a message, quoted, and how many more there are:
+    "'a', 'b', 'c' and 4 more". Every "first few, then the rest" list of a message goes through here."""
     shown = ", ".join(f"'{item}'" if quote else str(item) for item in items[:limit])
-    return shown + (" ..." if len(items) > limit else "")
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")

@@ -1,15 +1,13 @@
-"""Evaluation: top-1/top-5 of the prototype classifier (argmax of prototype scores) on one centre view."""
+"""Evaluation: top-1/top-5 of the prototype classifier (argmax of prototype scores) on one centre view,
+and the report of `semiclust eval` (per class, confusion, a kNN diagnostic on backbone features)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 import torch
 
-from semiclust.data.datasets import FileSplit, Split
-from semiclust.data.transforms import center_view
+from semiclust.data.eval_views import EvalViews
 from semiclust.errors import SemiclustError
-from semiclust.recipe import EvalView, Loader
 
 
 @dataclass
@@ -23,40 +21,6 @@ class EvalResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-class EvalViews:
-    """The centre views of an evaluation split, normalised, on `device`, in batches with their labels.
-
-    In-memory splits are resized on the device; image files are decoded and cropped by DataLoader
-    workers (kept alive between evaluations when the recipe's loader says so). Unreadable files are
-    left out and counted in `unreadable`."""
-
-    def __init__(self, split: Split, view: EvalView, mean, std, batch_size: int, device: torch.device,
-                 loader: Loader | None = None):
-        self.split, self.view, self.batch_size, self.device = split, view, batch_size, device
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
-        self.unreadable = 0
-        self._loader = None
-        if isinstance(split, FileSplit):
-            from semiclust.data.loader import EvalFiles, make_loader
-
-            self._loader = make_loader(EvalFiles(split, view, batch_size), range(-(-len(split) // batch_size)),
-                                       loader or Loader(), device)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.unreadable = 0
-        if self._loader is None:
-            for start in range(0, len(self.split), self.batch_size):
-                images = self.split.images[start : start + self.batch_size].to(self.device)
-                yield center_view(images, self.view, self.mean, self.std), self.split.labels[start : start + self.batch_size]
-            return
-        for item in self._loader:
-            self.unreadable += len(item["corrupt"])
-            if len(item["labels"]):
-                images = item["images"].to(self.device, non_blocking=True).float().div_(255)
-                yield (images - self.mean) / self.std, item["labels"]
 
 
 def _require_images(outputs: list, views: EvalViews) -> None:
@@ -206,17 +170,3 @@ def evaluation_report(network: torch.nn.Module, views: EvalViews, split_name: st
         report.knn_top1, report.knn_top5 = topk_accuracy(votes, labels, 1), topk_accuracy(votes, labels, 5)
         report.knn_memory = len(memory_labels)
     return report
-
-
-def classifier_from_checkpoint(state: dict):
-    """The evaluated network (teacher for Daino) and its validated recipe, rebuilt from a checkpoint."""
-    from semiclust.models.network import Network
-    from semiclust.recipe import validate
-
-    recipe = validate(state["recipe"], "the checkpoint's recipe")
-    info = state["classifier"]
-    network = Network(recipe.model, info["in_chans"], info["num_classes"], info["prototypes"])
-    prefix = info["prefix"] + "."
-    weights = {k[len(prefix):]: v for k, v in state["method"].items() if k.startswith(prefix)}
-    network.load_state_dict(weights)
-    return network, recipe

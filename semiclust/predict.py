@@ -12,8 +12,10 @@ import torch
 
 from semiclust.data.decode import UnreadableImage, decode_rgb, is_image_file
 from semiclust.data.folders import images_under
+from semiclust.data.loader import make_loader
 from semiclust.errors import SemiclustError
-from semiclust.export import Classifier, preprocess
+from semiclust.models.classifier import Classifier, preprocess
+from semiclust.schema import Loader
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:
@@ -68,9 +70,6 @@ class _Views(torch.utils.data.Dataset):
 def predict_files(classifier: Classifier, paths: list[Path], top_k: int = 5, batch_size: int = 64, workers: int = 0,
                   advance: Callable[[int], None] = lambda done: None) -> list[Prediction]:
     """Top-k (class name, probability) per file; softmax of prototype scores / temperature."""
-    from semiclust.data.loader import make_loader
-    from semiclust.recipe import Loader
-
     names = classifier.classes
     k = min(top_k, len(names))
     items = _Views(paths, classifier.metadata, batch_size)

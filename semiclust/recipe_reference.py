@@ -16,15 +16,16 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from semiclust.recipe import Recipe
+from semiclust.assign import ASSIGNMENTS
+from semiclust.schema import PartSpec, Recipe
 
 HEADER = """# Recipe reference
 
-Generated from the schema in `semiclust/recipe.py` by `semiclust recipe reference`; do not edit by
-hand (`tests/test_docs.py` regenerates it and fails on any difference). Every section forbids
-unknown keys. `semiclust recipe show RECIPE` prints a recipe with every default filled in; the
-method's own defaults (head shape, assignment, optimiser) are filled in before validation (see
-[recipes](recipes.md)).
+Generated from the schema in `semiclust/schema.py` and each registered part's own section by
+`semiclust recipe reference`; do not edit by hand (`tests/test_docs.py` regenerates it and fails on
+any difference). Every section forbids unknown keys. `semiclust recipe show RECIPE` prints a recipe
+with every default filled in; the method's own defaults (head shape, assignment, optimiser) are
+filled in before validation (see [recipes](recipes.md)).
 """
 
 
@@ -72,6 +73,10 @@ def _default(field: FieldInfo) -> str:
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The section classes an annotation holds; a registered part's generic section stands for the
+    registered sections (e.g. every assignment's)."""
+    if annotation is PartSpec:
+        return list(ASSIGNMENTS.specs().values())
     if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
         return [annotation]
     found: list[type[BaseModel]] = []

@@ -35,3 +35,18 @@ def find_recipe(name: str) -> Path | None:
     if "/" in name or os.sep in name:
         return None
     return shipped_recipes().get(Path(name).stem if name.endswith(".yaml") else name)
+
+
+class ShippedRecipes:
+    """The recipes `semiclust list recipes` shows: each shipped recipe's name and its file."""
+
+    kind = "recipe"
+
+    def names(self, pattern: str | None = None) -> list[str]:
+        return list(shipped_recipes(pattern))
+
+    def summary(self, name: str) -> str:
+        return str(shipped_recipes()[name])
+
+
+RECIPES = ShippedRecipes()

@@ -1,11 +1,17 @@
-"""A small generic registry in the shape of timm's register_model / create_model / list_models."""
+"""Registries in the shape of timm's register_model / create_model / list_models, and the registries
+themselves: datasets, assignments and methods each register with `@REGISTRY.register(name)` in their
+own module (backbones register with timm's own `register_model`).
+
+This is a leaf module: it imports nothing of semiclust but the errors, so every layer can register.
+"""
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 from typing import Callable, Generic, Iterable, TypeVar
 
-from semiclust.errors import SemiclustError
+from semiclust.errors import SemiclustError, examples
 
 T = TypeVar("T")
 
@@ -20,22 +26,31 @@ def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
     """One sentence naming an unknown registry entry, its closest match and where to list the rest."""
     guess = closest(name, known)
     hint = f" Did you mean '{guess}'?" if guess else ""
-    shown = ", ".join(known) if len(known) <= 12 else ", ".join(known[:12]) + ", ..."
-    return f"unknown {kind} '{name}'.{hint} Known {kind}s: {shown} (see `semiclust list {kind}s`)."
+    return f"unknown {kind} '{name}'.{hint} Known {kind}s: {examples(known, 12, quote=False)} (see `semiclust list {kind}s`)."
+
+
+def first_line(text: str | None) -> str:
+    """The first line of a docstring (a registry entry's summary for `semiclust list`)."""
+    lines = inspect.cleandoc(text or "").splitlines()
+    return lines[0] if lines else ""
 
 
 class Registry(Generic[T]):
-    """Maps names to factories. `register` is a decorator; `get` fails with a close match."""
+    """Maps names to entries (factories or classes). `register` is a decorator, optionally recording the
+    entry's recipe section class (`spec`); `get` fails with a close match; `names` lists, for the CLI."""
 
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._specs: dict[str, type] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, spec: type | None = None) -> Callable[[T], T]:
         def decorator(entry: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
             self._entries[name] = entry
+            if spec is not None:
+                self._specs[name] = spec
             return entry
 
         return decorator
@@ -45,9 +60,27 @@ class Registry(Generic[T]):
             raise SemiclustError(unknown_name_message(self.kind, name, self.names()))
         return self._entries[name]
 
+    def spec(self, name: str) -> type:
+        """The recipe section class registered with `name` (an unknown name is the usual error)."""
+        self.get(name)
+        return self._specs[name]
+
+    def specs(self) -> dict[str, type]:
+        return dict(sorted(self._specs.items()))
+
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
     def names(self, pattern: str | None = None) -> list[str]:
         names = sorted(self._entries)
         return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+    def summary(self, name: str) -> str:
+        """One line about an entry: its `summary` attribute, else its docstring's first line."""
+        entry = self.get(name)
+        return getattr(entry, "summary", "") or first_line(entry.__doc__)
+
+
+DATASETS: Registry[Callable] = Registry("dataset")
+ASSIGNMENTS: Registry[type] = Registry("assignment")
+METHODS: Registry[type] = Registry("method")

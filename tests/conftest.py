@@ -24,7 +24,7 @@ def trained_run(tmp_path_factory):
     """One short Suave run with a timm backbone on 3-channel synthetic data, shared by the eval, export
     and predict tests (training once keeps the suite fast)."""
     from semiclust.engine.trainer import train
-    from semiclust.recipe import validate
+    from semiclust.recipe import resolve as validate
 
     raw = copy.deepcopy(TINY_RECIPE)
     raw["data"]["options"].update({"channels": 3, "size": 16})

@@ -27,7 +27,7 @@ TINY_RECIPE = {
 
 
 def make_recipe(raw: dict | None = None, **method_changes):
-    from semiclust.recipe import validate
+    from semiclust.recipe import resolve as validate
 
     raw = copy.deepcopy(raw or TINY_RECIPE)
     raw["method"].update(method_changes)

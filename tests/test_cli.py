@@ -56,10 +56,12 @@ def test_validate_reports_each_file(capsys, recipe_file, tmp_path):
 def test_list_commands(capsys):
     code, out, _ = run(capsys, "list", "backbones", "resnet18*")
     assert code == 0 and "resnet18_cifar" in out.split() and "resnet18" in out.split()
-    code, out, _ = run(capsys, "list", "assignments")
-    assert out.split() == ["center_sharpen", "sinkhorn"]
+    code, out, _ = run(capsys, "list", "assignments")  # each registered entry with its docstring's first line
+    assert out.splitlines() == ["center_sharpen: Centered, sharpened softmax (DINO); the center is updated by EMA after "
+                                "computing targets.", "sinkhorn: Equipartitioned soft clusters (SwAV), one Sinkhorn-Knopp "
+                                "run per target crop."]
     code, out, _ = run(capsys, "list", "datasets")
-    assert {"digits", "synthetic"} <= set(out.split())
+    assert {"digits", "synthetic"} <= {line.split(":")[0] for line in out.splitlines()}
     code, out, _ = run(capsys, "list", "recipes", "digits_*")
     assert "digits_suave:" in out
     code, _, err = run(capsys, "list", "backbone")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from semiclust.cli import main
+from semiclust.errors import SemiclustError
 from semiclust.recipe_reference import render_reference, undocumented_keys
 from tests.data.files import labeled_list_dataset
 
@@ -101,16 +102,24 @@ def test_every_documented_command_runs(workspace, monkeypatch, capsys):
     assert not failures, "\n".join(failures)
 
 
-def test_the_extending_examples_work():
-    """Runs the ```python blocks of docs/extending.md, then uses what they registered."""
+def test_the_extending_examples_work(monkeypatch, tmp_path):
+    """Runs the ```python blocks of docs/extending.md, then uses what they registered: the backbone and the
+    dataset directly, the assignment in a real training run through the recipe loader."""
+    import copy
     import types
 
     import torch
 
+    from semiclust import api
     from semiclust.assign import ASSIGNMENTS
     from semiclust.data.datasets import build_dataset
     from semiclust.models.backbones import create_backbone
+    from semiclust.registry import DATASETS
+    from tests.helpers import TINY_RECIPE
 
+    for registry in (ASSIGNMENTS, DATASETS):  # the examples' entries are gone after the test
+        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
+        monkeypatch.setattr(registry, "_specs", dict(registry._specs))
     module = types.ModuleType("docs_extending_examples")  # timm's register_model looks its module up
     sys.modules[module.__name__] = module
     for block in re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "extending.md").read_text(), re.S):
@@ -119,6 +128,27 @@ def test_the_extending_examples_work():
     assert backbone(torch.randn(2, 1, 8, 8)).shape == (2, 8) and backbone.num_features == 8
     dataset = build_dataset("noise_squares", {"per_class": 4})
     assert len(dataset.train) == 8 and dataset.classes == ["left", "right"]
-    assigner = ASSIGNMENTS.get("sharpened_softmax")(types.SimpleNamespace(temperature=0.5), 2)
-    (targets,) = assigner([torch.tensor([[1.0, 0.0]])], epoch=0)
-    assert torch.allclose(targets, torch.softmax(torch.tensor([[2.0, 0.0]]), dim=1))
+    raw = copy.deepcopy(TINY_RECIPE)
+    raw["method"]["assignment"] = {"name": "sharpened_softmax", "temperature": 0.5}
+    raw["schedule"]["epochs"] = 1
+    recipe = api.load_recipe(write_recipe(tmp_path, raw))
+    assert type(recipe.method.assignment).__name__ == "SharpenedSoftmaxSpec" and recipe.method.assignment.temperature == 0.5
+    summary = api.train(recipe, tmp_path / "run")
+    assert summary.steps == 6 and load_saved_recipe(summary)["method"]["assignment"] == {"name": "sharpened_softmax",
+                                                                                         "temperature": 0.5}
+    with pytest.raises(SemiclustError, match="did you mean 'method.assignment.temperature'"):
+        api.load_recipe(write_recipe(tmp_path, raw), ["method.assignment.temprature=0.2"])
+
+
+def write_recipe(folder: Path, raw: dict) -> Path:
+    import json
+
+    path = folder / "recipe.yaml"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def load_saved_recipe(summary) -> dict:
+    import yaml
+
+    return yaml.safe_load((summary.run_dir / "recipe.yaml").read_text())

@@ -8,14 +8,14 @@ import torch
 from semiclust import load_classifier
 from semiclust.engine.checkpoint import load_checkpoint
 from semiclust.errors import SemiclustError
-from semiclust.evaluate import classifier_from_checkpoint
+from semiclust.engine.checkpoint import classifier_network
 from semiclust.export import export_checkpoint, recipe_sha256
 
 
 @pytest.fixture(scope="module")
 def trained(trained_run):
     state = load_checkpoint(trained_run.checkpoint)
-    network, _ = classifier_from_checkpoint(state)
+    network, _ = classifier_network(state)
     return trained_run.checkpoint, state, network.eval()
 
 
@@ -69,11 +69,11 @@ def test_corrupt_truncated_or_backbone_only_files_are_clear_errors(trained, tmp_
     export_checkpoint(checkpoint, out, "classifier")
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(out.read_bytes()[: out.stat().st_size // 2])
-    with pytest.raises(SemiclustError, match="not a readable safetensors file.*truncated, corrupt"):
+    with pytest.raises(SemiclustError, match="could not be read as safetensors.*truncated, corrupt"):
         load_classifier(truncated)
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x00" * 64)
-    with pytest.raises(SemiclustError, match="not a readable safetensors file"):
+    with pytest.raises(SemiclustError, match="could not be read as safetensors"):
         load_classifier(garbage)
     backbone = tmp_path / "backbone.safetensors"
     export_checkpoint(checkpoint, backbone, "backbone")

@@ -10,7 +10,8 @@ from PIL import Image
 from semiclust.cli import main
 from semiclust.data.datasets import build_dataset
 from semiclust.evaluate import confusion_matrix, knn_scores, per_class_accuracy
-from semiclust.export import export_checkpoint, load_classifier
+from semiclust.export import export_checkpoint
+from semiclust.models.classifier import load_classifier
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

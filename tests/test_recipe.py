@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from semiclust.errors import SemiclustError
-from semiclust.recipe import apply_overrides, dump_yaml, load_recipe, validate
+from semiclust.recipe import apply_overrides, dump_yaml, load_recipe, resolve as validate
 from tests.helpers import TINY_RECIPE
 
 
@@ -68,7 +68,7 @@ def test_unknown_registry_names_suggest_the_closest():
     message = error_for(changed("model.backbone.name", "resnet18_cifr"))
     assert "unknown backbone 'resnet18_cifr'" in message and "resnet18_cifar" in message
     message = error_for(changed("method.assignment", {"name": "sinkorn"}))
-    assert "method.assignment.name" in message and "did you mean 'sinkhorn'" in message
+    assert "method.assignment.name" in message and "Did you mean 'sinkhorn'" in message
     message = error_for(changed("optim.name", "lamb"))
     assert "'optim.name' is 'lamb'" in message
 
@@ -77,7 +77,7 @@ def test_cross_field_rules():
     assert "exactly one of per_class, fraction or list" in error_for(changed("data.labels", {"per_class": 2, "fraction": 0.1}))
     raw = changed("method.queue", {"length": 64})
     raw["method"]["name"] = "daino"
-    assert "queue is used only by the sinkhorn assignment" in error_for(raw)
+    assert "method.queue is used only by assignments that take a queue (sinkhorn)" in error_for(raw)
     assert "first 3 unlabeled crops" in error_for(changed("method.target_crops", 3))  # third crop is 4 px
     dino_globals = changed("data.unlabeled", {"crops": [{"count": 1, "size": 8, "blur": {"p": 1.0}},
                                                         {"count": 1, "size": 8, "solarize": 0.2},

@@ -269,11 +269,11 @@ def suave_final_checkpoint(tmp_path_factory):
     written by semiclust's own save_checkpoint with the entries `model.init` reads. Nothing is trained."""
     from semiclust import __version__
     from semiclust.engine.checkpoint import save_checkpoint
-    from semiclust.methods import METHODS
+    from semiclust.engine.setup import build_method
 
     recipe = load_recipe(recipe_path("suave_r50_in1k_1pct"), ["model.init=null"])
     torch.manual_seed(0)
-    method = METHODS.get("suave")(recipe, len(WNIDS), 3, 1)
+    method = build_method(recipe, len(WNIDS), 3, 1)
     path = tmp_path_factory.mktemp("runs") / "suave_r50_in1k_1pct" / "checkpoints" / "final.pt"
     save_checkpoint({"semiclust_version": __version__, "recipe": recipe.model_dump(mode="json"), "step": 500,
                      "epoch": 100, "method": method.state_dict(), "classes": WNIDS,

@@ -1,12 +1,17 @@
-"""DINO's teacher targets: center the teacher's logits, sharpen with a low temperature."""
+"""The `center_sharpen` assignment: DINO's teacher targets, the teacher's logits centered and sharpened
+with a low temperature; the pure functions, its recipe section and its registered module."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Annotated, Callable, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict, Field
+from torch import nn
 
 from semiclust.engine import dist
+from semiclust.registry import ASSIGNMENTS
+from semiclust.schema import PartSpec
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
@@ -35,3 +40,37 @@ def teacher_temperature(epoch: int, start: float, end: float, warmup_epochs: int
     if warmup_epochs == 1:
         return start
     return start + (end - start) * epoch / (warmup_epochs - 1)
+
+
+class CenterSharpenSpec(PartSpec):
+    """DINO's teacher targets: softmax((logits - center) / temperature), center kept by EMA."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["center_sharpen"] = Field("center_sharpen", description="the assignment method")
+    temperature: Annotated[float, Field(gt=0)] = Field(0.07, description="teacher temperature after the warm-up")
+    warmup_temperature: Annotated[float, Field(gt=0)] = Field(0.04,
+        description="teacher temperature at the start of the warm-up")
+    warmup_epochs: Annotated[int, Field(ge=0)] = Field(10, description="linear warm-up, stepped per epoch as DINO")
+    center_momentum: Annotated[float, Field(ge=0.0, le=1.0)] = Field(0.9, description="EMA momentum of the center")
+
+
+@ASSIGNMENTS.register("center_sharpen", spec=CenterSharpenSpec)
+class CenterSharpenAssigner(nn.Module):
+    """Centered, sharpened softmax (DINO); the center is updated by EMA after computing targets."""
+
+    def __init__(self, spec: CenterSharpenSpec, num_prototypes: int):
+        super().__init__()
+        self.spec = spec
+        self.register_buffer("center", torch.zeros(1, num_prototypes))
+
+    def temperature(self, epoch: int) -> float:
+        s = self.spec
+        return teacher_temperature(epoch, s.warmup_temperature, s.temperature, s.warmup_epochs)
+
+    @torch.no_grad()
+    def forward(self, scores: list[torch.Tensor], epoch: int) -> list[torch.Tensor]:
+        temperature = self.temperature(epoch)
+        targets = [center_sharpen(s, self.center, temperature) for s in scores]
+        self.center.copy_(updated_center(self.center, torch.cat(scores), self.spec.center_momentum))
+        return targets

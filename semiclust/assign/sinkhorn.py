@@ -1,12 +1,17 @@
-"""Sinkhorn-Knopp equipartition (SwAV), in log space and fp32, with the cross-process sums injected."""
+"""The `sinkhorn` assignment: SwAV's equipartitioned soft clusters by Sinkhorn-Knopp, in log space and
+fp32, with the cross-process sums injected; its recipe section and its registered module."""
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Annotated, Callable, ClassVar, Literal
 
 import torch
+from pydantic import ConfigDict, Field
+from torch import nn
 
 from semiclust.engine import dist
+from semiclust.registry import ASSIGNMENTS
+from semiclust.schema import PartSpec
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
@@ -42,3 +47,27 @@ def sinkhorn(
         log_q = log_q - _global_logsumexp(log_q, 1, reduce_sum, reduce_max) - math.log(num_prototypes)
         log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - math.log(total_batch)
     return (torch.exp(log_q) * total_batch).t()
+
+
+class SinkhornSpec(PartSpec):
+    """SwAV's equipartitioned assignment (on cosine scores / epsilon, in fp32)."""
+
+    model_config = ConfigDict(extra="forbid")
+    takes_queue: ClassVar[bool] = True
+
+    name: Literal["sinkhorn"] = Field("sinkhorn", description="the assignment method")
+    epsilon: Annotated[float, Field(gt=0)] = Field(0.05,
+        description="entropy regularisation (scores are divided by it before the exponential)")
+    iterations: Annotated[int, Field(ge=1)] = Field(3, description="Sinkhorn-Knopp normalisation rounds")
+
+
+@ASSIGNMENTS.register("sinkhorn", spec=SinkhornSpec)
+class SinkhornAssigner(nn.Module):
+    """Equipartitioned soft clusters (SwAV), one Sinkhorn-Knopp run per target crop."""
+
+    def __init__(self, spec: SinkhornSpec, num_prototypes: int):
+        super().__init__()
+        self.spec = spec
+
+    def forward(self, scores: list[torch.Tensor], epoch: int) -> list[torch.Tensor]:
+        return [sinkhorn(s, self.spec.epsilon, self.spec.iterations) for s in scores]

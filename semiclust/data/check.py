@@ -19,7 +19,7 @@ from semiclust.data.decode import UnreadableImage, decode_rgb, image_size
 from semiclust.data.loader import make_loader
 from semiclust.data.subsets import LabeledSubset, choose_labeled, match_list
 from semiclust.errors import SemiclustError, examples
-from semiclust.recipe import Recipe
+from semiclust.schema import Recipe
 
 
 @dataclass
@@ -50,13 +50,7 @@ def _subset_and_problems(dataset: Dataset, recipe: Recipe) -> tuple[LabeledSubse
     spec, problems = recipe.data.labels, []
     if spec.list is not None:
         match = match_list(spec.list, dataset.train)
-        for bad, what in ((match.missing, "missing file(s) or out-of-range index(es)"),
-                          (match.unlabeled, "image(s) that have no label")):
-            if bad:
-                problems.append(f"the labeled list '{spec.list}' names {len(bad)} {what}: {examples(bad)}")
-        if not len(match.indices):
-            return None, problems
-        return LabeledSubset(match.indices, f"list {spec.list}", match.sha256, match.canonical), problems
+        return (match.subset() if len(match.indices) else None), match.problems()
     try:
         return choose_labeled(dataset.train, spec, recipe.seed, dataset.num_classes), problems
     except SemiclustError as err:

@@ -1,4 +1,4 @@
-"""Dataset registry: each entry returns a train and an evaluation split plus class names.
+"""Datasets: the splits, the `Dataset` every registered entry returns, and the generated ones (digits, synthetic).
 
 Two kinds of split. An `ImageSplit` holds uint8 pixels of equal-sized images (digits, CIFAR, STL-10,
 SVHN, the MNIST family), read once from local files and augmented in batches on the training
@@ -12,12 +12,12 @@ import inspect
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from semiclust.errors import SemiclustError
-from semiclust.registry import Registry
+from semiclust.registry import DATASETS
 
 
 UNLABELED = -1  # the label of an image that has none
@@ -134,9 +134,6 @@ class Dataset:
         return isinstance(self.train, ImageSplit)
 
 
-DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
-
-
 def build_dataset(name: str, options: dict[str, Any]) -> Dataset:
     """Call the registered factory with the recipe's `data.options`, rejecting unknown options."""
     factory = DATASETS.get(name)
@@ -228,7 +225,3 @@ def synthetic(
     train, test = make(train_per_class), make(test_per_class)
     mean, std = channel_stats(train.images)
     return Dataset("synthetic", train, test, [f"class_{c}" for c in range(num_classes)], mean, std)
-
-
-# Registers the on-disk datasets (kept in their own modules: one file format family each).
-from semiclust.data import arrays, folders  # noqa: E402,F401

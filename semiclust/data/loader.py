@@ -23,9 +23,9 @@ from torchvision.transforms.v2 import functional as F2
 from semiclust.data.datasets import FileSplit
 from semiclust.data.decode import UnreadableImage, decode_rgb
 from semiclust.data.streams import IndexStream
-from semiclust.data.transforms import crop_boxes
+from semiclust.data.transforms import center_view, crop_boxes, to_uint8
 from semiclust.errors import SemiclustError
-from semiclust.recipe import CropGroup, EvalView, Loader
+from semiclust.schema import CropGroup, EvalView, Loader
 
 MAX_SUBSTITUTES = 16  # consecutive unreadable images tolerated before a batch gives up
 _INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
@@ -51,14 +51,6 @@ def cut_crops(image: torch.Tensor, group: CropGroup, generator: torch.Generator)
                                interpolation=_INTERPOLATION[group.interpolation], antialias=True)
         crops[k] = crop.flip(-1) if flips[k] else crop
     return crops
-
-
-def center_crop(image: torch.Tensor, view: EvalView) -> torch.Tensor:
-    """The evaluation view of one uint8 image: short side resized to `view.resize`, centre crop `view.size`."""
-    short = view.resize or view.size
-    if min(image.shape[-2:]) != short:
-        image = F2.resize(image, [short], interpolation=_INTERPOLATION[view.interpolation], antialias=True)
-    return F2.center_crop(image, [view.size, view.size])
 
 
 @dataclass
@@ -141,7 +133,8 @@ class TrainFiles(torch.utils.data.Dataset):
 
 
 class EvalFiles(torch.utils.data.Dataset):
-    """Item b = evaluation batch b as uint8 centre views; unreadable images are left out (`keep`)."""
+    """Item b = evaluation batch b as centre views (`center_view`, handed over as uint8); unreadable
+    images are left out (`keep`)."""
 
     def __init__(self, split: FileSplit, view: EvalView, batch_size: int):
         self.split, self.view, self.batch_size = split, view, batch_size
@@ -156,7 +149,7 @@ class EvalFiles(torch.utils.data.Dataset):
         corrupt = []
         for j, index in enumerate(indices):
             try:
-                images[j] = center_crop(decode_rgb(self.split.path(index)), self.view)
+                images[j] = to_uint8(center_view(decode_rgb(self.split.path(index))[None], self.view)[0])
             except UnreadableImage as err:
                 keep[j] = False
                 corrupt.append(Corrupt(err.path, err.reason))

@@ -7,12 +7,24 @@ only on (seed, step, rank, world size), resuming at any step continues both stre
 """
 from __future__ import annotations
 
+import enum
+
 import torch
 
 from semiclust.errors import SemiclustError
 
 _UNLABELED_STREAM = 1
 _LABELED_STREAM = 2
+
+
+class Stream(enum.Enum):
+    """The two streams a step may draw from; each method declares the set it uses."""
+
+    LABELED = "labeled"
+    UNLABELED = "unlabeled"
+
+
+BOTH = frozenset({Stream.LABELED, Stream.UNLABELED})
 
 
 def _permutation(size: int, seed: int, stream: int, epoch: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 
 from semiclust.data.datasets import FileSplit, Split
 from semiclust.errors import SemiclustError, examples
-from semiclust.recipe import Labels
+from semiclust.schema import Labels
 
 CANONICAL_LISTS = {
     "71e82a48ba78252683ae334c4d019ebd5c6e855b9599c1389fbe83eb9549cf17": "SimCLR ImageNet 1% list (12,811 images)",
@@ -84,6 +84,18 @@ class ListMatch:
     def canonical(self) -> str | None:
         return CANONICAL_LISTS.get(self.sha256)
 
+    def problems(self) -> list[str]:
+        """The entries that name nothing usable, one phrase per kind of fault (training refuses to
+        start with the first; `semiclust data check` lists them all)."""
+        groups = ((self.missing, "name no training image (a missing file, or an index out of range)"),
+                  (self.unlabeled, "name training images that have no label"))
+        total = len(self.indices) + len(self.missing) + len(self.unlabeled)
+        return [f"labeled list '{self.path}': {len(bad)} of its {total} entries {why}: {examples(bad)}"
+                for bad, why in groups if bad]
+
+    def subset(self) -> LabeledSubset:
+        return LabeledSubset(self.indices, f"list {self.path}", self.sha256, self.canonical)
+
 
 def _list_entries(path: Path) -> list[str]:
     if not path.is_file():
@@ -130,15 +142,10 @@ def match_list(path: Path, split: Split) -> ListMatch:
 
 def _listed_subset(path: Path, split: Split) -> LabeledSubset:
     match = match_list(path, split)
-    for bad, why in ((match.missing, "name no training image (a missing file, or an index out of range)"),
-                     (match.unlabeled, "name training images that have no label")):
-        if bad:
-            raise SemiclustError(
-                f"labeled list '{path}': {len(bad)} of its {len(bad) + len(match.indices)} entries {why}: {examples(bad)}. "
-                "Check that the list belongs to this dataset and that the files are in place "
-                "(`semiclust data check RECIPE` lists every problem)."
-            )
-    return LabeledSubset(match.indices, f"list {path}", match.sha256, match.canonical)
+    for problem in match.problems():
+        raise SemiclustError(f"{problem}. Check that the list belongs to this dataset and that the files are in place "
+                             "(`semiclust data check RECIPE` lists every problem).")
+    return match.subset()
 
 
 def choose_labeled(split: Split, spec: Labels, seed: int, num_classes: int) -> LabeledSubset:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from semiclust.recipe import ColorJitter, CropGroup, EvalView
+from semiclust.schema import ColorJitter, CropGroup, EvalView
 
 LUMA = (0.299, 0.587, 0.114)
 
@@ -135,17 +135,17 @@ def color_jitter(images: torch.Tensor, params: JitterParams) -> torch.Tensor:
     Works IN PLACE on `images` where it can (crops are fresh tensors): on a CPU, allocating a new
     full-size tensor per op cost as much as the arithmetic."""
     n = len(images)
-    colour = images.shape[1] == 3
+    color = images.shape[1] == 3
     for op in (op for op in params.order if params.active[op]):
         if op == 0:
             images.mul_(params.brightness.view(n, 1, 1, 1)).clamp_(0, 1)
         elif op == 1:
             mean = mean_luma(images)
             images.sub_(mean).mul_(params.contrast.view(n, 1, 1, 1)).add_(mean).clamp_(0, 1)
-        elif op == 2 and colour:
+        elif op == 2 and color:
             gray = luma(images)
             images.sub_(gray).mul_(params.saturation.view(n, 1, 1, 1)).add_(gray).clamp_(0, 1)
-        elif op == 3 and colour:
+        elif op == 3 and color:
             images = rotate_hue(images, params.hue).clamp_(0, 1)
     return images
 
@@ -208,8 +208,7 @@ class CropAugment:
 
     def __init__(self, group: CropGroup, mean: tuple[float, ...], std: tuple[float, ...]):
         self.group = group
-        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(std).view(1, -1, 1, 1)
+        self.mean, self.std = tuple(mean), tuple(std)
 
     def draw(self, n: int, generator: torch.Generator, device: torch.device, image_aspect: float = 1.0) -> CropParams:
         g = self.group
@@ -248,7 +247,7 @@ class CropAugment:
             x = on_chosen(x, sigma > 0, lambda part, rows: gaussian_blur(part, sigma[rows]))
         if params.solarize is not None:
             x = torch.where(params.solarize.view(n, 1, 1, 1) & (x >= 0.5), 1 - x, x)
-        return x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
+        return normalize_(x, self.mean, self.std)
 
     def finish(self, crops: torch.Tensor, generator: torch.Generator, rows: torch.Tensor | None = None,
                total: int | None = None) -> torch.Tensor:
@@ -264,8 +263,20 @@ class CropAugment:
         return self.apply(images, params if rows is None else params.select(rows))
 
 
-def center_view(images: torch.Tensor, view: EvalView, mean, std) -> torch.Tensor:
-    """The deterministic evaluation view: resize the short side to `resize`, centre-crop `size`."""
+def normalize_(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """(x - mean) / std per channel, in place on `x` (float, N x C x H x W): the one normalisation of
+    training crops, evaluation views and exported classifiers' inputs."""
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+def center_view(images: torch.Tensor, view: EvalView) -> torch.Tensor:
+    """The deterministic evaluation view of uint8 images (N x C x H x W): the short side resized to
+    `view.resize` (default `view.size`), then the centre `view.size` square; float in [0, 1].
+
+    The one evaluation view: in-memory splits, image files (cut by loader workers, see
+    `data/loader.py`), `semiclust eval`, exported classifiers and `semiclust predict` all use it."""
     x = images.float().div(255)
     height, width = x.shape[-2:]
     short = view.resize or view.size
@@ -276,7 +287,10 @@ def center_view(images: torch.Tensor, view: EvalView, mean, std) -> torch.Tensor
         x = F.interpolate(x, size=(new_h, new_w), mode=view.interpolation, antialias=antialias,
                           align_corners=False if antialias else None)
     top, left = (new_h - view.size) // 2, (new_w - view.size) // 2
-    x = x[..., top : top + view.size, left : left + view.size]
-    mean_t = torch.as_tensor(mean, device=x.device).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, device=x.device).view(1, -1, 1, 1)
-    return (x.clamp(0, 1) - mean_t) / std_t
+    return x[..., top : top + view.size, left : left + view.size].clamp(0, 1)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float pixels in [0, 1] back to uint8 (rounded): how loader workers hand evaluation views over,
+    at a quarter of the float size."""
+    return x.mul(255).round_().to(torch.uint8)

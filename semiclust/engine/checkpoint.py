@@ -1,17 +1,26 @@
-"""Checkpoints: plain dicts of tensors and Python values, written atomically, read with weights_only."""
+"""Checkpoints: plain dicts of tensors and Python values, written atomically, read with weights_only.
+
+The format only: what a checkpoint holds is assembled by engine/state.py; reading and writing go
+through semiclust/storage/tensors.py like every tensor file.
+"""
 from __future__ import annotations
 
-import os
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from semiclust.errors import SemiclustError
+from semiclust.models.network import Network, network_with_weights
+from semiclust.schema import Recipe
+from semiclust.storage.tensors import FileRole, read_torch, write_torch
+from semiclust.validation import validate
 
 FORMAT = "semiclust-checkpoint"
 FORMAT_VERSION = 1
+CHECKPOINT = FileRole("checkpoint", "pass a .pt file written by `semiclust train` (or its run directory)",
+                      "use another checkpoint of the run")
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -19,18 +28,7 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
 
     A crash mid-write leaves the previous file at `path` intact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_torch({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, path)
 
 
 def checkpoint_file(path: Path | str) -> Path:
@@ -47,20 +45,23 @@ def checkpoint_file(path: Path | str) -> Path:
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a semiclust checkpoint without executing pickled code; clear errors for bad files."""
     path = checkpoint_file(path)
-    if not path.is_file():
-        raise SemiclustError(f"checkpoint '{path}' does not exist; pass a .pt file written by `semiclust train`.")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types for truncated or foreign files
-        raise SemiclustError(
-            f"checkpoint '{path}' could not be read ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
-            "It is truncated, corrupt or not a semiclust checkpoint; use another checkpoint of the run."
-        ) from None
+    state = read_torch(path, CHECKPOINT, map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise SemiclustError(f"'{path}' is a PyTorch file but not a semiclust checkpoint (no '{FORMAT}' marker).")
     if state.get("format_version", 0) > FORMAT_VERSION:
         raise SemiclustError(f"checkpoint '{path}' was written by a newer semiclust; upgrade semiclust to read it.")
     return state
+
+
+def classifier_network(state: dict[str, Any]) -> tuple[Network, Recipe]:
+    """The evaluated network of a checkpoint (Daino's teacher) and its recipe, rebuilt from the state."""
+    recipe = validate(state["recipe"], "the checkpoint's recipe")
+    info = state["classifier"]
+    prefix = info["prefix"] + "."
+    weights = {k[len(prefix):]: v for k, v in state["method"].items() if k.startswith(prefix)}
+    network = network_with_weights(recipe.model, info["in_chans"], info["num_classes"], info["prototypes"], weights,
+                                   "the checkpoint", "it was written by another version of semiclust")
+    return network, recipe
 
 
 def periodic_path(folder: Path, step: int) -> Path:
@@ -83,8 +84,6 @@ def save_periodic(state: dict[str, Any], folder: Path, keep_last: int) -> Path:
 
 def latest_usable(folder: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
     """The newest periodic checkpoint that loads, skipping (and naming) unreadable ones."""
-    import warnings
-
     for path in reversed(periodic_checkpoints(folder)):
         try:
             return path, load_checkpoint(path, map_location)

@@ -51,22 +51,23 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum over processes (returns a new tensor; the input is untouched)."""
+def _all_reduce(tensor: torch.Tensor, op) -> torch.Tensor:
+    """`op` over processes into a new tensor (the input is untouched); the input itself for one process."""
     if not is_distributed():
         return tensor
     out = tensor.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    dist.all_reduce(out, op=op)
     return out
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over processes (returns a new tensor; the input is untouched)."""
+    return _all_reduce(tensor, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     """Elementwise maximum over processes (returns a new tensor)."""
-    if not is_distributed():
-        return tensor
-    out = tensor.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return out
+    return _all_reduce(tensor, dist.ReduceOp.MAX)
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:

@@ -1,14 +1,16 @@
-"""Method registry: suave, daino, and the special cases swav, dino (no labels), supervised (no unlabeled)."""
+"""Methods: suave, daino, and the special cases swav, dino (no labels), supervised (no unlabeled).
+
+Each registers itself in `METHODS` with the decorator every registered part uses; importing this
+package registers the built-in ones.
+"""
 from __future__ import annotations
 
-from semiclust.methods.base import Method, MethodDefaults, StepBatch, StepResult
+from semiclust.data.batches import StepBatch
+from semiclust.methods.base import Method, MethodDefaults, StepResult
 from semiclust.methods.daino import Daino, Dino
 from semiclust.methods.suave import Suave, SwAV
 from semiclust.methods.supervised import Supervised
-from semiclust.registry import Registry
+from semiclust.registry import METHODS
 
-METHODS: Registry[type[Method]] = Registry("method")
-for _name, _cls in (("suave", Suave), ("daino", Daino), ("swav", SwAV), ("dino", Dino), ("supervised", Supervised)):
-    METHODS.register(_name)(_cls)
-
-__all__ = ["METHODS", "Method", "MethodDefaults", "StepBatch", "StepResult"]
+__all__ = ["METHODS", "Daino", "Dino", "Method", "MethodDefaults", "StepBatch", "StepResult", "Suave", "Supervised",
+           "SwAV"]

@@ -4,20 +4,25 @@ One step: labeled view (mixed copy appended) in front of the unlabeled crops of 
 one backbone call per resolution, head + prototypes on everything, outputs split back; targets
 for the unlabeled target crops (never from labeled images); one cross-entropy on both, each part
 weighted by its number of prediction rows.
+
+A method is given its parts (the student network, the assigner, and what `parts` names: a queue, a
+teacher) by the composition root, `engine/setup.py`; it reads no file and knows no process count.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from torch import nn
 
-from semiclust.assign import build_assigner
+from semiclust.data.batches import StepBatch
+from semiclust.data.streams import BOTH, Stream
 from semiclust.methods.losses import combine_losses, labeled_fraction, soft_cross_entropy, swapped_cross_entropy
-from semiclust.models.init import initialise
 from semiclust.models.network import Network
-from semiclust.recipe import Recipe
+from semiclust.schema import MethodSpec
+
+StudentForward = Callable[[list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -30,41 +35,30 @@ class MethodDefaults:
 
 
 @dataclass
-class StepBatch:
-    """One step's inputs: V unlabeled crops (each B_u x C x s x s, same images in the same order)
-    and the labeled view with its soft targets (mixed copy already appended)."""
-
-    unlabeled: list[torch.Tensor]
-    labeled: torch.Tensor | None = None
-    labeled_targets: torch.Tensor | None = None
-
-
-@dataclass
 class StepResult:
     loss: torch.Tensor
     parts: dict[str, torch.Tensor]
 
 
 class Method(nn.Module):
-    """Base of every method. Class attributes say which streams it uses and its prototype kind."""
+    """Base of every method. Class attributes declare the streams it draws from, the parts it takes
+    beyond student and assigner, its prototype kind and its recipe defaults."""
 
-    uses_labels: bool = True
-    uses_unlabeled: bool = True
+    streams: frozenset[Stream] = BOTH
+    parts: tuple[str, ...] = ()  # extra parts the composition root builds for it: "queue", "teacher"
     prototypes: Literal["unit", "weight_norm"] = "unit"
     defaults = MethodDefaults(assignment="sinkhorn")
     summary = ""
     per_process_prefixes: tuple[str, ...] = ("queue.",)  # state_dict entries each process keeps for itself
 
-    def __init__(self, recipe: Recipe, num_classes: int, in_chans: int, steps_per_epoch: int):
+    def __init__(self, spec: MethodSpec, student: Network, assigner: nn.Module | None, steps_per_epoch: int,
+                 total_steps: int):
         super().__init__()
-        self.recipe = recipe
-        self.spec = recipe.method
-        self.num_classes = num_classes
+        self.spec = spec
+        self.student = student
+        self.assigner = assigner
         self.steps_per_epoch = steps_per_epoch
-        self.total_steps = steps_per_epoch * recipe.schedule.epochs
-        self.student = Network(recipe.model, in_chans, num_classes, self.prototypes)
-        self.init_report = initialise(self.student, recipe.model.init) if recipe.model.init else None
-        self.assigner = build_assigner(self.spec.assignment, num_classes) if self.uses_unlabeled else None
+        self.total_steps = total_steps
 
     # ---- what subclasses provide
     def targets(self, embeddings: list[torch.Tensor], scores: list[torch.Tensor], crops: list[torch.Tensor],
@@ -79,14 +73,12 @@ class Method(nn.Module):
 
     # ---- shared
     @property
-    def student_runner(self) -> nn.Module:
-        """What the training step calls: the student, or its DistributedDataParallel wrapper."""
-        return self.__dict__.get("_runner") or self.student
+    def uses_labels(self) -> bool:
+        return Stream.LABELED in self.streams
 
-    def set_student_runner(self, runner: nn.Module) -> None:
-        """Install a wrapper (e.g. DDP) around the student without registering it as a submodule,
-        so state_dict keys stay the same at every world size."""
-        self.__dict__["_runner"] = runner
+    @property
+    def uses_unlabeled(self) -> bool:
+        return Stream.UNLABELED in self.streams
 
     @property
     def classifier(self) -> Network:
@@ -99,43 +91,42 @@ class Method(nn.Module):
     def epoch_of(self, step: int) -> int:
         return step // self.steps_per_epoch
 
-    def training_step(self, batch: StepBatch, step: int) -> StepResult:
+    def training_step(self, batch: StepBatch, step: int, student: StudentForward | None = None) -> StepResult:
+        """The step's single loss. `student` runs the student on the crop groups: the network itself, or
+        the DistributedDataParallel wrapper around it that the trainer passes."""
         tau = self.spec.temperature
         self.student.prototypes.normalize_()
-        groups: list[torch.Tensor] = []
-        n_labeled = 0
-        if self.uses_labels:
-            groups.append(batch.labeled)
-            n_labeled = len(batch.labeled)
+        groups = ([batch.labeled] if self.uses_labels else []) + (batch.unlabeled if self.uses_unlabeled else [])
+        embeddings, scores = (student or self.student)(groups)
+        n_labeled = len(batch.labeled) if self.uses_labels else 0
         unlabeled = batch.unlabeled if self.uses_unlabeled else []
-        groups.extend(unlabeled)
-        embeddings, scores = self.student_runner(groups)
         crop_rows = len(unlabeled[0]) if unlabeled else 0
         sizes = ([n_labeled] if self.uses_labels else []) + [crop_rows] * len(unlabeled)
-        score_parts = list(scores.split(sizes))
-        embedding_parts = list(embeddings.split(sizes))
+        score_parts, embedding_parts = list(scores.split(sizes)), list(embeddings.split(sizes))
         parts: dict[str, torch.Tensor] = {}
-        zero = scores.new_zeros((), dtype=torch.float32)
-        loss_labeled, loss_unlabeled = zero, zero
+        loss_labeled = loss_unlabeled = scores.new_zeros((), dtype=torch.float32)
         if self.uses_labels:
-            logits = score_parts.pop(0).float() / tau
             embedding_parts.pop(0)
-            loss_labeled = soft_cross_entropy(logits, batch.labeled_targets, self.spec.label_smoothing)
+            loss_labeled = soft_cross_entropy(score_parts.pop(0).float() / tau, batch.labeled_targets,
+                                              self.spec.label_smoothing)
             parts["loss_labeled"] = loss_labeled.detach()
-        n_unlabeled = crop_rows * len(unlabeled)
         if self.uses_unlabeled:
             with torch.no_grad():
                 targets = self.targets(embedding_parts, score_parts, unlabeled, step)
             loss_unlabeled = swapped_cross_entropy(targets, score_parts, tau)
             parts["loss_unlabeled"] = loss_unlabeled.detach()
-        if self.uses_labels and self.uses_unlabeled:
-            loss = combine_losses(loss_labeled, n_labeled, loss_unlabeled, n_unlabeled, self.spec.labeled_weight)
-            parts["labeled_weight"] = scores.new_tensor(labeled_fraction(n_labeled, n_unlabeled, self.spec.labeled_weight),
-                                                        dtype=torch.float32)
-        else:
-            loss = loss_labeled if self.uses_labels else loss_unlabeled
+        loss = self._combined(loss_labeled, n_labeled, loss_unlabeled, crop_rows * len(unlabeled), parts, scores)
         parts["loss"] = loss.detach()
         return StepResult(loss, parts)
+
+    def _combined(self, labeled: torch.Tensor, n_labeled: int, unlabeled: torch.Tensor, n_unlabeled: int,
+                  parts: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """Row-count weighting of the two parts (or the one part a single-stream method has)."""
+        if self.streams != BOTH:
+            return labeled if self.uses_labels else unlabeled
+        weight = labeled_fraction(n_labeled, n_unlabeled, self.spec.labeled_weight)
+        parts["labeled_weight"] = like.new_tensor(weight, dtype=torch.float32)
+        return combine_losses(labeled, n_labeled, unlabeled, n_unlabeled, self.spec.labeled_weight)
 
     def zero_frozen_grads(self, step: int) -> None:
         """SwAV's option: prototypes get no update during the first `freeze_prototypes_steps` steps."""

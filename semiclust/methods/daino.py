@@ -2,21 +2,17 @@
 centered and sharpened; weight-normalised prototypes with a trainable magnitude."""
 from __future__ import annotations
 
-import math
-
 import torch
+from torch import nn
 
+from semiclust.data.streams import Stream
+from semiclust.engine.schedules import cosine
 from semiclust.methods.base import Method, MethodDefaults
 from semiclust.models.network import Network
-from semiclust.recipe import Recipe
+from semiclust.registry import METHODS
+from semiclust.schema import MethodSpec
 
 DINO_HEAD = {"hidden": 2048, "out": 256, "layers": 3, "batchnorm": False, "activation": "gelu", "init": "trunc_normal"}
-
-
-def teacher_momentum(step: int, total_steps: int, start: float, end: float = 1.0) -> float:
-    """Per-step cosine from `start` (step 0) to `end` (last step), as DINO's momentum schedule."""
-    progress = step / max(total_steps, 1)
-    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * progress))
 
 
 @torch.no_grad()
@@ -28,19 +24,19 @@ def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, momentum: flo
     torch._foreach_add_(teacher_params, student_params, alpha=1 - momentum)
 
 
+@METHODS.register("daino")
 class Daino(Method):
     """DINO's teacher-student cross-entropy on unlabeled crops plus cross-entropy on labels."""
 
+    parts = ("teacher",)
     prototypes = "weight_norm"
     defaults = MethodDefaults(assignment="center_sharpen", head=DINO_HEAD, optim={"exclude_bias_and_norm": True})
     summary = "DINO + labels: EMA teacher, centered + sharpened targets, weight-normalised prototypes"
 
-    def __init__(self, recipe: Recipe, num_classes: int, in_chans: int, steps_per_epoch: int):
-        super().__init__(recipe, num_classes, in_chans, steps_per_epoch)
-        stochastic = {k: 0.0 for k in ("drop_path_rate", "drop_rate") if k in recipe.model.backbone.kwargs}
-        self.teacher = Network(recipe.model, in_chans, num_classes, self.prototypes, stochastic or None)
-        self.teacher.load_state_dict(self.student.state_dict())
-        self.teacher.requires_grad_(False)
+    def __init__(self, spec: MethodSpec, student: Network, assigner: nn.Module | None, steps_per_epoch: int,
+                 total_steps: int, teacher: Network):
+        super().__init__(spec, student, assigner, steps_per_epoch, total_steps)
+        self.teacher = teacher
 
     @property
     def classifier(self) -> Network:
@@ -52,16 +48,18 @@ class Daino(Method):
         return self.assigner(list(teacher_scores.chunk(count)), self.epoch_of(step))
 
     def momentum(self, step: int) -> float:
+        """The teacher's EMA momentum: a per-step cosine from `momentum` to `momentum_end` (DINO)."""
         teacher = self.spec.teacher
-        return teacher_momentum(step, self.total_steps, teacher.momentum, teacher.momentum_end)
+        return cosine(step, self.total_steps, teacher.momentum, teacher.momentum_end)
 
     def after_optimizer_step(self, step: int) -> None:
         super().after_optimizer_step(step)
         ema_update(self.teacher, self.student, self.momentum(step))
 
 
+@METHODS.register("dino")
 class Dino(Daino):
     """DINO alone: no labels."""
 
-    uses_labels = False
+    streams = frozenset({Stream.UNLABELED})
     summary = "DINO, no labels (clusters are matched to classes only for evaluation)"

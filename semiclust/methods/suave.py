@@ -3,29 +3,31 @@ with an optional queue of past unlabeled embeddings; unit-norm prototypes."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from semiclust.engine import dist
+from semiclust.data.streams import Stream
 from semiclust.methods.base import Method, MethodDefaults
-from semiclust.methods.queue import EmbeddingQueue, queue_per_process
-from semiclust.recipe import Recipe
+from semiclust.methods.queue import EmbeddingQueue
+from semiclust.models.network import Network
+from semiclust.registry import METHODS
+from semiclust.schema import MethodSpec
 
 SWAV_HEAD = {"hidden": 2048, "out": 128, "layers": 2, "batchnorm": True, "activation": "relu", "init": "default"}
 
 
+@METHODS.register("suave")
 class Suave(Method):
     """SwAV's swapped prediction on unlabeled crops plus cross-entropy on labels, one loss."""
 
+    parts = ("queue",)
     prototypes = "unit"
     defaults = MethodDefaults(assignment="sinkhorn", head=SWAV_HEAD)
     summary = "SwAV + labels: Sinkhorn targets from the online network, unit-norm class prototypes"
 
-    def __init__(self, recipe: Recipe, num_classes: int, in_chans: int, steps_per_epoch: int):
-        super().__init__(recipe, num_classes, in_chans, steps_per_epoch)
-        queue = self.spec.queue
-        self.queue = None
-        if queue.length:
-            per_process = queue_per_process(queue.length, dist.world_size())
-            self.queue = EmbeddingQueue(self.spec.target_crops, per_process, recipe.model.head.out)
+    def __init__(self, spec: MethodSpec, student: Network, assigner: nn.Module | None, steps_per_epoch: int,
+                 total_steps: int, queue: EmbeddingQueue | None = None):
+        super().__init__(spec, student, assigner, steps_per_epoch, total_steps)
+        self.queue = queue
 
     def targets(self, embeddings, scores, crops, step):
         prototypes = self.student.prototypes.unit_weight().detach().float()
@@ -44,8 +46,9 @@ class Suave(Method):
         return targets
 
 
+@METHODS.register("swav")
 class SwAV(Suave):
     """SwAV alone: no labels (prototypes are clusters, not classes)."""
 
-    uses_labels = False
+    streams = frozenset({Stream.UNLABELED})
     summary = "SwAV, no labels (clusters are matched to classes only for evaluation)"

@@ -1,12 +1,17 @@
 """Supervised baseline: the same network and labeled loss, no unlabeled stream."""
 from __future__ import annotations
 
+from semiclust.data.streams import Stream
 from semiclust.methods.base import Method, MethodDefaults
 from semiclust.methods.suave import SWAV_HEAD
+from semiclust.registry import METHODS
 
 
+@METHODS.register("supervised")
 class Supervised(Method):
-    uses_unlabeled = False
+    """Labeled cross-entropy only, same backbone, head and prototype classifier."""
+
+    streams = frozenset({Stream.LABELED})
     prototypes = "unit"
     defaults = MethodDefaults(assignment="sinkhorn", head=SWAV_HEAD)
     summary = "labeled cross-entropy only, same backbone, head and prototype classifier"

@@ -15,6 +15,7 @@ from torch import nn
 
 from semiclust.errors import SemiclustError
 from semiclust.registry import unknown_name_message
+from semiclust.storage.tensors import FileRole, read_safetensors, read_torch
 
 _TIMM_ONLY = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
@@ -32,16 +33,18 @@ def _pretrained_file(pretrained: bool, name: str, kwargs: dict[str, Any]) -> tup
     return {k: v for k, v in kwargs.items() if k not in _TIMM_ONLY}, file
 
 
+WEIGHTS_FILE = FileRole("weights file", "pass pretrained_cfg_overlay=dict(file=PATH) with an existing file",
+                        "export the backbone again with `semiclust export`")
+
+
 def _with_weights(model: nn.Module, file: str | None) -> nn.Module:
     """Load a local weights file into a freshly built small-image network (classifier keys excepted, as timm)."""
     if file is None:
         return model
     if str(file).endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(file)
+        state, _ = read_safetensors(file, WEIGHTS_FILE)
     else:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = read_torch(file, WEIGHTS_FILE)
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("fc.")]
     if missing or result.unexpected_keys:
@@ -153,3 +156,19 @@ def create_backbone(name: str, kwargs: dict[str, Any], in_chans: int) -> nn.Modu
     if not getattr(model, "num_features", None):
         raise SemiclustError(f"backbone '{name}' does not report num_features, so semiclust cannot attach a head.")
     return model
+
+
+class TimmBackbones:
+    """The backbones `semiclust list backbones` shows: every timm architecture, semiclust's small-image
+    networks among them (registered with timm, so timm's own registry is the one to ask)."""
+
+    kind = "backbone"
+
+    def names(self, pattern: str | None = None) -> list[str]:
+        return backbone_names(pattern)
+
+    def summary(self, name: str) -> str:
+        return ""  # names only: the listing is often piped into other tools
+
+
+BACKBONES = TimmBackbones()

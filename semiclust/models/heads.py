@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semiclust.recipe import Head
+from semiclust.schema import Head
 
 
 class ProjectionHead(nn.Module):

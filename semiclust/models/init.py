@@ -1,15 +1,11 @@
 """Initialisation from a local checkpoint: official SwAV and DINO files, timm checkpoints, safetensors
 files (timm's or `semiclust export`'s) and semiclust checkpoints, mapped onto a Network's keys.
 
-The story: read_checkpoint -> detect_layout -> extract_state -> map_keys -> apply. Reading never
-executes pickled code: torch.load(weights_only=True) with a short allow-list, or safetensors.
+The story: read_checkpoint -> detect_layout -> extract_state -> map_keys -> apply. Reading goes through
+semiclust/storage/tensors.py, so it never executes pickled code.
 """
 from __future__ import annotations
 
-import argparse
-import re
-import struct
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -18,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from semiclust.errors import SemiclustError
+from semiclust.errors import SemiclustError, examples
 from semiclust.models.network import Network
-from semiclust.recipe import InitSpec
+from semiclust.schema import InitSpec
+from semiclust.storage.tensors import FileRole, looks_like_safetensors, read_safetensors, read_torch, require_file
 
 PARTS = {"backbone": ("backbone",), "backbone_head": ("backbone", "head"), "all": ("backbone", "head", "prototypes")}
 NETWORK_PARTS = ("backbone.", "head.", "prototypes.")
@@ -29,34 +26,10 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel and torc
 EXAMPLES = 5
 
 
-def _allowed_globals() -> list[Any]:
-    """The only non-tensor objects a checkpoint may hold beyond torch's defaults (plain containers,
-    numbers, strings, tensors, OrderedDict, torch.Size, dtypes). Each is inert when unpickled:
-
-    - argparse.Namespace: DINO's full checkpoints (and timm's train.py) store `args`; unpickling makes
-      an empty Namespace and fills its __dict__ with values that must themselves be allowed.
-    - numpy's scalar constructor (under its numpy 1 and numpy 2 module names), numpy.dtype and the
-      numeric dtype classes: training scripts often store metrics as numpy scalars; these only
-      build a number from raw bytes and a dtype from a type code.
-    """
-    allowed: list[Any] = [argparse.Namespace]
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy is a dependency of torchvision
-        return allowed
-    multiarray = getattr(np, "_core", None) or np.core
-    scalar = multiarray.multiarray.scalar
-    allowed += [np.dtype, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
-    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25: the class of each dtype instance
-    names = [f"{kind}{bits}DType" for kind in ("Float", "Int", "UInt") for bits in (8, 16, 32, 64)] + ["BoolDType"]
-    allowed += [getattr(dtypes, name) for name in names if hasattr(dtypes, name)]
-    return allowed
-
-
 # ---------------------------------------------------------------- the report
 @dataclass
 class InitReport:
-    """What `initialise` did: the file, its recognised layout, and the fate of every tensor."""
+    """What `initialize` did: the file, its recognised layout, and the fate of every tensor."""
 
     source: Path
     format: str
@@ -99,72 +72,23 @@ class Loaded:
     metadata: dict[str, str] | None
 
 
-def looks_like_safetensors(path: Path) -> bool:
-    """safetensors files start with an 8-byte header length followed by a JSON object."""
-    with open(path, "rb") as file:
-        head = file.read(9)
-    if len(head) < 9 or head[8:9] != b"{":
-        return False
-    return struct.unpack("<Q", head[:8])[0] < path.stat().st_size
+INIT_FILE = FileRole("init checkpoint", "give the checkpoint file to start from (model.init.path), or set model.init "
+                     "to null for a random initialisation", "copy it again, or point model.init.path at another file "
+                     "(and set model.init.format to its real format if it was recognised wrongly)")
 
 
 def read_checkpoint(path: Path, safetensors: bool | None = None) -> Loaded:
     """Read a PyTorch or safetensors file without executing pickled code; clear errors for bad files."""
-    path = Path(path)
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise SemiclustError(f"model.init.path '{path}' {what}; give the checkpoint file to start from, or set model.init "
-                             "to null for a random initialisation.")
+    path = require_file(Path(path), INIT_FILE)
     if safetensors is None:
         safetensors = path.suffix == ".safetensors" or looks_like_safetensors(path)
-    return _read_safetensors(path) if safetensors else Loaded(_read_torch(path), None)
-
-
-def _read_safetensors(path: Path) -> Loaded:
-    """Tensors and metadata of a safetensors file (nothing in it can execute)."""
-    from semiclust.export import safetensors_content
-
-    try:
-        tensors, metadata = safetensors_content(path)
-    except Exception as err:  # SafetensorError, OSError, ... for truncated or foreign files
-        raise SemiclustError(
-            f"init checkpoint '{path}' could not be read as safetensors ({type(err).__name__}: {_first_line(err)}). "
-            "It is truncated, corrupt or not a safetensors file; export or download it again, or set model.init.format "
-            "to the file's real format."
-        ) from None
-    return Loaded(dict(tensors), dict(metadata))
-
-
-def _read_torch(path: Path) -> dict[str, Any]:
-    """torch.load with weights_only=True and the allow-list; refused objects and bad files are named."""
-    try:
-        with torch.serialization.safe_globals(_allowed_globals()):
-            # zip-format files are memory-mapped: a full DINO checkpoint's optimizer state is never copied into RAM
-            content = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as err:  # UnpicklingError for refused globals and foreign files, RuntimeError for bad zips, ...
-        refused = re.search(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>", str(err))  # what weights_only refused
-        if refused:
-            name = refused.group(1) or refused.group(2)
-            raise SemiclustError(
-                f"init checkpoint '{path}' contains {name}, which is not on semiclust's allow-list of harmless objects; "
-                "semiclust will not execute pickled code. Convert the file to a plain state_dict of tensors (or to "
-                "safetensors) in a Python session you trust, and point model.init.path at the result."
-            ) from None
-        raise SemiclustError(
-            f"init checkpoint '{path}' could not be read ({type(err).__name__}: {_first_line(err)}). It is truncated, "
-            "corrupt or not a PyTorch checkpoint; download or copy it again, or point model.init.path at another file."
-        ) from None
+    if safetensors:
+        return Loaded(*read_safetensors(path, INIT_FILE))
+    content = read_torch(path, INIT_FILE)
     if not isinstance(content, dict):
         raise SemiclustError(f"init checkpoint '{path}' holds a {type(content).__name__}, not a dict of tensors; save the "
                              "model's state_dict() instead.")
-    return content
-
-
-def _first_line(err: Exception) -> str:
-    """The informative line of an error (for weights_only failures, the unpickler's own words)."""
-    text = str(err).split("WeightsUnpickler error:", 1)[-1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0][:200] if lines else "no message"
+    return Loaded(content, None)
 
 
 # ---------------------------------------------------------------- layouts
@@ -370,10 +294,9 @@ def _adapt(name: str, tensor: Tensor, wanted: Tensor, backbone: torch.nn.Module,
     return tensor
 
 
-def _examples(keys: list[str]) -> str:
-    """The first few keys and how many more, for error messages."""
-    shown = ", ".join(keys[:EXAMPLES])
-    return f"{shown} (and {len(keys) - EXAMPLES} more)" if len(keys) > EXAMPLES else shown
+def _keys(keys: list[str]) -> str:
+    """Tensor names in a message: the first few, unquoted, and how many more (errors.examples)."""
+    return examples(keys, EXAMPLES, quote=False)
 
 
 def file_architecture(loaded: Loaded) -> str | None:
@@ -422,7 +345,7 @@ def _check_architecture(part: str, missing: list[str], unexpected: list[str], ma
     }[part]
     raise SemiclustError(
         f"{label} does not hold {what}: {len(missing)} {part} weights are missing from the file, e.g. "
-        f"{_examples(missing)}; and {len(unexpected)} file weights have no place in it, e.g. {_examples(unexpected)}. {fix}"
+        f"{_keys(missing)}; and {len(unexpected)} file weights have no place in it, e.g. {_keys(unexpected)}. {fix}"
     )
 
 
@@ -433,7 +356,7 @@ def _check_shapes(candidates: dict[str, Tensor], target: dict[str, Tensor], arch
     if wrong:
         raise SemiclustError(
             f"{label} does not fit the model (backbone '{arch}'): {len(wrong)} weights differ in shape, e.g. "
-            f"{_examples(wrong)}. Use a checkpoint of the same architecture with the same model.head settings and "
+            f"{_keys(wrong)}. Use a checkpoint of the same architecture with the same model.head settings and "
             "number of classes, or load fewer parts (model.init.what: backbone)."
         )
 
@@ -468,9 +391,9 @@ def apply(network: Network, mapped: Mapped, spec: InitSpec, layout: str, entry: 
     _check_parts_present(candidates, parts, spec.what, label)
     _check_shapes(candidates, target, arch, label)
     if spec.strict and (report.missing or report.unexpected):
-        problems = ([f"{len(report.missing)} model weights are missing from the file: {_examples(report.missing)}"]
+        problems = ([f"{len(report.missing)} model weights are missing from the file: {_keys(report.missing)}"]
                     if report.missing else []) + (
-            [f"{len(report.unexpected)} file weights have no place in the model: {_examples(report.unexpected)}"]
+            [f"{len(report.unexpected)} file weights have no place in the model: {_keys(report.unexpected)}"]
             if report.unexpected else [])
         raise SemiclustError(f"{label}: {'; '.join(problems)}. Set model.init.strict to false to load what matches "
                              "(the rest keeps its random initialisation), or use a checkpoint that fits the recipe.")
@@ -481,7 +404,7 @@ def apply(network: Network, mapped: Mapped, spec: InitSpec, layout: str, entry: 
     return report
 
 
-def initialise(network: Network, spec: InitSpec) -> InitReport:
+def initialize(network: Network, spec: InitSpec) -> InitReport:
     """Load `spec.path` and copy the selected parts' weights into `network` in place."""
     path = Path(spec.path)
     loaded = read_checkpoint(path, True if spec.format == "safetensors" else None)

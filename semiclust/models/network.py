@@ -7,9 +7,12 @@ from typing import Iterator, Literal
 import torch
 from torch import nn
 
+from semiclust.errors import SemiclustError
 from semiclust.models.backbones import create_backbone
 from semiclust.models.heads import ProjectionHead, UnitPrototypes, WeightNormPrototypes
-from semiclust.recipe import ModelSpec
+from semiclust.schema import ModelSpec
+
+PrototypeKind = Literal["unit", "weight_norm"]
 
 
 @contextlib.contextmanager
@@ -31,7 +34,7 @@ class Network(nn.Module):
     """Maps images to (L2-normalised embeddings, prototype scores). argmax of the scores = the class."""
 
     def __init__(self, spec: ModelSpec, in_chans: int, num_prototypes: int,
-                 prototypes: Literal["unit", "weight_norm"], backbone_overrides: dict | None = None):
+                 prototypes: PrototypeKind, backbone_overrides: dict | None = None):
         super().__init__()
         self.local_crops_update_bn = spec.local_crops_update_bn
         kwargs = {**spec.backbone.kwargs, **(backbone_overrides or {})}
@@ -79,3 +82,26 @@ class Network(nn.Module):
         if isinstance(images, (list, tuple)):
             return self.forward_groups(list(images))
         return self.scores(self.head(self.backbone(images)))
+
+
+def teacher_of(student: Network, spec: ModelSpec, in_chans: int, num_prototypes: int, prototypes: PrototypeKind) -> Network:
+    """An EMA teacher: the student's architecture with stochastic depth and dropout off, the student's
+    weights copied in, no gradients (DINO's teacher)."""
+    stochastic = {k: 0.0 for k in ("drop_path_rate", "drop_rate") if k in spec.backbone.kwargs}
+    teacher = Network(spec, in_chans, num_prototypes, prototypes, stochastic or None)
+    teacher.load_state_dict(student.state_dict())
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def network_with_weights(spec: ModelSpec, in_chans: int, num_prototypes: int, prototypes: PrototypeKind,
+                         weights: dict[str, torch.Tensor], source: str, fix: str) -> Network:
+    """Rebuild a network from its description and load its tensors (a checkpoint's classifier, an
+    export); a file whose tensors do not fit is a clear error naming `source` and `fix`."""
+    network = Network(spec, in_chans, num_prototypes, prototypes)
+    try:
+        network.load_state_dict(weights)
+    except RuntimeError as err:
+        raise SemiclustError(f"{source} does not match the network it describes ({str(err).splitlines()[0][:200]}); "
+                             f"{fix}.") from None
+    return network

@@ -5,7 +5,7 @@ import torch
 
 from semiclust.assign import CenterSharpenAssigner
 from semiclust.assign.center_sharpen import center_sharpen, teacher_temperature, updated_center
-from semiclust.recipe import CenterSharpenSpec
+from semiclust.assign import CenterSharpenSpec
 
 
 def test_center_sharpen_is_a_centered_tempered_softmax():

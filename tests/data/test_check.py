@@ -33,7 +33,7 @@ def test_folder_with_missing_file_unreadable_image_and_empty_class_fails(capsys,
     assert code == 1
     assert "class 'dog' has no images" in out
     assert "unreadable image" in out and "bee_9.png" in out
-    assert "names 1 missing file(s)" in out and "'cow_404.png'" in out
+    assert "1 of its 4 entries name no training image" in out and "'cow_404.png'" in out
     assert "custom list, not a canonical SimCLR list" in out
     assert "ant │ 1 │ 3 │ 1" in out  # class table: labeled / unlabeled / eval
 

@@ -3,9 +3,13 @@ import pytest
 import torch
 
 from semiclust.data.datasets import build_dataset
-from semiclust.data.loader import EvalFiles, TrainFiles, center_crop, cut_crops, make_loader, read_with_substitutes
+from semiclust.data.decode import decode_rgb
+from semiclust.data.eval_views import EvalViews
+from semiclust.data.loader import EvalFiles, TrainFiles, cut_crops, make_loader, read_with_substitutes
+from semiclust.data.datasets import ImageSplit
+from semiclust.data.transforms import center_view
 from semiclust.data.streams import labeled_stream, unlabeled_stream
-from semiclust.recipe import CropGroup, EvalView, Loader
+from semiclust.schema import CropGroup, EvalView, Loader
 from tests.data.files import corrupt, image_tree
 
 GROUPS = [CropGroup(count=2, size=8, scale=(0.4, 1.0)), CropGroup(count=3, size=4, scale=(0.1, 0.4))]
@@ -27,10 +31,25 @@ def test_whole_image_crop_is_the_image_and_flip_mirrors_it():
     assert torch.equal(cut_crops(image, mirrored, torch.Generator().manual_seed(0))[0], image.flip(-1))
 
 
-def test_center_crop_matches_slicing_when_no_resize_is_needed():
-    image = torch.randint(0, 256, (3, 12, 20), dtype=torch.uint8)
-    assert torch.equal(center_crop(image, EvalView(size=8, resize=12)), image[:, 2:10, 6:14])
-    assert center_crop(image, EvalView(size=8, resize=9)).shape == (3, 8, 8)
+def test_center_view_matches_slicing_when_no_resize_is_needed():
+    image = torch.randint(0, 256, (1, 3, 12, 20), dtype=torch.uint8)
+    assert torch.equal(center_view(image, EvalView(size=8, resize=12)), image[..., 2:10, 6:14].float() / 255)
+    assert center_view(image, EvalView(size=8, resize=9)).shape == (1, 3, 8, 8)
+
+
+@pytest.mark.parametrize("view", [EvalView(size=8, resize=10), EvalView(size=6), EvalView(size=16, interpolation="bicubic")])
+def test_file_and_in_memory_evaluation_views_agree(folder, view):
+    """The one evaluation view: the same images as files (cut by loader workers, handed over as uint8)
+    and as an in-memory split give the same normalised views, to within uint8 rounding."""
+    files = folder.test
+    pixels = torch.stack([decode_rgb(files.path(i)) for i in range(len(files))])
+    memory = ImageSplit(pixels, files.labels)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    from_files = torch.cat([x for x, _ in EvalViews(files, view, mean, std, 3, torch.device("cpu"), Loader(workers=0))])
+    from_memory = torch.cat([x for x, _ in EvalViews(memory, view, mean, std, 3, torch.device("cpu"))])
+    rounding = 0.5 / 255 / min(std)
+    assert from_files.shape == from_memory.shape == (len(files), 3, view.size, view.size)
+    assert (from_files - from_memory).abs().max() <= rounding * (1 + 1e-5)
 
 
 def _items(dataset, rank, world, batch_u=8, batch_l=4, position=3):

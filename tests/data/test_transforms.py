@@ -2,7 +2,7 @@ import torch
 import torch.nn.functional as F
 
 from semiclust.data.transforms import CropAugment, center_view, crop_boxes, gaussian_blur, grayscale, resized_crops
-from semiclust.recipe import CropGroup, EvalView
+from semiclust.schema import CropGroup, EvalView
 
 
 def images(n=4, c=3, size=8, seed=0):
@@ -71,9 +71,9 @@ def test_solarize_inverts_bright_pixels_only():
 
 def test_center_view_resizes_then_crops():
     raw = (images(n=2, size=10) * 255).to(torch.uint8)
-    out = center_view(raw, EvalView(size=8, resize=10), mean=(0, 0, 0), std=(1, 1, 1))
+    out = center_view(raw, EvalView(size=8, resize=10))
     torch.testing.assert_close(out, raw[..., 1:9, 1:9].float() / 255)
-    up = center_view(raw, EvalView(size=20), mean=(0, 0, 0), std=(1, 1, 1))
+    up = center_view(raw, EvalView(size=20))
     expected = F.interpolate(raw.float() / 255, size=(20, 20), mode="bilinear", antialias=True, align_corners=False)
     torch.testing.assert_close(up, expected.clamp(0, 1))
 

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from semiclust.assign.sinkhorn import sinkhorn
 from semiclust.engine.optim import build_optimizer
-from semiclust.methods import METHODS, StepBatch
+from semiclust.engine.setup import build_method
+from semiclust.methods import StepBatch
 from tests.helpers import TINY_RECIPE, make_recipe
 
 B, K = 16, 4
@@ -23,7 +24,7 @@ def bn_free_raw() -> dict:
 def build(name: str, raw: dict | None = None, **method_changes):
     torch.manual_seed(0)
     recipe = make_recipe(raw, name=name, **method_changes)
-    return METHODS.get(name)(recipe, num_classes=K, in_chans=1, steps_per_epoch=3)
+    return build_method(recipe, num_classes=K, in_chans=1, steps_per_epoch=3)
 
 
 def make_batch(seed: int = 0, labeled_seed: int = 100) -> StepBatch:
@@ -118,7 +119,7 @@ def test_queue_does_not_fill_before_its_start_epoch():
 @pytest.mark.parametrize("name", ["suave", "supervised"])
 def test_unit_prototypes_are_unit_norm_after_each_step(name):
     method = build(name)
-    optimizer = build_optimizer(method.student, method.recipe.optim, lr=0.5)
+    optimizer = build_optimizer(method.student, make_recipe(name=name).optim, lr=0.5)
     for step in range(3):
         out = method.training_step(make_batch(step), step)
         optimizer.zero_grad()
@@ -135,7 +136,7 @@ def test_daino_magnitude_g_is_trainable_and_teacher_follows_by_ema():
     assert g.requires_grad and any(p is g for p in method.trainable_parameters())
     before = g.detach().clone()
     teacher_before = {k: v.clone() for k, v in method.teacher.state_dict().items()}
-    optimizer = build_optimizer(method.student, method.recipe.optim, lr=0.5)
+    optimizer = build_optimizer(method.student, make_recipe(name="daino").optim, lr=0.5)
     out = method.training_step(make_batch(), 0)
     out.loss.backward()
     assert g.grad is not None and g.grad.abs().sum() > 0

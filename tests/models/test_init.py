@@ -19,11 +19,12 @@ from torchvision.models.resnet import ResNet as TorchvisionResNet
 
 from semiclust import __version__
 from semiclust.engine.checkpoint import save_checkpoint
+from semiclust.engine.setup import assemble_method, build_method, build_student
 from semiclust.errors import SemiclustError
 from semiclust.methods import METHODS
-from semiclust.models.init import initialise, read_checkpoint
+from semiclust.models.init import initialize, read_checkpoint
 from semiclust.models.network import Network
-from semiclust.recipe import InitSpec
+from semiclust.schema import InitSpec
 from tests.helpers import TINY_RECIPE, make_recipe
 
 RESNET = {"name": "resnet18", "kwargs": {"layers": [1, 1, 1, 1]}}  # timm names = torchvision names
@@ -48,7 +49,7 @@ def network(backbone: dict, method: str = "suave", in_chans: int = 3, seed: int 
 
 
 def init(net: Network, path: Path, **spec):
-    return initialise(net, InitSpec(path=path, **spec))
+    return initialize(net, InitSpec(path=path, **spec))
 
 
 def snapshot(net: nn.Module) -> dict[str, torch.Tensor]:
@@ -177,7 +178,7 @@ def semiclust_checkpoint(tmp_path: Path, method: str = "suave", backbone: dict |
     """A checkpoint as `semiclust train` writes it (the keys `init` reads, plus optimizer and extras)."""
     r = recipe(backbone or TINY_RECIPE["model"]["backbone"], method)
     torch.manual_seed(7)
-    trained = METHODS.get(method)(r, CLASSES, 3, 10)
+    trained = build_method(r, CLASSES, 3, 10)
     for net in [trained.student] + ([trained.teacher] if hasattr(trained, "teacher") else []):
         scrambled(net, 11 if net is trained.student else 12).prototypes.normalize_()  # unit after every step
     optimizer = torch.optim.SGD(trained.student.parameters(), lr=0.1)
@@ -324,7 +325,7 @@ def test_semiclust_teacher_and_a_suave_file_without_teacher(tmp_path):
 def test_unit_and_weight_normalised_prototypes_convert(tmp_path):
     path, trained = semiclust_checkpoint(tmp_path, "daino")
     raw = copy.deepcopy(TINY_RECIPE)
-    raw["model"]["head"] = {**trained.recipe.model.head.model_dump()}  # Daino's head, Suave's prototypes
+    raw["model"]["head"] = recipe(TINY_RECIPE["model"]["backbone"], "daino").model.head.model_dump()  # Daino's head, Suave's prototypes
     torch.manual_seed(0)
     net = Network(make_recipe(raw).model, 3, CLASSES, "unit")
     report = init(net, path, what="all")
@@ -366,14 +367,16 @@ def test_method_construction_applies_the_init_to_student_and_teacher(tmp_path, m
     else:
         path, state = dino_file(tmp_path)
         expected, backbone = network_keys(state["student"], "module.backbone."), VIT
-    built = METHODS.get(method)(recipe(backbone, method, init={"path": path}), CLASSES, 3, 10)
+    kind = METHODS.get(method)
+    student, report = build_student(recipe(backbone, method, init={"path": path}), 3, CLASSES, kind)
+    built = assemble_method(kind, recipe(backbone, method), student, 3, CLASSES, 10, world=1)
     for net in [built.student] + ([built.teacher] if method == "daino" else []):
         for key in ("backbone.conv1.weight", "backbone.layer4.0.bn2.running_var", "backbone.pos_embed",
                     "backbone.blocks.5.mlp.fc2.weight"):
             if key in expected:
                 assert torch.equal(net.state_dict()[key], expected[key])
-    assert built.init_report is not None and built.init_report.format == ("swav" if method == "suave" else "dino")
-    assert METHODS.get(method)(recipe(backbone, method), CLASSES, 3, 10).init_report is None
+    assert report is not None and report.format == ("swav" if method == "suave" else "dino")
+    assert build_student(recipe(backbone, method), 3, CLASSES, kind)[1] is None
 
 
 # ---------------------------------------------------------------- adaptations
@@ -402,7 +405,7 @@ def test_a_checkpoint_of_another_architecture_names_example_keys(tmp_path):
     with pytest.raises(SemiclustError, match="model.backbone.name 'test_vit'") as err:
         init(network(VIT), path)
     message = str(err.value)
-    assert "backbone.cls_token" in message and "module.conv1.weight" in message and "more)" in message
+    assert "backbone.cls_token" in message and "module.conv1.weight" in message and " more. " in message
 
 
 def test_a_shape_mismatch_names_the_keys_and_both_shapes(tmp_path):
@@ -448,7 +451,7 @@ def test_pickled_code_is_refused_without_running_it(tmp_path, payload):
     obj = Payload(marker) if payload == "system" else Custom()
     torch.save({"state_dict": vit(0).state_dict(), "extra": obj}, path)
     refused = "system" if payload == "system" else "Custom"
-    with pytest.raises(SemiclustError, match=rf"contains \S*{refused}.*will not execute pickled code"):
+    with pytest.raises(SemiclustError, match=rf"contains \S*{refused}.*semiclust never executes pickled code"):
         init(network(VIT), path)
     assert not marker.exists()
 

@@ -1,8 +1,5 @@
-"""The numbers a run is made of (global batches, steps, scaled lr), and `train --dry-run`'s estimates.
-
-`run_numbers` is the single place these are derived; the trainer and the dry run both use it, so what
-the dry run prints is what training does.
-"""
+"""`semiclust train --dry-run`: build what training would build (engine/setup.py's `build_core`), for
+any number of processes, and estimate the activation memory of a step; nothing is trained or written."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,34 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from semiclust.engine.schedules import scaled_lr
-from semiclust.recipe import Recipe
-
-
-@dataclass
-class RunNumbers:
-    world: int
-    global_unlabeled: int  # images per optimiser step over all processes (accumulation included)
-    global_labeled: int
-    steps_per_epoch: int
-    total_steps: int
-    warmup_steps: int
-    peak_lr: float
-
-
-def steps_per_epoch(train_size: int, batch: int, world: int, accumulate: int) -> int:
-    """Optimiser steps in one pass over the unlabeled set (drop_last), at least 1."""
-    return max(train_size // (batch * world) // accumulate, 1)
-
-
-def run_numbers(recipe: Recipe, train_size: int, world: int, uses_unlabeled: bool) -> RunNumbers:
-    """Derived values of a run; lr scaled by the global unlabeled batch (labeled for `supervised`)."""
-    batch, optim, accumulate = recipe.data.batch, recipe.optim, recipe.optim.accumulate_steps
-    steps = steps_per_epoch(train_size, batch.unlabeled, world, accumulate)
-    reference_images = batch.unlabeled if uses_unlabeled else batch.labeled
-    peak_lr = scaled_lr(optim.lr, reference_images * world * accumulate, optim.lr_reference_batch)
-    return RunNumbers(world, batch.unlabeled * world * accumulate, batch.labeled * world * accumulate, steps,
-                      steps * recipe.schedule.epochs, round(recipe.schedule.warmup_epochs * steps), peak_lr)
+from semiclust.data.subsets import choose_labeled
+from semiclust.engine.numbers import RunNumbers
+from semiclust.engine.setup import build_core, optimizer_for
+from semiclust.schema import Recipe
 
 
 def parameter_counts(network: nn.Module) -> dict[str, int]:
@@ -106,32 +79,19 @@ class DryRun:
 def dry_run(recipe: Recipe, processes: int) -> DryRun:
     """Build the data (so missing files fail here), the model (with its initialisation) and the optimiser
     as training would, for `processes` processes, and estimate activation memory per process."""
-    from semiclust.data.streams import labeled_stream, unlabeled_stream
-    from semiclust.data.subsets import choose_labeled
-    from semiclust.engine.optim import build_optimizer
-    from semiclust.engine.trainer import load_dataset
-    from semiclust.methods import METHODS
-    from semiclust.methods.queue import queue_per_process
-
-    dataset = load_dataset(recipe)
-    subset = choose_labeled(dataset.train, recipe.data.labels, recipe.seed, dataset.num_classes)
-    kind = METHODS.get(recipe.method.name)
-    numbers = run_numbers(recipe, len(dataset.train), processes, kind.uses_unlabeled)
-    unlabeled_stream(len(dataset.train), recipe.data.batch.unlabeled, recipe.seed, 0, processes)  # batches fit?
-    queue_per_process(recipe.method.queue.length, processes)
-    if kind.uses_labels:
-        labeled_stream(subset.indices, recipe.data.batch.labeled, recipe.seed, 0, processes)
-    method = kind(recipe, dataset.num_classes, dataset.channels, numbers.steps_per_epoch)
-    optimizer = build_optimizer(method.student, recipe.optim, numbers.peak_lr)
+    core = build_core(recipe, lambda d: choose_labeled(d.train, recipe.data.labels, recipe.seed, d.num_classes),
+                      0, processes)
+    dataset, method, numbers = core.dataset, core.method, core.numbers
+    optimizer = optimizer_for(method, recipe, numbers, torch.device("cpu"))
     teacher = getattr(method, "teacher", None)
     per_image = activation_bytes_per_image(method.student, recipe, dataset.channels)
-    images = (recipe.data.batch.unlabeled if kind.uses_unlabeled else 0) + (recipe.data.batch.labeled if kind.uses_labels else 0)
+    images = numbers.images_per_step // (processes * recipe.optim.accumulate_steps)  # per process and batch
     half = recipe.runtime.precision in ("bf16", "fp16")
     gib = per_image * images / (2 if half else 1) / 2**30
     precision = {"auto": f"fp32 on CPU; ~{gib / 2:.2f} GiB under bf16 on a GPU", "fp32": "fp32"}.get(
         recipe.runtime.precision, recipe.runtime.precision)
-    return DryRun(dataset.name, len(dataset.train), len(subset.indices), subset.identity,
-                  None if dataset.test is None else len(dataset.test), dataset.num_classes, numbers,
+    return DryRun(dataset.name, len(dataset.train), len(core.subset.indices), core.subset.identity,
+                  None if dataset.test is None else len(dataset.test), dataset.num_classes, core.numbers,
                   parameter_counts(method.student), sum(p.numel() for p in teacher.parameters()) if teacher else 0,
                   f"{recipe.optim.name}, {len(optimizer.param_groups)} parameter group(s)", gib, precision,
-                  method.init_report.summary() if method.init_report else None)
+                  core.init_report.summary() if core.init_report else None)

@@ -1,0 +1,136 @@
+"""The library API: what the CLI does, as functions a notebook or a script can call.
+
+    import semiclust.api as sc
+    summary = sc.train("digits_suave", "runs/suave", overrides=["schedule.epochs=50"])
+    report = sc.evaluate("runs/suave")
+    sc.export("runs/suave", "suave.safetensors", content="classifier")
+    predictions = sc.predict("suave.safetensors", ["photos/"])
+
+Every function takes a recipe as a path, a shipped recipe's name or a `Recipe`, and raises
+`SemiclustError` (one paragraph naming the problem and the fix) for anything a user can get wrong.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from rich.console import Console
+
+from semiclust.assign import ASSIGNMENTS
+from semiclust.data.check import DataReport, check_data as check_recipe_data
+from semiclust.data.datasets import DATASETS
+from semiclust.engine import dist
+from semiclust.engine.checkpoint import checkpoint_file, load_checkpoint
+from semiclust.engine.device import resolve_device
+from semiclust.engine.dry_run import DryRun, dry_run as plan_run
+from semiclust.engine.trainer import TrainSummary, train as run_training
+from semiclust.errors import SemiclustError
+from semiclust.evaluate import EvalReport
+from semiclust.export import export_checkpoint
+from semiclust.methods import METHODS
+from semiclust.models.backbones import BACKBONES
+from semiclust.models.classifier import Classifier, load_classifier as load_export
+from semiclust.plot import plot_confusion
+from semiclust.predict import Prediction, collect_images, predict_files
+from semiclust.recipe import apply_overrides, load_recipe as read_recipe, resolve
+from semiclust.recipes_dir import RECIPES
+from semiclust.report import checkpoint_report
+from semiclust.schema import Recipe
+from semiclust.validation import validate
+
+RecipeLike = Recipe | str | Path
+
+
+def load_recipe(recipe: RecipeLike, overrides: Sequence[str] = ()) -> Recipe:
+    """A validated recipe from a file or a shipped recipe's name, `--set`-style overrides applied."""
+    if not isinstance(recipe, Recipe):
+        return read_recipe(recipe, list(overrides))
+    if not overrides:
+        return recipe
+    return resolve(apply_overrides(recipe.model_dump(mode="json"), list(overrides)), f"recipe '{recipe.name}' with --set")
+
+
+def train(recipe: RecipeLike, out: Path | str | None = None, overrides: Sequence[str] = (), resume: bool = False,
+          overwrite: bool = False, console: Console | None = None, resume_hint: str | None = None) -> TrainSummary:
+    """Train into `out` (default runs/<recipe name>) and return the final evaluation; under torchrun every
+    process calls this, and the process group is closed when it returns."""
+    resolved = load_recipe(recipe, overrides)
+    try:
+        return run_training(resolved, Path(out or Path("runs") / resolved.name), console, resume=resume,
+                            overwrite=overwrite, resume_hint=resume_hint)
+    finally:
+        dist.shutdown()
+
+
+def dry_run(recipe: RecipeLike, processes: int = 1, overrides: Sequence[str] = ()) -> DryRun:
+    """Build data, model and optimiser as training would for `processes` processes; train nothing."""
+    if processes < 1:
+        raise SemiclustError("--processes must be at least 1.")
+    return plan_run(load_recipe(recipe, overrides), processes)
+
+
+@dataclass
+class Evaluation:
+    """`evaluate`'s result: the report, what was evaluated, where the confusion PNG went and why the kNN
+    diagnostic was skipped (None when it ran)."""
+
+    report: EvalReport
+    checkpoint: Path
+    step: int
+    recipe: Recipe
+    confusion_png: Path | None
+    knn_skipped: str | None
+
+
+def evaluate(checkpoint: Path | str, overrides: Sequence[str] = (), device: str = "auto", knn: int = 20,
+             knn_temperature: float = 0.07, confusion: Path | str | None = None,
+             write_confusion: bool = True) -> Evaluation:
+    """Evaluate a checkpoint (or a run directory's final one) on its recipe's evaluation split; overrides
+    change the checkpoint's recipe first (e.g. data.options.root=/new/place). Writes the confusion PNG
+    to `confusion` (default: beside the checkpoint) unless `write_confusion` is false."""
+    state = load_checkpoint(checkpoint)
+    raw = apply_overrides(json.loads(json.dumps(state["recipe"])), list(overrides)) if overrides else state["recipe"]
+    recipe = validate(raw, "the checkpoint's recipe with --set overrides" if overrides else "the checkpoint's recipe")
+    report, skipped = checkpoint_report(state, recipe, resolve_device(device), knn, knn_temperature)
+    png = None
+    if write_confusion:
+        evaluated = checkpoint_file(checkpoint)
+        png = Path(confusion) if confusion else evaluated.with_name(f"{evaluated.stem}_confusion.png")
+        plot_confusion(report.confusion, report.classes, png,
+                       f"{recipe.name}, step {state['step']}: top-1 {report.result.top1:.2f}% on {report.result.n} images")
+    return Evaluation(report, Path(checkpoint), state["step"], recipe, png, skipped)
+
+
+def export(checkpoint: Path | str, out: Path | str, content: str = "backbone") -> dict[str, str]:
+    """Write the evaluated network of a checkpoint (Daino: the teacher) to a .safetensors file: the
+    backbone alone (loads in plain timm) or the whole classifier; returns the metadata written."""
+    return export_checkpoint(checkpoint_file(checkpoint), Path(out), content)
+
+
+def load_classifier(path: Path | str, device: str | torch.device = "cpu") -> Classifier:
+    """An exported classifier, ready to run: `classifier(classifier.preprocess(image)[None])` gives logits."""
+    return load_export(path, device if isinstance(device, torch.device) else resolve_device(device))
+
+
+def predict(model: Classifier | Path | str, inputs: Sequence[Path | str], top_k: int = 5, batch_size: int = 64,
+            workers: int = 0, device: str = "auto", advance: Callable[[int], None] = lambda done: None) -> list[Prediction]:
+    """Top-k classes with probabilities for each image file (folders are searched recursively)."""
+    if top_k < 1:
+        raise SemiclustError("--top-k must be at least 1.")
+    classifier = model if isinstance(model, Classifier) else load_classifier(model, device)
+    return predict_files(classifier, collect_images([Path(p) for p in inputs]), top_k, batch_size, workers, advance)
+
+
+def check_data(recipe: RecipeLike, sample: int | None = 1000, overrides: Sequence[str] = (),
+               advance: Callable[[int, int], None] = lambda done, total: None) -> DataReport:
+    """Everything `semiclust data check` reports about a recipe's data; `sample` None decodes every file."""
+    return check_recipe_data(load_recipe(recipe, overrides), sample, advance)
+
+
+def catalogue() -> dict:
+    """What `semiclust list` lists: each kind's registry (names with a pattern, and a one-line summary)."""
+    return {"backbones": BACKBONES, "assignments": ASSIGNMENTS, "datasets": DATASETS, "methods": METHODS,
+            "recipes": RECIPES}

@@ -1,0 +1,38 @@
+"""The objects of one training run, as the composition root (engine/setup.py) assembles them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from semiclust.data.batches import BatchMaker
+from semiclust.data.datasets import Dataset
+from semiclust.data.eval_views import EvalViews
+from semiclust.data.subsets import LabeledSubset
+from semiclust.engine.numbers import RunNumbers, Schedules
+from semiclust.methods.base import Method
+from semiclust.models.init import InitReport
+from semiclust.schema import Recipe
+
+
+@dataclass
+class Run:
+    """Data, model, optimisation and where they run; `runner` is what calls the student in a step (the
+    network itself, or its DistributedDataParallel wrapper, which the method never holds)."""
+
+    recipe: Recipe
+    dataset: Dataset
+    subset: LabeledSubset
+    numbers: RunNumbers
+    schedules: Schedules
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    batches: BatchMaker
+    eval_views: EvalViews | None
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    runner: nn.Module
+    sync_bn: bool
+    init_report: InitReport | None = None

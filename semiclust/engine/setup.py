@@ -1,0 +1,155 @@
+"""The composition root: a Recipe into the run's objects (dataset, labeled subset, streams, run numbers,
+networks with their initialisation, method, optimiser, batches). Training and the dry run both build
+through `build_core`, so what the dry run prints is what training does, by construction.
+
+The order matters for exact reproduction: the student (then a Daino teacher) is built right after
+`torch.manual_seed(seed)`, so every process starts from identical weights; per-process randomness is
+seeded after the network is placed and wrapped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from semiclust.assign import build_assigner
+from semiclust.data.batches import BatchMaker
+from semiclust.data.datasets import Dataset, build_dataset
+from semiclust.data.eval_views import EvalViews
+from semiclust.data.streams import IndexStream, Stream, labeled_stream, unlabeled_stream
+from semiclust.data.subsets import LabeledSubset, choose_labeled, load_subset, save_subset
+from semiclust.engine import dist
+from semiclust.engine.device import autocast_dtype, uses_channels_last
+from semiclust.engine.numbers import RunNumbers, Schedules, run_numbers
+from semiclust.engine.optim import build_optimizer
+from semiclust.engine.run import Run
+from semiclust.engine.run_dir import RunFiles
+from semiclust.engine.syncbn import convert_sync_batchnorm
+from semiclust.errors import SemiclustError, examples
+from semiclust.methods import METHODS, Method
+from semiclust.methods.queue import EmbeddingQueue, queue_per_process
+from semiclust.models.init import InitReport, initialize
+from semiclust.models.network import Network, teacher_of
+from semiclust.schema import Recipe
+
+
+def load_dataset(recipe: Recipe) -> Dataset:
+    """The recipe's dataset; refuses one whose listing has problems (missing files, empty classes...)."""
+    dataset = build_dataset(recipe.data.dataset, recipe.data.options)
+    if dataset.problems:
+        raise SemiclustError(
+            f"dataset '{dataset.name}' has {len(dataset.problems)} problem(s): {examples(dataset.problems, 3, False)}. "
+            "Fix the files or data.options; `semiclust data check RECIPE` lists every problem."
+        )
+    return dataset
+
+
+def labeled_subset_for(files: RunFiles, dataset: Dataset, recipe: Recipe, resume: bool) -> LabeledSubset:
+    """Draw the labeled subset (saved in the run directory by rank 0), or reuse the saved one when resuming."""
+    if resume and files.subset.exists():
+        return load_subset(files.subset, dataset.train)
+    subset = choose_labeled(dataset.train, recipe.data.labels, recipe.seed, dataset.num_classes)
+    if dist.is_main():
+        save_subset(subset, dataset.train, files.subset)
+    return subset
+
+
+def build_student(recipe: Recipe, in_chans: int, num_classes: int, kind: type[Method]) -> tuple[Network, InitReport | None]:
+    """The student network, initialised from `model.init` when the recipe names a file."""
+    student = Network(recipe.model, in_chans, num_classes, kind.prototypes)
+    return student, initialize(student, recipe.model.init) if recipe.model.init else None
+
+
+def assemble_method(kind: type[Method], recipe: Recipe, student: Network, in_chans: int, num_classes: int,
+                    steps_per_epoch: int, world: int) -> Method:
+    """The method with its parts: the assigner (when it uses unlabeled data) and what `kind.parts` names."""
+    spec = recipe.method
+    extra = {}
+    if "queue" in kind.parts:
+        length = queue_per_process(spec.queue.length, world) if spec.queue.length else 0
+        extra["queue"] = EmbeddingQueue(spec.target_crops, length, recipe.model.head.out) if length else None
+    if "teacher" in kind.parts:
+        extra["teacher"] = teacher_of(student, recipe.model, in_chans, num_classes, kind.prototypes)
+    assigner = build_assigner(spec.assignment, num_classes) if Stream.UNLABELED in kind.streams else None
+    return kind(spec, student, assigner, steps_per_epoch, steps_per_epoch * recipe.schedule.epochs, **extra)
+
+
+def build_method(recipe: Recipe, num_classes: int, in_chans: int, steps_per_epoch: int, world: int = 1) -> Method:
+    """The recipe's method with freshly built parts (for a notebook or a test; training uses build_core)."""
+    kind = METHODS.get(recipe.method.name)
+    student, _ = build_student(recipe, in_chans, num_classes, kind)
+    return assemble_method(kind, recipe, student, in_chans, num_classes, steps_per_epoch, world)
+
+
+@dataclass
+class Core:
+    """What training and the dry run share: data, subset, streams of one process, numbers, the method."""
+
+    dataset: Dataset
+    subset: LabeledSubset
+    unlabeled: IndexStream
+    labeled: IndexStream | None
+    numbers: RunNumbers
+    method: Method
+    init_report: InitReport | None
+
+
+def build_core(recipe: Recipe, subset_for: Callable[[Dataset], LabeledSubset], rank: int, world: int) -> Core:
+    """Dataset, labeled subset, this process's index streams (they check that the batches fit), the
+    run numbers, then the networks (seeded) and the method."""
+    dataset = load_dataset(recipe)
+    subset = subset_for(dataset)
+    kind = METHODS.get(recipe.method.name)
+    batch = recipe.data.batch
+    unlabeled = unlabeled_stream(len(dataset.train), batch.unlabeled, recipe.seed, rank, world)
+    labeled = (labeled_stream(subset.indices, batch.labeled, recipe.seed, rank, world)
+               if Stream.LABELED in kind.streams else None)
+    numbers = run_numbers(recipe, len(dataset.train), world, kind.streams)
+    torch.manual_seed(recipe.seed)  # identical initial weights on every process
+    student, report = build_student(recipe, dataset.channels, dataset.num_classes, kind)
+    method = assemble_method(kind, recipe, student, dataset.channels, dataset.num_classes, numbers.steps_per_epoch,
+                             world)
+    return Core(dataset, subset, unlabeled, labeled, numbers, method, report)
+
+
+def optimizer_for(method: Method, recipe: Recipe, numbers: RunNumbers, device: torch.device) -> torch.optim.Optimizer:
+    """The recipe's optimiser over the student (fused kernels on CUDA), at the scaled peak lr."""
+    return build_optimizer(method.student, recipe.optim, numbers.peak_lr, fused=device.type == "cuda")
+
+
+def place(method: Method, recipe: Recipe, device: torch.device, world: int) -> tuple[torch.nn.Module, bool, bool]:
+    """SyncBatchNorm, device, channels-last, compile and DistributedDataParallel; returns the runner of
+    the student, whether BatchNorm is synchronised and whether channels-last is on."""
+    runtime = recipe.runtime
+    sync_bn = runtime.sync_batchnorm is True or (runtime.sync_batchnorm == "auto" and world > 1)
+    if sync_bn:
+        convert_sync_batchnorm(method, device.type == "cuda")
+    method.to(device)
+    channels_last = uses_channels_last(runtime.channels_last, device, method)
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+    if runtime.compile:
+        method.student.backbone.compile()  # in place: state_dict keys stay those of the plain model
+    runner = method.student if world == 1 else DistributedDataParallel(
+        method.student, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    return runner, sync_bn, channels_last
+
+
+def build_run(recipe: Recipe, files: RunFiles, device: torch.device, resume: bool) -> Run:
+    """Everything a training process needs, in the order that makes runs reproducible (module docstring)."""
+    world, rank = dist.world_size(), dist.rank()
+    core = build_core(recipe, lambda dataset: labeled_subset_for(files, dataset, recipe, resume), rank, world)
+    runner, sync_bn, channels_last = place(core.method, recipe, device, world)
+    torch.manual_seed(recipe.seed + 1 + rank)
+    dataset, numbers = core.dataset, core.numbers
+    batches = BatchMaker(recipe, dataset, core.unlabeled, core.labeled, core.method.streams,
+                         numbers.total_steps * recipe.optim.accumulate_steps, device, channels_last, rank, world)
+    eval_views = None if dataset.test is None else EvalViews(
+        dataset.test, recipe.data.eval, dataset.mean, dataset.std, recipe.eval.batch_size, device, recipe.data.loader)
+    amp_dtype = autocast_dtype(recipe.runtime.precision, device)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    return Run(recipe, dataset, core.subset, numbers, Schedules(recipe, numbers), core.method,
+               optimizer_for(core.method, recipe, numbers, device), scaler, batches, eval_views, device, amp_dtype,
+               runner, sync_bn, core.init_report)

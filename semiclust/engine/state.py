@@ -1,0 +1,80 @@
+"""The training state a checkpoint holds, and putting it back into the live objects (exact resume)."""
+from __future__ import annotations
+
+import torch
+
+from semiclust.data.streams import Stream
+from semiclust.engine import dist
+from semiclust.engine.run import Run
+from semiclust.errors import SemiclustError
+from semiclust.evaluate import EvalResult
+from semiclust.methods.base import Method
+from semiclust.version import __version__
+
+
+def process_state(method: Method, device: torch.device) -> dict:
+    """What differs between processes and must be saved for each: RNG states and the method's
+    per-process buffers (the Suave queue holds this process's own embeddings)."""
+    state = {"torch": torch.get_rng_state(), "local": {k: v.detach().cpu() for k, v in method.state_dict().items()
+                                                      if k.startswith(method.per_process_prefixes)}}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def classifier_info(method: Method, channels: int, num_classes: int) -> dict:
+    """How to rebuild the evaluated network from the method's state (checkpoint.classifier_network)."""
+    return {"prefix": "teacher" if method.classifier is not method.student else "student",
+            "prototypes": method.prototypes, "in_chans": channels, "num_classes": num_classes,
+            "matched": Stream.LABELED not in method.streams}
+
+
+def training_state(run: Run, step: int, result: EvalResult | None, per_rank: list, skipped_steps: int) -> dict:
+    """Everything a checkpoint of `run` at `step` holds (plain tensors and Python values)."""
+    method, dataset, subset = run.method, run.dataset, run.subset
+    state = {
+        "semiclust_version": __version__,
+        "recipe": run.recipe.model_dump(mode="json"),
+        "step": step,
+        "epoch": step // run.numbers.steps_per_epoch,
+        "world_size": dist.world_size(),
+        "method": method.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "augment_rng": run.batches.generator.get_state().cpu(),
+        "per_rank": per_rank,
+        "skipped_steps": skipped_steps,
+        "classes": list(dataset.classes),
+        "mean": list(dataset.mean),
+        "std": list(dataset.std),
+        "labeled_indices": subset.indices.clone(),
+        "labeled_sha256": subset.digest,
+        "labeled_list_sha256": subset.list_sha256,
+        "labeled_files": ([dataset.train.files[i] for i in subset.indices.tolist()]
+                          if not dataset.in_memory else None),
+        "corrupt_images": run.batches.corrupt_images,
+        "classifier": classifier_info(method, dataset.channels, dataset.num_classes),
+    }
+    if result is not None:
+        state["eval"] = result.as_dict()
+    return state
+
+
+def restore(state: dict, run: Run) -> int:
+    """Load a periodic checkpoint into the live objects; returns the step to continue from."""
+    if state.get("world_size", 1) != dist.world_size():
+        raise SemiclustError(
+            f"--resume: the checkpoint was written by {state['world_size']} process(es) but this run has "
+            f"{dist.world_size()}; resume with the same number of processes (exact resume depends on it)."
+        )
+    mine = state["per_rank"][dist.rank()]
+    run.method.load_state_dict({**state["method"], **mine["local"]})
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(mine["torch"].cpu())
+    if run.device.type == "cuda" and "cuda" in mine:
+        torch.cuda.set_rng_state(mine["cuda"].cpu(), run.device)
+    run.batches.generator.set_state(state["augment_rng"].cpu())
+    run.batches.corrupt_images = state.get("corrupt_images", 0)
+    return state["step"]

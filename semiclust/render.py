@@ -1,0 +1,153 @@
+"""How the CLI shows results: rich tables and lines for a dry run, an evaluation, a data check, predictions
+and a finished training. Pure presentation of what the library API returned."""
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from semiclust.api import Evaluation
+from semiclust.data.check import DataReport
+from semiclust.engine.dry_run import DryRun
+from semiclust.engine.trainer import TrainSummary
+from semiclust.predict import Prediction
+from semiclust.schema import Recipe
+
+MAX_JSON_CONFUSION = 100  # classes; above this the matrix is left out of --json (it is in the PNG)
+WORST_CLASSES = 10
+MAX_CLASS_ROWS = 40
+
+
+def key_value_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def dry_run_rows(recipe: Recipe, plan: DryRun) -> list[tuple[str, str]]:
+    n, params, optim = plan.numbers, plan.parameters, recipe.optim
+    evaluation = "no evaluation set" if plan.eval_images is None else f"{plan.eval_images:,} evaluation images"
+    accumulated = f" x {optim.accumulate_steps} accumulated" if optim.accumulate_steps > 1 else ""
+    teacher = f"; EMA teacher {plan.teacher_parameters:,}" if plan.teacher_parameters else ""
+    lr = (f"{n.peak_lr:.4g} after scaling ({optim.lr:g} per {optim.lr_reference_batch} images)"
+          if optim.lr_reference_batch else f"{n.peak_lr:.4g} (not scaled)")
+    rows = [
+        ("data", f"{plan.train_images:,} training images, {plan.labeled:,} labeled, {evaluation}, {plan.classes} classes"),
+        ("labeled subset", plan.labeled_identity),
+        ("global batch", f"{n.global_unlabeled:,} unlabeled + {n.global_labeled:,} labeled images per step "
+                         f"({recipe.data.batch.unlabeled} + {recipe.data.batch.labeled} per process{accumulated})"),
+        ("steps", f"{n.steps_per_epoch:,} per epoch x {recipe.schedule.epochs} epochs = {n.total_steps:,}; "
+                  f"warm-up {n.warmup_steps:,}"),
+        ("learning rate", lr),
+        ("parameters", f"backbone {params['backbone']:,}, head {params['head']:,}, prototypes {params['prototypes']:,}; "
+                       f"trainable {params['trainable']:,}{teacher}"),
+        ("optimiser", plan.optimizer),
+        ("activations", f"~{plan.activation_gib:.2f} GiB per process kept for backward ({plan.precision}; "
+                        "an estimate from the layer outputs of a 2-image probe)"),
+    ]
+    return rows + ([("init", plan.init)] if plan.init else [])
+
+
+def show_dry_run(console: Console, recipe: Recipe, plan: DryRun, processes: int) -> None:
+    title = f"{recipe.name}: {recipe.method.name} on {plan.dataset} (dry run, {processes} process(es))"
+    console.print(key_value_table(title, dry_run_rows(recipe, plan)))
+    console.print("dry run: nothing was trained or written.", highlight=False)
+
+
+def show_trained(console: Console, summary: TrainSummary) -> None:
+    r = summary.result
+    if r is None:
+        console.print(f"[bold green]done[/] in {summary.seconds:.0f}s (the dataset has no evaluation set).\n"
+                      f"checkpoint: {summary.checkpoint}", highlight=False)
+        return
+    matched = " (prototypes matched to classes)" if r.matching != "identity" else ""
+    skipped = f" ({r.unreadable} unreadable left out)" if r.unreadable else ""
+    console.print(
+        f"[bold green]done[/] in {summary.seconds:.0f}s: top-1 [bold]{r.top1:.2f}%[/], top-5 {r.top5:.2f}% on "
+        f"{r.n} {r.split} images{skipped}{matched}.\ncheckpoint: {summary.checkpoint}\n"
+        f"evaluate again: semiclust eval --checkpoint {summary.checkpoint}", highlight=False)
+
+
+def evaluation_json(evaluation: Evaluation) -> str:
+    report = evaluation.report
+    return json.dumps({**report.as_dict(include_confusion=len(report.classes) <= MAX_JSON_CONFUSION),
+                       "checkpoint": str(evaluation.checkpoint), "step": evaluation.step,
+                       "confusion_png": str(evaluation.confusion_png) if evaluation.confusion_png else None})
+
+
+def per_class_table(evaluation: Evaluation) -> Table:
+    """The classes, worst first (classes without images last); only the worst ones when there are many."""
+    report = evaluation.report
+    ranked = sorted(zip(report.classes, report.per_class.tolist(), report.confusion.sum(dim=1).tolist()),
+                    key=lambda row: (row[1] != row[1], row[1]))
+    shown = ranked if len(ranked) <= 2 * WORST_CLASSES else ranked[:WORST_CLASSES]
+    table = Table(title="per-class accuracy" + ("" if shown is ranked else f" ({WORST_CLASSES} worst)"))
+    for column in ("class", "images", "top-1 %"):
+        table.add_column(column)
+    for name, accuracy, count in shown:
+        table.add_row(name, str(count), "-" if accuracy != accuracy else f"{accuracy:.1f}")
+    return table
+
+
+def show_evaluation(console: Console, evaluation: Evaluation, knn: int) -> None:
+    report, r, recipe = evaluation.report, evaluation.report.result, evaluation.recipe
+    table = Table(title=f"{recipe.name} ({recipe.method.name}), step {evaluation.step}")
+    for column in ("split", "images", "top-1 %", "top-5 %", "matching", "kNN top-1 %"):
+        table.add_column(column)
+    knn_cell = f"{report.knn_top1:.2f} (k {knn}, {report.knn_memory} labeled)" if report.knn_top1 is not None else "-"
+    table.add_row(r.split, str(r.n) + (f" ({r.unreadable} unreadable)" if r.unreadable else ""), f"{r.top1:.2f}",
+                  f"{r.top5:.2f}", r.matching, knn_cell)
+    console.print(table)
+    console.print(per_class_table(evaluation))
+    if report.knn_top1 is None and evaluation.knn_skipped != "--knn-k 0":
+        console.print(f"kNN diagnostic skipped: {evaluation.knn_skipped}.", highlight=False)
+    if evaluation.confusion_png:
+        console.print(f"confusion matrix: {evaluation.confusion_png}", highlight=False)
+
+
+def class_table(report: DataReport, recipe_name: str) -> Table:
+    dataset = report.dataset
+    table = Table(title=f"{dataset.name}: {dataset.num_classes} classes (recipe {recipe_name})")
+    for column in ("class", "labeled", "unlabeled", "eval"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    rows = report.rows if len(report.rows) <= MAX_CLASS_ROWS else report.rows[: MAX_CLASS_ROWS // 2]
+    for row in rows:
+        table.add_row(row.name, str(row.labeled), str(row.unlabeled), str(row.eval))
+    if len(rows) < len(report.rows):
+        fewest = min(report.rows, key=lambda r: r.labeled)
+        table.add_row(f"... {len(report.rows) - len(rows)} more (fewest labeled: {fewest.name})", "", "", "")
+    if report.unlabeled_only:
+        table.add_row("(no label)", "-", str(report.unlabeled_only), "-")
+    table.add_row("total", str(sum(r.labeled for r in report.rows)),
+                  str(sum(r.unlabeled for r in report.rows) + report.unlabeled_only),
+                  str(sum(r.eval for r in report.rows)) if dataset.test is not None else "no eval set", style="bold")
+    return table
+
+
+def show_data_report(console: Console, report: DataReport, recipe_name: str) -> None:
+    console.print(class_table(report, recipe_name))
+    console.print("unlabeled stream: every training image, its label unused", highlight=False)
+    if report.subset is not None:
+        console.print(f"labeled subset: {len(report.subset.indices)} images, {report.subset.identity}", highlight=False)
+    console.print(f"image sizes: {report.sizes}", highlight=False)
+    console.print(f"files: {report.decoded}", highlight=False)
+    if report.ok:
+        console.print("[bold green]no problems found[/]")
+        return
+    console.print(f"[bold red]{len(report.problems)} problem(s):[/]")
+    for problem in report.problems:
+        console.print(f"  - {problem}", highlight=False, soft_wrap=True)
+
+
+def predictions_table(title: str, predictions: list[Prediction]) -> Table:
+    table = Table(title=title)
+    for column in ("image", "classes (probability)"):
+        table.add_column(column)
+    for p in predictions:
+        cell = p.error and f"unreadable: {p.error}" or ", ".join(f"{c} ({v:.1%})" for c, v in zip(p.classes, p.probabilities))
+        table.add_row(p.path, cell)
+    return table

@@ -1,0 +1,55 @@
+"""The report of `semiclust eval` for a checkpoint: its classifier rebuilt, the recipe's evaluation split
+loaded again, top-1/top-5, per class, the confusion matrix, and the kNN diagnostic whose memory is the
+labeled subset the checkpoint trained with."""
+from __future__ import annotations
+
+import torch
+
+from semiclust.data.datasets import Dataset, Split, build_dataset, split_rows
+from semiclust.data.eval_views import EvalViews
+from semiclust.data.subsets import listing_change
+from semiclust.engine.checkpoint import classifier_network
+from semiclust.errors import SemiclustError
+from semiclust.evaluate import EvalReport, evaluation_report
+from semiclust.schema import Recipe
+
+
+def labeled_memory(dataset: Dataset, state: dict) -> tuple[Split | None, str | None]:
+    """The labeled subset the checkpoint trained with, as a split, or (None, why not)."""
+    indices = state.get("labeled_indices")
+    if indices is None or not len(indices):
+        return None, "the checkpoint records no labeled subset"
+    changed = listing_change(indices, dataset.train, state.get("labeled_files"))
+    if changed:
+        return None, f"the training data differ from those the checkpoint recorded ({changed})"
+    return split_rows(dataset.train, indices), None
+
+
+def evaluation_data(recipe: Recipe, state: dict) -> Dataset:
+    """The recipe's dataset, refused when it has no evaluation split or other classes than the checkpoint."""
+    dataset = build_dataset(recipe.data.dataset, recipe.data.options)
+    if dataset.test is None:
+        raise SemiclustError(f"dataset '{dataset.name}' of this checkpoint's recipe has no evaluation split; "
+                             "give one with --set (e.g. data.options.eval=eval.csv for labeled_list).")
+    if len(dataset.classes) != state["classifier"]["num_classes"]:
+        raise SemiclustError(f"the dataset now has {len(dataset.classes)} classes but the checkpoint was trained "
+                             f"with {state['classifier']['num_classes']}; point --set data.options at the same data.")
+    return dataset
+
+
+def checkpoint_report(state: dict, recipe: Recipe, device: torch.device, knn: int = 20,
+                      knn_temperature: float = 0.07) -> tuple[EvalReport, str | None]:
+    """The evaluation report of a checkpoint on `recipe`'s data (the checkpoint's recipe, or it with
+    overrides such as a moved dataset), and why the kNN diagnostic was skipped, if it was."""
+    network, _ = classifier_network(state)
+    network.to(device)
+    dataset = evaluation_data(recipe, state)
+    mean, std, batch = tuple(state["mean"]), tuple(state["std"]), recipe.eval.batch_size
+    views = EvalViews(dataset.test, recipe.data.eval, mean, std, batch, device, recipe.data.loader)
+    memory, skipped = (None, "--knn-k 0") if knn <= 0 else labeled_memory(dataset, state)
+    memory_views = None if memory is None else EvalViews(memory, recipe.data.eval, mean, std, batch, device,
+                                                         recipe.data.loader)
+    report = evaluation_report(network, views, dataset.test_split_name, list(state["classes"]),
+                               match=state["classifier"]["matched"], memory=memory_views, knn_k=max(knn, 1),
+                               knn_temperature=knn_temperature)
+    return report, skipped

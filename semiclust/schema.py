@@ -1,0 +1,382 @@
+"""The recipe schema: pydantic classes only, every section strict (unknown keys are errors).
+
+This is the leaf of the package: it imports nothing of semiclust, so every layer can take a `Recipe`
+or one of its sections. What needs the registries (method defaults, registered names, a part's own
+section) is done by the recipe loader, `semiclust/recipe.py`, before and after validation.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+Range = tuple[float, float]
+
+
+class Strict(BaseModel):
+    """Base for every recipe section: misspelled keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- data
+class ColorJitter(Strict):
+    """torchvision-style colour jitter, applied with probability p (factors drawn per image)."""
+
+    p: Probability = Field(0.8, description="probability that an image is jittered at all")
+    brightness: Annotated[float, Field(ge=0)] = Field(0.4, description="brightness factor drawn from [1 - b, 1 + b]")
+    contrast: Annotated[float, Field(ge=0)] = Field(0.4, description="contrast factor drawn from [1 - c, 1 + c]")
+    saturation: Annotated[float, Field(ge=0)] = Field(0.4,
+        description="saturation factor drawn from [1 - s, 1 + s] (RGB only)")
+    hue: Annotated[float, Field(ge=0, le=0.5)] = Field(0.1, description="hue shift drawn from [-h, h] turns (RGB only)")
+
+
+class Blur(Strict):
+    """Gaussian blur with a sigma drawn uniformly from `sigma`, applied with probability p."""
+
+    p: Probability = Field(0.0, description="probability of a Gaussian blur")
+    sigma: Range = Field((0.1, 2.0), description="blur sigma range in pixels, drawn uniformly")
+
+
+class CropGroup(Strict):
+    """`count` random resized crops of `size` px with their own augmentation."""
+
+    count: PositiveInt = Field(1, description="number of crops of this kind per image")
+    size: PositiveInt = Field(description="crop side in pixels after resizing")
+    scale: Range = Field((0.08, 1.0), description="range of the crop's area as a fraction of the image")
+    ratio: Range = Field((3 / 4, 4 / 3),
+        description="range of the crop's aspect ratio (width / height), drawn log-uniformly")
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = Field("bilinear",
+        description="resampling used when resizing the crop")
+    flip: Probability = Field(0.5, description="probability of a horizontal flip")
+    color: ColorJitter | None = Field(None, description="colour jitter; null = none")
+    grayscale: Probability = Field(0.0, description="probability of converting to grayscale")
+    blur: Blur = Field(Blur(), description="Gaussian blur")
+    solarize: Probability = Field(0.0, description="probability of solarizing (inverting pixels >= 0.5)")
+
+    @field_validator("scale", "ratio")
+    @classmethod
+    def _ordered_positive(cls, value: Range) -> Range:
+        low, high = value
+        if not 0 < low <= high:
+            raise ValueError(f"expected 0 < low <= high, got {list(value)}")
+        return value
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_at_most_one(cls, value: Range) -> Range:
+        if value[1] > 1.0:
+            raise ValueError(f"a crop's area scale cannot exceed 1.0, got {list(value)}")
+        return value
+
+
+class Labels(Strict):
+    """Which training images keep their label: k per class, a fraction, or a list file. Choose one."""
+
+    per_class: PositiveInt | None = Field(None, description="k labeled images per class, drawn with the seed")
+    fraction: Annotated[float, Field(gt=0, le=1)] | None = Field(None,
+        description="this fraction of each class (at least one image each); 1.0 = every labeled image")
+    list: Path | None = Field(None,
+        description="a file with one training index (in-memory datasets) or file name (image files) per line, e.g. a SimCLR list")
+    seed: int | None = Field(None, description="seed of the draw; null = the recipe's seed")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Labels":
+        chosen = [k for k in ("per_class", "fraction", "list") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise ValueError(
+                "give exactly one of per_class, fraction or list "
+                f"(got {', '.join(chosen) if chosen else 'none'})"
+            )
+        return self
+
+
+class UnlabeledViews(Strict):
+    """The multi-crop set of each unlabeled image, in order; the first `method.target_crops` crops
+    are the target (global) crops: one group of 2, or two groups of 1 with different augmentation
+    (DINO's two global views)."""
+
+    crops: Annotated[list[CropGroup], Field(min_length=1)] = Field(description="the crop groups, in order")
+
+
+class EvalView(Strict):
+    """The single centre view used for evaluation: resize the short side, then centre-crop."""
+
+    size: PositiveInt = Field(description="side of the centre crop in pixels")
+    resize: PositiveInt | None = Field(None, description="short side before the centre crop; null = size")
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = Field("bilinear",
+        description="resampling used for the resize")
+
+
+class Batch(Strict):
+    """Images per process and step."""
+
+    unlabeled: PositiveInt = Field(64,
+        description="unlabeled images per process and step (each gives every crop of the multi-crop set)")
+    labeled: PositiveInt = Field(32,
+        description="labeled images per process and step (one view each; mixup appends a mixed copy)")
+
+
+class Loader(Strict):
+    """DataLoader settings for datasets of image files (in-memory datasets are augmented on the
+    training device and use no workers)."""
+
+    workers: Literal["auto"] | Annotated[int, Field(ge=0)] = Field(
+        "auto", description="worker processes per training process; auto = CPUs per process - 1, at most 8")
+    prefetch: PositiveInt = Field(4, description="batches each worker prepares ahead")
+    pin_memory: Literal["auto"] | bool = Field("auto", description="auto = on when training on CUDA")
+    persistent_workers: bool = Field(True, description="keep evaluation workers alive between evaluations")
+
+
+class Data(Strict):
+    dataset: str = Field(description="a registered dataset (`semiclust list datasets`)")
+    options: dict[str, Any] = Field({},
+        description="the dataset's options, e.g. {root: data/cifar100} (see docs/data.md)")
+    labels: Labels
+    unlabeled: UnlabeledViews
+    labeled: CropGroup
+    eval: EvalView
+    batch: Batch = Batch()
+    loader: Loader = Loader()
+    corrupt_images: Literal["skip", "fail"] = Field(
+        "skip", description="an unreadable image file: skip it with a warning (replaced by the next image), or "
+        "stop the run naming it")
+
+
+    @field_validator("labeled")
+    @classmethod
+    def _one_labeled_view(cls, group: CropGroup) -> CropGroup:
+        if group.count != 1:
+            raise ValueError("the labeled view is a single crop: count must be 1")
+        return group
+
+
+# ---------------------------------------------------------------- model
+class BackboneSpec(Strict):
+    """Any timm model name (or one semiclust registers with timm) and its keyword arguments."""
+
+    name: str = Field(
+        description="any timm model name, or semiclust's tinyconv, resnet18_cifar, resnet34_cifar (`semiclust list backbones`)")
+    kwargs: dict[str, Any] = Field({},
+        description="keyword arguments for timm.create_model, e.g. {dynamic_img_size: true, drop_path_rate: 0.1}")
+
+
+class Head(Strict):
+    """Projector MLP on backbone features, then L2 normalisation and the class prototypes."""
+
+    hidden: PositiveInt = Field(2048, description="width of the hidden layers (default depends on the method: 2048)")
+    out: PositiveInt = Field(128,
+        description="embedding size after L2 normalisation (suave/swav/supervised 128, daino/dino 256)")
+    layers: Annotated[int, Field(ge=1)] = Field(2, description="number of linear layers (suave 2, daino 3)")
+    batchnorm: bool = Field(True, description="BatchNorm after hidden layers (SwAV: true, DINO: false)")
+    activation: Literal["relu", "gelu"] = Field("relu",
+        description="activation after hidden layers (SwAV relu, DINO gelu)")
+    init: Literal["default", "trunc_normal"] = Field("default", description="trunc_normal = DINO's std 0.02")
+
+
+class InitSpec(Strict):
+    """Start from a local checkpoint (nothing is downloaded): an official SwAV or DINO file, a timm
+    checkpoint, a safetensors file (timm's or a `semiclust export`), or a semiclust checkpoint."""
+
+    path: Path = Field(description="the checkpoint file")
+    format: Literal["auto", "swav", "dino", "timm", "safetensors", "semiclust"] = Field(
+        "auto", description="auto = recognised from the file's keys")
+    what: Literal["backbone", "backbone_head", "all"] = Field(
+        "backbone", description="backbone (the paper), backbone + projection head, or all (+ prototypes: "
+        "semiclust checkpoints and classifier exports)")
+    key: Literal["student", "teacher"] = Field(
+        "student", description="which network of a DINO or semiclust checkpoint that holds two")
+    strict: bool = Field(True, description="false: load what matches and only report missing keys")
+
+
+class ModelSpec(Strict):
+    backbone: BackboneSpec
+    head: Head = Head()
+    init: InitSpec | None = Field(None, description="initial weights from a local checkpoint; null = random")
+    local_crops_update_bn: bool = Field(
+        True, description="false: backbone calls on crops smaller than the largest leave BatchNorm running "
+        "statistics untouched (they still normalise with batch statistics); true = the release")
+
+
+# ---------------------------------------------------------------- method
+class PartSpec(BaseModel):
+    """The recipe section of a registered part (e.g. `method.assignment`): `name` chooses the part, and
+    the part's own section class, registered with it and derived from this one, declares and checks
+    the other keys (the recipe loader validates the section with it). Unknown keys are kept here so a
+    saved recipe reads back without the part's module."""
+
+    model_config = ConfigDict(extra="allow")
+    takes_queue: ClassVar[bool] = False  # whether Suave's queue of past embeddings may feed this part
+
+    name: str = Field(description="the registered part (`semiclust list assignments`)")
+
+    @property
+    def typed(self) -> bool:
+        """Whether the part's own section class checked this section (not just the generic one)."""
+        return type(self) is not PartSpec
+
+
+class Queue(Strict):
+    """Suave/SwAV queue of past unlabeled embeddings, used by Sinkhorn once full (0 = off)."""
+
+    length: Annotated[int, Field(ge=0)] = Field(0,
+        description="embeddings kept in total over processes (0 = no queue); used only once full")
+    start_epoch: Annotated[int, Field(ge=0)] = Field(0, description="epoch from which the queue is filled and used")
+
+
+class Teacher(Strict):
+    """Daino/DINO EMA teacher: momentum follows a per-step cosine from `momentum` to `momentum_end`."""
+
+    momentum: Probability = Field(0.990, description="EMA momentum at the first step")
+    momentum_end: Probability = Field(1.0, description="EMA momentum at the last step")
+
+
+class Mixup(Strict):
+    """Appends a mixed copy of the labeled batch: Mixup with probability mixup_prob, else CutMix."""
+
+    enabled: bool = Field(True, description="append a mixed copy of the labeled batch")
+    mixup_prob: Probability = Field(0.5, description="probability of Mixup for a batch (else CutMix)")
+    alpha: Annotated[float, Field(gt=0)] = Field(1.0, description="lambda ~ Beta(alpha, alpha)")
+
+
+class MethodSpec(Strict):
+    name: str = Field(description="suave, daino, swav, dino or supervised (`semiclust list methods`); sets the defaults "
+                      "of head, assignment and optimiser")
+    temperature: Annotated[float, Field(gt=0)] = Field(0.1,
+        description="prototype scores are divided by it to give logits (tau)")
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = Field(0.01,
+        description="label smoothing of the labeled cross-entropy")
+    labeled_weight: Probability | None = Field(
+        None, description="weight of the labeled loss; null = row-count weighting (the release)"
+    )
+    target_crops: Annotated[int, Field(ge=1)] = Field(2,
+        description="how many of the first unlabeled crops make targets (SwAV's crops for assignment, DINO's teacher crops)")
+    assignment: SerializeAsAny[PartSpec] = Field(
+        description="how unlabeled targets are made; its keys are those of the named assignment (see below)")
+    queue: Queue = Queue()
+    teacher: Teacher = Teacher()
+    mixup: Mixup = Mixup()
+    freeze_prototypes_steps: Annotated[int, Field(ge=0)] = Field(0,
+        description="keep the prototypes fixed for this many first steps (SwAV's option)")
+
+    @field_validator("assignment", mode="before")
+    @classmethod
+    def _registered_section(cls, value: Any, info: ValidationInfo) -> Any:
+        """With the registered section classes in the validation context (the recipe loader passes
+        them), the section is validated by its part's own class; without them it stays generic."""
+        specs = (info.context or {}).get("assignment_specs") or {}
+        if isinstance(value, dict) and value.get("name") in specs:
+            return specs[value["name"]].model_validate(value, context=info.context)
+        return value
+
+    @model_validator(mode="after")
+    def _queue_has_a_taker(self) -> "MethodSpec":
+        if self.queue.length and self.assignment.typed and not self.assignment.takes_queue:
+            raise ValueError(f"method.queue is used only by assignments that take a queue (sinkhorn), not by "
+                             f"'{self.assignment.name}': set its length to 0")
+        return self
+
+
+# ---------------------------------------------------------------- optimisation and runtime
+class Optim(Strict):
+    """Optimiser. lr is for `lr_reference_batch` images per step (the global unlabeled batch,
+    the labeled batch for `supervised`) and scaled linearly; null = use lr as given."""
+
+    name: Literal["sgd", "lars", "adamw"] = Field(description="the optimiser")
+    lr: Annotated[float, Field(gt=0)] = Field(description="peak learning rate for lr_reference_batch images per step")
+    lr_reference_batch: PositiveInt | None = Field(256,
+        description="the lr is scaled by global unlabeled batch / this (labeled batch for supervised); null = no scaling")
+    weight_decay: Annotated[float, Field(ge=0)] = Field(1e-6,
+        description="weight decay (at the start, if weight_decay_end is set)")
+    weight_decay_end: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="cosine weight-decay schedule end value; null = constant"
+    )
+    momentum: Annotated[float, Field(ge=0, lt=1)] = Field(0.9, description="momentum of SGD and LARS")
+    nesterov: bool = Field(False, description="Nesterov momentum (SGD)")
+    trust_coefficient: Annotated[float, Field(gt=0)] = Field(0.001, description="LARS trust coefficient")
+    betas: Range = Field((0.9, 0.999), description="AdamW betas")
+    exclude_bias_and_norm: bool = Field(False,
+        description="no weight decay (and no LARS adaptation) for biases and normalisation parameters")
+    clip_grad_norm: Annotated[float, Field(gt=0)] | None = Field(None,
+        description="max gradient norm; null = no clipping")
+    accumulate_steps: PositiveInt = Field(
+        1, description="batches per optimiser step (gradients summed; targets, queue and center per batch)")
+
+
+class Schedule(Strict):
+    """Epochs (passes over the unlabeled set), linear warm-up, then cosine down to final_lr."""
+
+    epochs: PositiveInt = Field(description="passes over the unlabeled set")
+    warmup_epochs: Annotated[float, Field(ge=0)] = Field(0, description="linear warm-up length (may be fractional)")
+    warmup_start_lr: Annotated[float, Field(ge=0)] = Field(0.0, description="learning rate at step 0 of the warm-up")
+    final_lr: Annotated[float, Field(ge=0)] = Field(0.0, description="learning rate at the end of the cosine decay")
+
+
+class Runtime(Strict):
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when visible, else CPU")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto",
+        description="auto = bf16 autocast on GPUs that support it, fp32 on CPU (bf16 is slow there); fp16 uses a gradient scaler")
+    channels_last: Literal["auto"] | bool = Field("auto", description="auto = on for convolutional backbones on CUDA")
+    compile: bool = Field(False, description="torch.compile the backbone")
+    threads: PositiveInt | None = Field(None, description="CPU threads; null = torch's default")
+    sync_batchnorm: Literal["auto"] | bool = Field(
+        "auto", description="batch statistics over all processes; auto = on when more than one process")
+    skip_nonfinite_steps: Annotated[int, Field(ge=0)] = Field(
+        0, description="skip up to this many steps with a non-finite loss before stopping")
+    log_every_steps: PositiveInt = Field(10, description="steps between metrics.jsonl training records")
+    progress: Literal["auto", "rich", "plain", "none"] = Field("auto",
+        description="auto = a live bar on a terminal, plain lines otherwise")
+    tensorboard: bool = Field(False, description="also log to <run>/tensorboard (needs the tensorboard package)")
+
+
+class CheckpointSpec(Strict):
+    """Periodic checkpoints (checkpoints/step_<N>.pt, written atomically; 0 = off) and how many to
+    keep; checkpoints/final.pt is always written at the end."""
+
+    every_epochs: Annotated[int, Field(ge=0)] = Field(10,
+        description="write checkpoints/step_<N>.pt every this many epochs (0 = off)")
+    every_steps: Annotated[int, Field(ge=0)] = Field(0, description="... every this many steps (0 = off)")
+    every_minutes: Annotated[float, Field(ge=0)] = Field(0, description="... every this many minutes (0 = off)")
+    keep_last: PositiveInt = Field(2, description="periodic checkpoints kept (final.pt is always written)")
+
+
+class EvalSpec(Strict):
+    every_epochs: Annotated[int, Field(ge=0)] = Field(0,
+        description="evaluate every this many epochs (0 = only at the end)")
+    batch_size: PositiveInt = Field(512, description="images per evaluation batch")
+
+
+class Recipe(Strict):
+    """A whole training run, top to bottom."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")] = Field(
+        description="the run's name (default run directory runs/<name>)")
+    seed: int = Field(0, description="seed of everything random (subset draw, weights, augmentation, streams)")
+    data: Data
+    model: ModelSpec
+    method: MethodSpec
+    optim: Optim
+    schedule: Schedule
+    runtime: Runtime = Runtime()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    eval: EvalSpec = EvalSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Recipe":
+        sizes = [group.size for group in self.data.unlabeled.crops for _ in range(group.count)]
+        targets = self.method.target_crops
+        if len(sizes) < targets or len(set(sizes[:targets])) != 1:
+            raise ValueError(
+                f"method.target_crops is {targets}: the first {targets} unlabeled crops (in the order of "
+                f"data.unlabeled.crops) give the targets and must exist and share one size, got sizes "
+                f"{sizes[:targets]}. Put the global crops first (one group, or one group per augmentation)"
+            )
+        total_crops = sum(group.count for group in self.data.unlabeled.crops)
+        if total_crops < 2:
+            raise ValueError("data.unlabeled.crops must hold at least 2 crops in all (swapped prediction needs pairs)")
+        if self.schedule.warmup_epochs > self.schedule.epochs:
+            raise ValueError("schedule.warmup_epochs is longer than schedule.epochs")
+        return self

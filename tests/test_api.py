@@ -1,0 +1,109 @@
+"""The library API (semiclust/api.py), one test per function, each checked against what the lower layers
+compute on their own (the CLI is a thin face over the same functions)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import semiclust
+from semiclust import api
+from semiclust.data.datasets import build_dataset
+from semiclust.engine.checkpoint import classifier_network, load_checkpoint
+from semiclust.errors import SemiclustError
+from semiclust.schema import Recipe
+from tests.helpers import TINY_RECIPE
+
+
+@pytest.fixture
+def tiny_file(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(json.dumps(TINY_RECIPE))  # JSON is YAML
+    return path
+
+
+def test_load_recipe_reads_files_and_shipped_names_and_applies_overrides(tiny_file):
+    recipe = api.load_recipe(tiny_file, ["optim.lr=0.2", "method.name=daino"])
+    assert isinstance(recipe, Recipe) and recipe.optim.lr == 0.2
+    assert recipe.model.head.layers == 3 and recipe.method.assignment.name == "center_sharpen"  # daino's defaults
+    assert type(recipe.method.assignment).__name__ == "CenterSharpenSpec"  # its own section class checked it
+    assert api.load_recipe("digits_suave").name == "digits_suave"
+    assert api.load_recipe(recipe, ["seed=3"]).seed == 3 and api.load_recipe(recipe) is recipe
+    with pytest.raises(SemiclustError, match="did you mean 'optim.lr'"):
+        api.load_recipe(tiny_file, ["optim.lrr=0.2"])
+
+
+def test_train_writes_the_run_and_returns_its_final_evaluation(tiny_file, tmp_path):
+    summary = api.train(tiny_file, tmp_path / "run", overrides=["schedule.epochs=1"])
+    state = load_checkpoint(summary.checkpoint)
+    assert summary.steps == state["step"] == 6 and summary.main_process
+    assert state["eval"]["top1"] == summary.result.top1
+    assert (tmp_path / "run" / "recipe.yaml").is_file() and (tmp_path / "run" / "labeled_subset.json").is_file()
+
+
+def test_dry_run_plans_what_training_does_for_any_process_count(tiny_file):
+    one, two = api.dry_run(tiny_file, 1), api.dry_run(tiny_file, 2, overrides=["data.batch.unlabeled=8",
+                                                                               "data.batch.labeled=4"])
+    assert (one.numbers.steps_per_epoch, one.numbers.global_unlabeled) == (6, 16)  # 96 images / 16 per step
+    assert (two.numbers.steps_per_epoch, two.numbers.global_unlabeled) == (6, 16)  # the same global batch
+    assert one.parameters == two.parameters and one.labeled == 8
+    with pytest.raises(SemiclustError, match="at least 1"):
+        api.dry_run(tiny_file, 0)
+
+
+def test_evaluate_reproduces_the_final_top1_and_writes_the_confusion_png(trained_run, tmp_path):
+    png = tmp_path / "confusion.png"
+    evaluation = api.evaluate(trained_run.run_dir, confusion=png, knn=5)
+    assert evaluation.report.result.top1 == trained_run.result.top1
+    assert evaluation.step == load_checkpoint(trained_run.checkpoint)["step"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and evaluation.confusion_png == png
+    assert evaluation.report.knn_memory == 8 and evaluation.knn_skipped is None  # 2 labeled per class, 4 classes
+    assert int(evaluation.report.confusion.sum()) == evaluation.report.result.n
+    nothing = api.evaluate(trained_run.checkpoint, write_confusion=False, knn=0)
+    assert nothing.confusion_png is None and nothing.report.knn_top1 is None
+
+
+def test_export_and_load_classifier_round_trip_the_checkpoints_network(trained_run, tmp_path):
+    out = tmp_path / "model.safetensors"
+    meta = api.export(trained_run.run_dir, out, content="classifier")
+    classifier = api.load_classifier(out)
+    assert semiclust.load_classifier is api.load_classifier  # also reachable from the package root
+    network, recipe = classifier_network(load_checkpoint(trained_run.checkpoint))
+    images = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = network.eval()(images) / recipe.method.temperature
+    assert torch.equal(classifier(images), expected) and meta["content"] == "classifier"
+
+
+def test_predict_classifies_image_files_as_the_classifier_does(trained_run, tmp_path):
+    out = tmp_path / "model.safetensors"
+    api.export(trained_run.checkpoint, out, content="classifier")
+    classifier = api.load_classifier(out)
+    dataset = build_dataset("synthetic", {"num_classes": 4, "size": 16, "channels": 3, "test_per_class": 2})
+    for i in range(3):
+        Image.fromarray(dataset.test.images[i].permute(1, 2, 0).numpy()).save(tmp_path / f"img{i}.png")
+    predictions = api.predict(out, [tmp_path], top_k=2)
+    assert [p.path.rsplit("/", 1)[1] for p in predictions] == ["img0.png", "img1.png", "img2.png"]
+    for i, prediction in enumerate(predictions):
+        probabilities = classifier(classifier.preprocess(dataset.test.images[i])[None]).softmax(dim=1)[0]
+        assert prediction.classes == [classifier.classes[c] for c in probabilities.topk(2).indices]
+    with pytest.raises(SemiclustError, match="--top-k must be at least 1"):
+        api.predict(classifier, [tmp_path], top_k=0)
+
+
+def test_check_data_reports_counts_and_problems(tiny_file):
+    report = api.check_data(tiny_file)
+    assert report.ok and [r.labeled for r in report.rows] == [2, 2, 2, 2] and sum(r.eval for r in report.rows) == 32
+    broken = api.check_data(tiny_file, overrides=["data.labels={per_class: 30}"])  # a class has only 24 images
+    assert not broken.ok and "only 24" in " ".join(broken.problems)
+
+
+def test_catalogue_lists_each_kind_from_its_registry():
+    catalogue = api.catalogue()
+    assert set(catalogue) == {"backbones", "assignments", "datasets", "methods", "recipes"}
+    assert catalogue["assignments"].names() == ["center_sharpen", "sinkhorn"]
+    assert {"suave", "daino", "swav", "dino", "supervised"} == set(catalogue["methods"].names())
+    assert "resnet18_cifar" in catalogue["backbones"].names("resnet18*")
+    assert "digits_suave" in catalogue["recipes"].names() and catalogue["methods"].summary("suave").startswith("SwAV")
