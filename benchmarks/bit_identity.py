@@ -7,7 +7,8 @@ trains the same recipe twice, once with the code of `--base` (checked out as a g
 `--cache` and reused on later calls, so the reference runs are made once) and once with this
 checkout, each as a fresh `semiclust train` process (or a 2-process `torchrun`), and compares the
 two `checkpoints/final.pt` files: every tensor (method weights and buffers, optimiser state, RNG
-states, labeled indices) must be `torch.equal`, and every other value equal. It prints one row per
+states, labeled indices) must be `torch.equal`, and every other value equal (recipe keys added since
+the base, at their defaults, are listed but change nothing that was trained). It prints one row per
 case and exits 1 if any case differs.
 
 Cases: digits_suave, digits_daino and digits_swav at `--epochs` epochs (seed 0, one process, 2
@@ -68,12 +69,14 @@ def flatten(value, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def compare(reference: Path, candidate: Path) -> tuple[int, list[str]]:
-    """The number of tensors compared and every difference between two checkpoints."""
+def compare(reference: Path, candidate: Path) -> tuple[int, list[str], list[str]]:
+    """The number of tensors compared, every difference between two checkpoints, and the recipe keys this
+    checkout added (a new key with its default changes nothing that was trained: reported, not failed)."""
     a = flatten(torch.load(reference, weights_only=True))
     b = flatten(torch.load(candidate, weights_only=True))
+    added = sorted(k for k in b.keys() - a.keys() if k.startswith("recipe."))
     differences = [f"only in the reference: {k}" for k in sorted(a.keys() - b.keys())]
-    differences += [f"only in this checkout: {k}" for k in sorted(b.keys() - a.keys())]
+    differences += [f"only in this checkout: {k}" for k in sorted(b.keys() - a.keys()) if k not in added]
     tensors = 0
     for key in sorted(a.keys() & b.keys()):
         left, right = a[key], b[key]
@@ -83,7 +86,7 @@ def compare(reference: Path, candidate: Path) -> tuple[int, list[str]]:
                 differences.append(f"tensor {key} differs")
         elif key.split(".")[-1] not in SKIPPED_VALUES and left != right:
             differences.append(f"{key}: {left!r} vs {right!r}")
-    return tensors, differences
+    return tensors, differences, added
 
 
 def base_worktree(cache: Path, base: str) -> Path:
@@ -116,9 +119,11 @@ def main() -> None:
                 train(tree, recipe, processes, extra, args.epochs, reference)
             candidate = Path(scratch) / name
             train(ROOT, recipe, processes, extra, args.epochs, candidate)
-            tensors, differences = compare(reference / "checkpoints" / "final.pt", candidate / "checkpoints" / "final.pt")
+            tensors, differences, added = compare(reference / "checkpoints" / "final.pt",
+                                                  candidate / "checkpoints" / "final.pt")
             failed |= bool(differences)
-            print(f"{name:<22} {tensors:>8}  " + ("identical" if not differences else f"{len(differences)} difference(s)"))
+            print(f"{name:<22} {tensors:>8}  " + ("identical" if not differences else f"{len(differences)} difference(s)")
+                  + (f" (recipe keys added since: {', '.join(k.removeprefix('recipe.') for k in added)})" if added else ""))
             for line in differences[:10]:
                 print(f"{'':<33}{line}")
     sys.exit(1 if failed else 0)

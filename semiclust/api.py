@@ -39,6 +39,7 @@ from semiclust.recipe import apply_overrides, load_recipe as read_recipe, resolv
 from semiclust.recipes_dir import RECIPES
 from semiclust.report import checkpoint_report
 from semiclust.schema import Recipe
+from semiclust.storage.atomic import WriteFailed, check_writable
 from semiclust.validation import validate
 
 RecipeLike = Recipe | str | Path
@@ -83,6 +84,7 @@ class Evaluation:
     recipe: Recipe
     confusion_png: Path | None
     knn_skipped: str | None
+    write_error: WriteFailed | None = None  # the PNG could not be written (the report itself is complete)
 
 
 def evaluate(checkpoint: Path | str, overrides: Sequence[str] = (), device: str = "auto", knn: int = 20,
@@ -91,17 +93,23 @@ def evaluate(checkpoint: Path | str, overrides: Sequence[str] = (), device: str 
     """Evaluate a checkpoint (or a run directory's final one) on its recipe's evaluation split; overrides
     change the checkpoint's recipe first (e.g. data.options.root=/new/place). Writes the confusion PNG
     to `confusion` (default: beside the checkpoint) unless `write_confusion` is false."""
-    state = load_checkpoint(checkpoint)
+    evaluated = checkpoint_file(checkpoint)
+    png = (Path(confusion) if confusion else evaluated.with_name(f"{evaluated.stem}_confusion.png")) if write_confusion else None
+    if png is not None:
+        check_writable(png, "the confusion-matrix PNG", "Write it elsewhere with --confusion PATH, or skip it with "
+                       "--no-confusion.")
+    state = load_checkpoint(evaluated)
     raw = apply_overrides(json.loads(json.dumps(state["recipe"])), list(overrides)) if overrides else state["recipe"]
     recipe = validate(raw, "the checkpoint's recipe with --set overrides" if overrides else "the checkpoint's recipe")
     report, skipped = checkpoint_report(state, recipe, resolve_device(device), knn, knn_temperature)
-    png = None
-    if write_confusion:
-        evaluated = checkpoint_file(checkpoint)
-        png = Path(confusion) if confusion else evaluated.with_name(f"{evaluated.stem}_confusion.png")
-        plot_confusion(report.confusion, report.classes, png,
-                       f"{recipe.name}, step {state['step']}: top-1 {report.result.top1:.2f}% on {report.result.n} images")
-    return Evaluation(report, Path(checkpoint), state["step"], recipe, png, skipped)
+    evaluation = Evaluation(report, Path(checkpoint), state["step"], recipe, png, skipped)
+    if png is not None:
+        try:
+            plot_confusion(report.confusion, report.classes, png, f"{recipe.name}, step {state['step']}: top-1 "
+                           f"{report.result.top1:.2f}% on {report.result.n} images")
+        except WriteFailed as err:
+            evaluation.confusion_png, evaluation.write_error = None, err
+    return evaluation
 
 
 def export(checkpoint: Path | str, out: Path | str, content: str = "backbone") -> dict[str, str]:

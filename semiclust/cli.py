@@ -4,12 +4,14 @@ commands, so `semiclust --help` stays fast."""
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from semiclust.errors import SemiclustError
 
@@ -50,7 +52,8 @@ def train(
         render.show_dry_run(console, resolved, api.dry_run(resolved, count), count)
         return
     run_dir = out or Path("runs") / resolved.name
-    hint = " ".join(["semiclust train", recipe, "--out", str(run_dir), *[f"--set {o}" for o in overrides or []], "--resume"])
+    sets = [part for override in overrides or [] for part in ("--set", override)]
+    hint = shlex.join(["semiclust", "train", recipe, "--out", str(run_dir), *sets, "--resume"])
     summary = api.train(resolved, run_dir, console=console, resume=resume, overwrite=overwrite, resume_hint=hint)
     if summary.main_process:
         render.show_trained(console, summary)
@@ -78,6 +81,8 @@ def evaluate_checkpoint(
         print(render.evaluation_json(evaluation))
     else:
         render.show_evaluation(console, evaluation, knn)
+    if evaluation.write_error is not None:  # the result is printed first: a full disk loses nothing computed
+        raise evaluation.write_error
 
 
 @app.command()
@@ -118,9 +123,12 @@ def predict(
     """Top-k classes with probabilities for each image, using the evaluation transform stored in the export."""
     from semiclust import api, render
     from semiclust.predict import as_csv, as_json
+    from semiclust.storage.atomic import WriteFailed, check_writable, write_text
 
     if output_format not in ("table", "csv", "json"):
         raise SemiclustError(f"--format must be table, csv or json, not '{output_format}'.")
+    if out is not None:
+        check_writable(out, "--out", "Choose a writable file for the predictions.")
     classifier = api.load_classifier(model, device)
     predictions = api.predict(classifier, inputs, top_k, batch_size, workers)
     shown_k = min(top_k, len(classifier.classes))
@@ -128,11 +136,15 @@ def predict(
         console.print(render.predictions_table(f"{model.name}: top-{shown_k}", predictions))
     else:
         text = as_csv(predictions, shown_k) if output_format == "csv" else as_json(predictions)
-        if out is None:
-            print(text, end="" if text.endswith("\n") else "\n")
-        else:
-            out.write_text(text)
-            console.print(f"wrote {len(predictions)} predictions to {out}", highlight=False)
+        try:
+            if out is None:
+                print(text, end="" if text.endswith("\n") else "\n")
+            else:
+                write_text(out, text)
+                console.print(f"wrote {len(predictions)} predictions to {out}", highlight=False)
+        except WriteFailed:
+            print(text, end="")  # computed predictions are never lost: they go to standard output first
+            raise
     failed = sum(p.error is not None for p in predictions)
     if failed:
         err_console.print(f"{failed} of {len(predictions)} file(s) could not be read (see the error column).")
@@ -234,8 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="semiclust")
     except SemiclustError as err:
-        label = "[bold yellow]stopped:[/]" if type(err).__name__ == "TrainingStopped" else "[bold red]error:[/]"
-        err_console.print(f"{label} {err}", highlight=False, soft_wrap=True)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process has the error: rank 0 says it
+            label = "[bold yellow]stopped:[/]" if type(err).__name__ == "TrainingStopped" else "[bold red]error:[/]"
+            err_console.print(f"{label} {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")

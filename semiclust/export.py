@@ -17,6 +17,7 @@ from pathlib import Path
 from semiclust.engine.checkpoint import classifier_network, load_checkpoint
 from semiclust.errors import SemiclustError
 from semiclust.models.classifier import EXPORT_FORMAT
+from semiclust.storage.atomic import check_writable
 from semiclust.storage.tensors import write_safetensors
 from semiclust.version import __version__
 
@@ -59,6 +60,7 @@ def export_checkpoint(checkpoint: Path, out: Path, content: str = "backbone") ->
     """Write the backbone (or the whole classifier) of a semiclust checkpoint to `out` (.safetensors)."""
     if content not in CONTENTS:
         raise SemiclustError(f"export content must be one of {', '.join(CONTENTS)}, not '{content}'.")
+    check_writable(out, "--out", "Choose a writable .safetensors path for the export.")
     if Path(out).suffix != ".safetensors":
         raise SemiclustError(f"--out '{out}' must end in .safetensors (timm recognises the format by the suffix).")
     state = load_checkpoint(Path(checkpoint))

@@ -1,12 +1,24 @@
 """PNG training curves from a run's metrics.jsonl: loss parts, learning rate, throughput and top-1."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from semiclust.engine.metrics import read_metrics
 from semiclust.errors import SemiclustError
+from semiclust.storage.atomic import write_bytes
 
 LOSS_KEYS = ("loss", "loss_labeled", "loss_unlabeled")
+
+
+def save_png(figure, path: Path) -> Path:
+    """Render a matplotlib figure and write it atomically (a full disk leaves no half PNG)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return write_bytes(path, buffer.getvalue())
 
 
 def plot_run(run_dir: Path, out: Path | None = None) -> Path:
@@ -47,10 +59,7 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     for axis in axes:
         axis.grid(alpha=0.3)
     figure.suptitle(Path(run_dir).resolve().name)
-    target = Path(out) if out else Path(run_dir) / "curves.png"
-    figure.savefig(target, dpi=100)
-    plt.close(figure)
-    return target
+    return save_png(figure, Path(out) if out else Path(run_dir) / "curves.png")
 
 
 MAX_LABELLED_CLASSES = 30  # above this, class names would overlap: the axes show indices
@@ -79,8 +88,4 @@ def plot_confusion(confusion, classes: list[str], out: Path, title: str) -> Path
                     axis.text(col, row, int(counts[row, col]), ha="center", va="center", fontsize=7,
                               color="white" if rates[row, col] > 0.5 else "black")
     axis.set(xlabel="predicted class", ylabel="true class", title=title)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
-    return out
+    return save_png(figure, Path(out))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from semiclust.data.decode import UnreadableImage, decode_rgb, is_image_file
+from semiclust.data.decode import UnreadableImage, decode_rgb, is_image_file, missing_reason
 from semiclust.data.folders import images_under
 from semiclust.data.loader import make_loader
 from semiclust.errors import SemiclustError
@@ -27,7 +27,9 @@ def collect_images(inputs: list[Path]) -> list[Path]:
         elif item.is_file():
             found.append(item)
         else:
-            raise SemiclustError(f"'{item}' is neither an image file nor a folder; check the path.")
+            why = missing_reason(item) or "neither an image file nor a folder"
+            raise SemiclustError(f"'{item}' is {why if why.startswith(('a ', 'neither')) else 'not there (' + why + ')'}; "
+                                 "check the path.")
     if not found:
         raise SemiclustError(f"no image files ({', '.join(sorted({'.jpg', '.png', '.webp', '.bmp'}))} ...) under "
                              f"{', '.join(map(str, inputs))}.")

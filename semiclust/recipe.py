@@ -65,6 +65,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def load_raw(path: Path) -> dict[str, Any]:
     """Read a recipe file as a dict, with errors that name the file and the line."""
     path = Path(path)
+    if path.is_dir():
+        raise SemiclustError(f"recipe '{path}' is a folder, not a recipe file. Give the path of a YAML recipe (e.g. "
+                             f"{path / 'recipe.yaml'} in a run directory) or the name of a shipped one.")
     if not path.is_file():
         found = find_recipe(str(path))
         if found is None:
@@ -74,7 +77,7 @@ def load_raw(path: Path) -> dict[str, Any]:
             )
         path = found
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(utf8_text(path))
     except yaml.YAMLError as err:
         raise SemiclustError(f"recipe '{path}' is not valid YAML: {err}. Fix the syntax at the line shown.") from err
     if not isinstance(raw, dict):
@@ -82,6 +85,19 @@ def load_raw(path: Path) -> dict[str, Any]:
             f"recipe '{path}' must be a YAML mapping (name:, data:, model:, ...), got {type(raw).__name__}."
         )
     return raw
+
+
+def utf8_text(path: Path) -> str:
+    """A recipe file's text; bytes that are not UTF-8 are named by their offset."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        utf16 = " (it starts with a UTF-16 byte-order mark: it was saved as UTF-16)" if data[:2] in (
+            b"\xff\xfe", b"\xfe\xff") else ""
+        raise SemiclustError(
+            f"recipe '{path}' is not UTF-8 text: byte {err.start} (0x{data[err.start]:02x}) is not valid UTF-8{utf16}. "
+            "Recipes are UTF-8; save the file as UTF-8 (your editor's encoding setting).") from None
 
 
 def with_method_defaults(raw: dict[str, Any]) -> dict[str, Any]:

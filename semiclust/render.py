@@ -10,6 +10,7 @@ from rich.table import Table
 from semiclust.api import Evaluation
 from semiclust.data.check import DataReport
 from semiclust.engine.dry_run import DryRun
+from semiclust.engine.numbers import lr_description
 from semiclust.engine.trainer import TrainSummary
 from semiclust.predict import Prediction
 from semiclust.schema import Recipe
@@ -33,8 +34,7 @@ def dry_run_rows(recipe: Recipe, plan: DryRun) -> list[tuple[str, str]]:
     evaluation = "no evaluation set" if plan.eval_images is None else f"{plan.eval_images:,} evaluation images"
     accumulated = f" x {optim.accumulate_steps} accumulated" if optim.accumulate_steps > 1 else ""
     teacher = f"; EMA teacher {plan.teacher_parameters:,}" if plan.teacher_parameters else ""
-    lr = (f"{n.peak_lr:.4g} after scaling ({optim.lr:g} per {optim.lr_reference_batch} images)"
-          if optim.lr_reference_batch else f"{n.peak_lr:.4g} (not scaled)")
+    lr = lr_description(recipe, n)
     rows = [
         ("data", f"{plan.train_images:,} training images, {plan.labeled:,} labeled, {evaluation}, {plan.classes} classes"),
         ("labeled subset", plan.labeled_identity),

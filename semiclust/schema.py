@@ -144,6 +144,9 @@ class Data(Strict):
     corrupt_images: Literal["skip", "fail"] = Field(
         "skip", description="an unreadable image file: skip it with a warning (replaced by the next image), or "
         "stop the run naming it")
+    max_image_pixels: PositiveInt | None = Field(
+        89_478_485, description="an image file whose header declares more pixels is unreadable and never decoded "
+        "(a decompression bomb); Pillow's default; null = no limit")
 
 
     @field_validator("labeled")
@@ -286,7 +289,7 @@ class Optim(Strict):
     the labeled batch for `supervised`) and scaled linearly; null = use lr as given."""
 
     name: Literal["sgd", "lars", "adamw"] = Field(description="the optimiser")
-    lr: Annotated[float, Field(gt=0)] = Field(description="peak learning rate for lr_reference_batch images per step")
+    lr: Annotated[float, Field(gt=0, le=1e4)] = Field(description="peak learning rate for lr_reference_batch images per step")
     lr_reference_batch: PositiveInt | None = Field(256,
         description="the lr is scaled by global unlabeled batch / this (labeled batch for supervised); null = no scaling")
     weight_decay: Annotated[float, Field(ge=0)] = Field(1e-6,
@@ -353,7 +356,7 @@ class Recipe(Strict):
     """A whole training run, top to bottom."""
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")] = Field(
-        description="the run's name (default run directory runs/<name>)")
+        description="the run's name (default run directory runs/<name>): one path component")
     seed: int = Field(0, description="seed of everything random (subset draw, weights, augmentation, streams)")
     data: Data
     model: ModelSpec
@@ -363,6 +366,13 @@ class Recipe(Strict):
     runtime: Runtime = Runtime()
     checkpoint: CheckpointSpec = CheckpointSpec()
     eval: EvalSpec = EvalSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _one_path_component(cls, name: str) -> str:
+        if set(name) == {"."}:
+            raise ValueError("a run's name is one folder name under runs/, not '.' or '..'")
+        return name
 
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":

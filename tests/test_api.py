@@ -97,7 +97,7 @@ def test_check_data_reports_counts_and_problems(tiny_file):
     report = api.check_data(tiny_file)
     assert report.ok and [r.labeled for r in report.rows] == [2, 2, 2, 2] and sum(r.eval for r in report.rows) == 32
     broken = api.check_data(tiny_file, overrides=["data.labels={per_class: 30}"])  # a class has only 24 images
-    assert not broken.ok and "only 24" in " ".join(broken.problems)
+    assert not broken.ok and "'class_0' has 24" in " ".join(broken.problems)
 
 
 def test_catalogue_lists_each_kind_from_its_registry():

@@ -48,7 +48,8 @@ def _locate(dataset: str, folders: list[Path], names: list[str], how: str,
     gz = " (each optionally gzipped, with a .gz suffix)" if len(suffixes) > 1 else ""
     raise SemiclustError(
         f"dataset '{dataset}' not found: expected {', '.join(names)}{gz} in {' or '.join(map(str, folders))} "
-        f"({'; '.join(lacking)}). {how}; {NEVER_DOWNLOADS}."
+        f"({'; '.join(lacking)}). If the data moved, point the recipe at its new place with --set "
+        f"data.options.root=NEW_PLACE. Otherwise: {how}; {NEVER_DOWNLOADS}."
     )
 
 

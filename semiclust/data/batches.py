@@ -64,7 +64,7 @@ class BatchMaker:
                      for n in (data.batch.unlabeled, data.batch.labeled) for c in {1, *(g.count for g in data.unlabeled.crops)}}
         self.files = None if dataset.in_memory else TrainFiles(
             dataset.train, unlabeled if Stream.UNLABELED in streams else None, labeled, data.unlabeled.crops,
-            data.labeled, recipe.seed, rank, world)
+            data.labeled, recipe.seed, rank, world, data.max_image_pixels)
         self._items, self._next_position = None, -1
         self.corrupt_images = 0
         self.on_corrupt: Callable[[list[Corrupt]], None] = lambda corrupt: None  # the trainer's warning

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from semiclust.data.datasets import Dataset, FileSplit, ImageSplit, Split, build_dataset
-from semiclust.data.decode import UnreadableImage, decode_rgb, image_size
-from semiclust.data.loader import make_loader
+from semiclust.data.decode import UnreadableImage, image_size
+from semiclust.data.loader import find_unreadable
 from semiclust.data.subsets import LabeledSubset, choose_labeled, match_list
 from semiclust.errors import SemiclustError, examples
 from semiclust.schema import Recipe
@@ -50,9 +50,9 @@ def _subset_and_problems(dataset: Dataset, recipe: Recipe) -> tuple[LabeledSubse
     spec, problems = recipe.data.labels, []
     if spec.list is not None:
         match = match_list(spec.list, dataset.train)
-        return (match.subset() if len(match.indices) else None), match.problems()
+        return (match.subset(dataset.train) if len(match.indices) else None), match.problems()
     try:
-        return choose_labeled(dataset.train, spec, recipe.seed, dataset.num_classes), problems
+        return choose_labeled(dataset.train, spec, recipe.seed, dataset.num_classes, dataset.classes), problems
     except SemiclustError as err:
         return None, [str(err)]
 
@@ -135,46 +135,23 @@ def _sizes(dataset: Dataset, limit: int) -> tuple[str, list[str]]:
             f"height {min(heights)}..{max(heights)} (median {statistics.median(heights):g}) px"), problems
 
 
-class _DecodeChunk(torch.utils.data.Dataset):
-    """Item c = the unreadable files among chunk c of (split, index) pairs, decoded by a worker."""
-
-    def __init__(self, jobs: list[tuple[FileSplit, int]], chunk: int):
-        self.jobs, self.chunk = jobs, chunk
-
-    def __len__(self) -> int:
-        return -(-len(self.jobs) // self.chunk)
-
-    def __getitem__(self, c: int) -> list[tuple[str, str]]:
-        bad = []
-        for split, index in self.jobs[c * self.chunk : (c + 1) * self.chunk]:
-            try:
-                decode_rgb(split.path(index))
-            except UnreadableImage as err:
-                bad.append((err.path, err.reason))
-        return bad
-
-
 def _unreadable(dataset: Dataset, subset: LabeledSubset | None, recipe: Recipe, limit: int | None,
                 advance: Callable[[int, int], None]) -> tuple[str, list[str]]:
     """Decode every labeled image and a sample (or, with limit None, all) of the rest in loader workers."""
     if not isinstance(dataset.train, FileSplit):
         return "in-memory dataset: nothing to decode", []
     labeled = set(subset.indices.tolist()) if subset is not None else set()
-    jobs = [(dataset.train, i) for i in sorted(labeled)]
-    jobs += [(dataset.train, i) for i in _sample(len(dataset.train), limit) if i not in labeled]
+    splits = [dataset.train, dataset.test]
+    jobs = [(0, dataset.train, i) for i in sorted(labeled)]
+    jobs += [(0, dataset.train, i) for i in _sample(len(dataset.train), limit) if i not in labeled]
     if isinstance(dataset.test, FileSplit):
-        jobs += [(dataset.test, i) for i in _sample(len(dataset.test), limit)]
+        jobs += [(1, dataset.test, i) for i in _sample(len(dataset.test), limit)]
     total = len(dataset.train) + (len(dataset.test) if dataset.test is not None else 0)
-    chunk = 64
-    bad: list[tuple[str, str]] = []
-    items = _DecodeChunk(jobs, chunk)
-    for c, found in enumerate(make_loader(items, range(len(items)), recipe.data.loader, torch.device("cpu"))):
-        bad.extend(found)
-        advance(min((c + 1) * chunk, len(jobs)), len(jobs))
+    bad = find_unreadable(jobs, recipe.data.loader, recipe.data.max_image_pixels, advance)
     what = "every file"
     if len(jobs) < total:
         what = f"{len(jobs):,} of {total:,} files (all labeled + a sample; --all for every file)"
-    return f"decoded {what}", [f"unreadable image '{path}': {reason}" for path, reason in bad]
+    return f"decoded {what}", [f"unreadable image '{splits[n].path(i)}': {reason}" for n, i, reason in bad]
 
 
 def check_data(recipe: Recipe, sample: int | None = 1000,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import struct
 import warnings
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 _CODEC_DEPRECATION = "The image decoding and encoding capabilities of TorchVision"
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+MAX_IMAGE_PIXELS = 89_478_485  # Pillow's default limit (1024 * 1024 * 1024 // 4 // 3): the recipe's data.max_image_pixels
 
 
 class UnreadableImage(Exception):
@@ -32,32 +34,37 @@ def _short_reason(error: Exception) -> str:
     return re.sub(r"^\S+, \S+\.cpp:\d+, ", "", text)[:200]
 
 
-def decode_rgb(path: Path | str) -> torch.Tensor:
+def decode_rgb(path: Path | str, max_pixels: int | None = MAX_IMAGE_PIXELS) -> torch.Tensor:
     """The image at `path` as a 3 x H x W uint8 tensor, EXIF orientation applied.
 
-    torchvision's decoders (libjpeg-turbo, libpng, libwebp) read JPEG/PNG/GIF/WebP straight into a
-    tensor; other formats (BMP, TIFF, PPM) go through PIL. Raises UnreadableImage, never a bare error.
-    """
+    The header is read first: an image declaring more than `max_pixels` pixels (a decompression bomb)
+    is never decoded. torchvision's decoders (libjpeg-turbo, libpng, libwebp) read JPEG/PNG/GIF/WebP
+    straight into a tensor; other formats (BMP, TIFF, PPM) go through PIL. Raises UnreadableImage,
+    never a bare error."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_CODEC_DEPRECATION, category=DeprecationWarning)
         try:
-            return _decode(path)
+            return _decode(path, max_pixels)
         except UnreadableImage:
             raise
         except Exception as err:  # noqa: BLE001 - any decoder failure is a property of the file
             raise UnreadableImage(path, f"{type(err).__name__}: {_short_reason(err)}") from None
 
 
-def _decode(path: Path | str) -> torch.Tensor:
+def _decode(path: Path | str, max_pixels: int | None) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     try:
         data = read_file(str(path))
     except RuntimeError as err:
-        reason = "file not found" if not Path(path).exists() else _short_reason(err)
-        raise UnreadableImage(path, reason) from None
+        raise UnreadableImage(path, missing_reason(Path(path)) or _short_reason(err)) from None
     if data.numel() == 0:
         raise UnreadableImage(path, "empty file")
+    head = data[: 1 << 20].numpy().tobytes()
+    if max_pixels is not None:
+        check_pixels(path, declared_size(head) or image_size(path), max_pixels)
+    if _png(head) is not None:  # torchvision's libpng path crashes the process on crafted PNG data; PIL raises
+        return _decode_with_pil(path)
     try:
         image = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except RuntimeError:
@@ -82,22 +89,113 @@ def _decode_with_pil(path: Path | str) -> torch.Tensor:
     import numpy as np
     from PIL import Image, ImageOps
 
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # semiclust's own limit applies (check_pixels)
     try:
         with Image.open(path) as image:
-            rgb = ImageOps.exif_transpose(image).convert("RGB")
+            image = ImageOps.exif_transpose(image)
+            if image.mode.startswith("I"):  # 16- or 32-bit integer gray: scale to 8 bits, do not clip
+                deep = np.asarray(image).astype(np.float64) / (257.0 if image.mode.startswith("I;16") else 16843009.0)
+                image = Image.fromarray(np.clip(np.rint(deep), 0, 255).astype(np.uint8))
+            rgb = image.convert("RGB")
             return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise UnreadableImage(path, str(err) or type(err).__name__) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def missing_reason(path: Path) -> str | None:
+    """Why a path names no file: not found, a symbolic link loop, a link to nothing (None if it exists)."""
+    if path.exists():
+        return None
+    if not path.is_symlink():
+        return "file not found"
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:
+        return "a symbolic link loop (the link points back to itself)"
+    except OSError as err:
+        return "a symbolic link loop (the link points back to itself)" if "loop" in str(err).lower() else \
+            "a symbolic link to a missing file"
+    return "a symbolic link to a missing file"
 
 
 def image_size(path: Path | str) -> tuple[int, int]:
-    """(width, height) from the file's header, without decoding the pixels."""
+    """(width, height) from the file's header, without decoding the pixels (no size limit applies here)."""
     from PIL import Image
 
+    if missing_reason(Path(path)):
+        raise UnreadableImage(path, missing_reason(Path(path)))
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # semiclust applies its own limit
     try:
         with Image.open(path) as image:
             return image.size
-    except FileNotFoundError:
-        raise UnreadableImage(path, "file not found") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except (OSError, ValueError, SyntaxError) as err:
         raise UnreadableImage(path, str(err) or type(err).__name__) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def _png(data: bytes) -> tuple[int, int] | None:
+    return struct.unpack(">II", data[16:24]) if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" else None
+
+
+def _gif(data: bytes) -> tuple[int, int] | None:
+    return struct.unpack("<HH", data[6:10]) if data[:6] in (b"GIF87a", b"GIF89a") else None
+
+
+def _bmp(data: bytes) -> tuple[int, int] | None:
+    if data[:2] != b"BM" or len(data) < 26:
+        return None
+    width, height = struct.unpack("<ii", data[18:26])
+    return abs(width), abs(height)
+
+
+def _webp(data: bytes) -> tuple[int, int] | None:
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP" or len(data) < 30:
+        return None
+    kind = data[12:16]
+    if kind == b"VP8 ":
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if kind == b"VP8L":
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8X":
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    return None
+
+
+def _jpeg(data: bytes) -> tuple[int, int] | None:
+    """Width and height from the first start-of-frame segment, walking the segments before it."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return width, height
+        i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
+    return None
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) a PNG, JPEG, GIF, BMP or WebP file declares in its header, from its first bytes
+    (None for other formats): the bomb check costs nothing beside the decode."""
+    for reader in (_png, _jpeg, _gif, _webp, _bmp):
+        found = reader(data)
+        if found is not None:
+            return found
+    return None
+
+
+def check_pixels(path: Path | str, size: tuple[int, int], max_pixels: int) -> None:
+    """Refuse an image whose header declares more than `max_pixels` pixels, before decoding anything."""
+    width, height = size
+    if width * height > max_pixels:
+        raise UnreadableImage(path, f"its header declares {width} x {height} pixels ({width * height:,}), more than "
+                                    f"data.max_image_pixels ({max_pixels:,}): a decompression bomb, or an image far "
+                                    "larger than training needs (raise the limit if it is real)")

@@ -7,6 +7,7 @@ from typing import Iterator
 import torch
 
 from semiclust.data.datasets import FileSplit, Split
+from semiclust.data.decode import MAX_IMAGE_PIXELS
 from semiclust.data.loader import EvalFiles, make_loader
 from semiclust.data.transforms import center_view, normalize_
 from semiclust.schema import EvalView, Loader
@@ -20,13 +21,13 @@ class EvalViews:
     left out and counted in `unreadable`."""
 
     def __init__(self, split: Split, view: EvalView, mean, std, batch_size: int, device: torch.device,
-                 loader: Loader | None = None):
+                 loader: Loader | None = None, max_pixels: int | None = MAX_IMAGE_PIXELS):
         self.split, self.view, self.batch_size, self.device = split, view, batch_size, device
         self.mean, self.std = tuple(mean), tuple(std)
         self.unreadable = 0
         self._loader = None
         if isinstance(split, FileSplit):
-            self._loader = make_loader(EvalFiles(split, view, batch_size), range(-(-len(split) // batch_size)),
+            self._loader = make_loader(EvalFiles(split, view, batch_size, max_pixels), range(-(-len(split) // batch_size)),
                                        loader or Loader(), device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -43,9 +43,12 @@ def images_under(folder: Path) -> list[str]:
     return sorted(found)
 
 
+MOVED = "If the data moved, point the recipe at its new place with --set data.options.root=NEW_PLACE."
+
+
 def _require_dir(path: Path, what: str, fix: str) -> None:
     if not path.is_dir():
-        raise SemiclustError(f"{what} '{path}' is not a directory. {fix}")
+        raise SemiclustError(f"{what} '{path}' is not a directory. {MOVED} Otherwise: {fix}")
 
 
 def scan_class_tree(root: Path, classes: list[str] | None = None) -> tuple[FileSplit, list[str], list[str]]:
@@ -154,9 +157,10 @@ def _class_names(labels: list[str]) -> list[str]:
 
 
 def _resolve(base: Path, file: str) -> Path:
-    """An absolute path (files of labeled lists are stored absolute, so runs do not depend on the cwd)."""
+    """The file's real absolute path (symbolic links and `..` resolved): labeled lists store files so, so
+    that runs do not depend on the cwd and one image is one image however its path is written."""
     path = Path(file).expanduser()
-    return path if path.is_absolute() else (base / path).absolute()
+    return Path(os.path.realpath(path if path.is_absolute() else base / path))
 
 
 def _listed_split(rows, base: Path, classes: dict[str, int], what: str, problems: list[str]) -> FileSplit:
@@ -168,7 +172,7 @@ def _listed_split(rows, base: Path, classes: dict[str, int], what: str, problems
             unknown.append(f"'{label}' (line {number})")
         elif not path.is_file():
             missing.append(file)
-        else:
+        elif str(path) not in files:  # the same image named twice (two spellings of its path) counts once
             files.append(str(path))
             labels.append(classes[label])
     if missing:
@@ -200,7 +204,7 @@ def labeled_list(labeled: str, unlabeled: list[str] | str | None = None, eval: s
     extra = []
     for folder in map(lambda f: _resolve(base, f), folders):
         _require_dir(folder, "labeled_list: the unlabeled folder", "data.options.unlabeled lists folders of images.")
-        found = [str(folder / f) for f in images_under(folder)]
+        found = list(dict.fromkeys(os.path.realpath(folder / f) for f in images_under(folder)))
         if not found:
             problems.append(f"the unlabeled folder '{folder}' holds no images")
         extra.extend(found)

@@ -21,7 +21,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F2
 
 from semiclust.data.datasets import FileSplit
-from semiclust.data.decode import UnreadableImage, decode_rgb
+from semiclust.data.decode import MAX_IMAGE_PIXELS, UnreadableImage, decode_rgb
 from semiclust.data.streams import IndexStream
 from semiclust.data.transforms import center_view, crop_boxes, to_uint8
 from semiclust.errors import SemiclustError
@@ -66,14 +66,15 @@ class ReadResult:
     corrupt: list[Corrupt] = field(default_factory=list)
 
 
-def read_with_substitutes(split: FileSplit, index: int, pool: torch.Tensor) -> ReadResult:
+def read_with_substitutes(split: FileSplit, index: int, pool: torch.Tensor,
+                          max_pixels: int | None = MAX_IMAGE_PIXELS) -> ReadResult:
     """Decode image `index`; if it is unreadable, the next members of the sorted `pool` in turn."""
     corrupt: list[Corrupt] = []
     start = int(torch.searchsorted(pool, index))
     for attempt in range(MAX_SUBSTITUTES):
         candidate = index if attempt == 0 else int(pool[(start + attempt) % len(pool)])
         try:
-            return ReadResult(decode_rgb(split.path(candidate)), candidate, corrupt)
+            return ReadResult(decode_rgb(split.path(candidate), max_pixels), candidate, corrupt)
         except UnreadableImage as err:
             corrupt.append(Corrupt(err.path, err.reason))
     raise SemiclustError(
@@ -93,10 +94,11 @@ class TrainFiles(torch.utils.data.Dataset):
     """
 
     def __init__(self, split: FileSplit, unlabeled: IndexStream | None, labeled: IndexStream | None,
-                 groups: list[CropGroup], labeled_group: CropGroup, seed: int, rank: int, world: int):
+                 groups: list[CropGroup], labeled_group: CropGroup, seed: int, rank: int, world: int,
+                 max_pixels: int | None = MAX_IMAGE_PIXELS):
         self.split, self.unlabeled, self.labeled = split, unlabeled, labeled
         self.groups, self.labeled_group = groups, labeled_group
-        self.seed, self.rank, self.world = seed, rank, world
+        self.seed, self.rank, self.world, self.max_pixels = seed, rank, world, max_pixels
 
     def __len__(self) -> int:  # positions are unbounded; the sampler decides which are read
         return 2**62
@@ -110,7 +112,7 @@ class TrainFiles(torch.utils.data.Dataset):
         used = []
         for j, index in enumerate(indices):
             generator = image_generator(self.seed, stream.stream, position, j * self.world + self.rank)
-            read = read_with_substitutes(self.split, index, stream.pool)
+            read = read_with_substitutes(self.split, index, stream.pool, self.max_pixels)
             corrupt.extend(read.corrupt)
             used.append(read.index)
             for group, out in zip(groups, crops):
@@ -136,8 +138,8 @@ class EvalFiles(torch.utils.data.Dataset):
     """Item b = evaluation batch b as centre views (`center_view`, handed over as uint8); unreadable
     images are left out (`keep`)."""
 
-    def __init__(self, split: FileSplit, view: EvalView, batch_size: int):
-        self.split, self.view, self.batch_size = split, view, batch_size
+    def __init__(self, split: FileSplit, view: EvalView, batch_size: int, max_pixels: int | None = MAX_IMAGE_PIXELS):
+        self.split, self.view, self.batch_size, self.max_pixels = split, view, batch_size, max_pixels
 
     def __len__(self) -> int:
         return -(-len(self.split) // self.batch_size)
@@ -149,7 +151,7 @@ class EvalFiles(torch.utils.data.Dataset):
         corrupt = []
         for j, index in enumerate(indices):
             try:
-                images[j] = to_uint8(center_view(decode_rgb(self.split.path(index))[None], self.view)[0])
+                images[j] = to_uint8(center_view(decode_rgb(self.split.path(index), self.max_pixels)[None], self.view)[0])
             except UnreadableImage as err:
                 keep[j] = False
                 corrupt.append(Corrupt(err.path, err.reason))
@@ -180,3 +182,34 @@ def make_loader(items: torch.utils.data.Dataset, order: Iterable[int], spec: Loa
     options = {"prefetch_factor": spec.prefetch, "persistent_workers": spec.persistent_workers} if workers else {}
     return torch.utils.data.DataLoader(items, batch_size=None, sampler=order, num_workers=workers, pin_memory=pin,
                                        worker_init_fn=_one_thread, **options)
+
+
+class DecodeChunks(torch.utils.data.Dataset):
+    """Item c = the unreadable files among chunk c of (split, index) pairs, decoded by a worker:
+    (split number, index, reason) for each."""
+
+    def __init__(self, jobs: list[tuple[int, FileSplit, int]], chunk: int, max_pixels: int | None):
+        self.jobs, self.chunk, self.max_pixels = jobs, chunk, max_pixels
+
+    def __len__(self) -> int:
+        return -(-len(self.jobs) // self.chunk)
+
+    def __getitem__(self, c: int) -> list[tuple[int, int, str]]:
+        bad = []
+        for number, split, index in self.jobs[c * self.chunk : (c + 1) * self.chunk]:
+            try:
+                decode_rgb(split.path(index), self.max_pixels)
+            except UnreadableImage as err:
+                bad.append((number, index, err.reason))
+        return bad
+
+
+def find_unreadable(jobs: list[tuple[int, FileSplit, int]], spec: Loader, max_pixels: int | None,
+                    advance=lambda done, total: None, chunk: int = 64) -> list[tuple[int, int, str]]:
+    """Decode every (split number, split, index) job in loader workers: (split number, index, reason) of
+    each image that cannot be read, in the order of the jobs."""
+    items, bad = DecodeChunks(jobs, chunk, max_pixels), []
+    for c, found in enumerate(make_loader(items, range(len(items)), spec, torch.device("cpu"))):
+        bad.extend(found)
+        advance(min((c + 1) * chunk, len(jobs)), len(jobs))
+    return bad

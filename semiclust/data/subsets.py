@@ -10,12 +10,14 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from semiclust.data.datasets import FileSplit, Split
 from semiclust.errors import SemiclustError, examples
 from semiclust.schema import Labels
+from semiclust.storage.atomic import write_text
 
 CANONICAL_LISTS = {
     "71e82a48ba78252683ae334c4d019ebd5c6e855b9599c1389fbe83eb9549cf17": "SimCLR ImageNet 1% list (12,811 images)",
@@ -31,6 +33,8 @@ class LabeledSubset:
     description: str
     list_sha256: str | None = None  # of the list file, when the subset came from one
     canonical: str | None = None  # the canonical list it matches, if any
+    passed_over: dict[int, str] = field(default_factory=dict)  # unreadable images the draw skipped, and why
+    files_sha256: str | None = None  # of the labeled images' resolved paths (image-file datasets)
 
     @property
     def digest(self) -> str:
@@ -38,11 +42,20 @@ class LabeledSubset:
 
     @property
     def identity(self) -> str:
-        """One line saying what this subset is, for the start-up message and `data check`."""
+        """One line saying what this subset is, for the start-up message and `data check`; it changes when
+        the indices change, and for image files when the images they name do."""
+        files = f", images sha256 {self.files_sha256[:12]}" if self.files_sha256 else ""
         if self.list_sha256 is None:
-            return f"{self.description}, sha256 {self.digest[:12]}"
+            return f"{self.description}, sha256 {self.digest[:12]}{files}"
         kind = f"canonical {self.canonical}" if self.canonical else "custom list, not a canonical SimCLR list"
-        return f"{self.description} ({kind}; file sha256 {self.list_sha256[:12]}), subset sha256 {self.digest[:12]}"
+        return f"{self.description} ({kind}; file sha256 {self.list_sha256[:12]}), subset sha256 {self.digest[:12]}{files}"
+
+    def naming(self, split: Split) -> "LabeledSubset":
+        """This subset with the hash of the images it names (for image-file splits)."""
+        if isinstance(split, FileSplit):
+            text = "\n".join(split.files[i] for i in sorted(self.indices.tolist()))
+            self.files_sha256 = hashlib.sha256(text.encode()).hexdigest()
+        return self
 
 
 def subset_digest(indices: torch.Tensor) -> str:
@@ -59,15 +72,33 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def draw_balanced(labels: torch.Tensor, counts: dict[int, int], seed: int) -> torch.Tensor:
-    """For each class c, `counts[c]` members chosen uniformly with a generator seeded by `seed`."""
+Unreadable = Callable[[list[int]], dict[int, str]]  # the reasons of the unreadable images among some indices
+
+
+def draw_balanced(labels: torch.Tensor, counts: dict[int, int], seed: int,
+                  unreadable: Unreadable | None = None) -> tuple[torch.Tensor, dict[int, str]]:
+    """For each class c, the first `counts[c]` members of a seeded random order (generator seeded by
+    `seed`) that `unreadable` does not reject; returns them and the members passed over, with why.
+
+    Candidates are checked in batches across classes (the check decodes files in parallel)."""
     generator = torch.Generator().manual_seed(seed)
-    chosen = []
+    orders = {}
     for cls in sorted(counts):
         members = torch.nonzero(labels == cls).flatten()
-        order = torch.randperm(len(members), generator=generator)
-        chosen.append(members[order[: counts[cls]]])
-    return torch.cat(chosen).sort().values
+        orders[cls] = members[torch.randperm(len(members), generator=generator)].tolist()
+    chosen: dict[int, list[int]] = {cls: [] for cls in orders}
+    cursor, passed = dict.fromkeys(orders, 0), {}
+    while True:
+        batch = {cls: orders[cls][cursor[cls] : cursor[cls] + counts[cls] - len(chosen[cls])] for cls in orders}
+        candidates = [i for members in batch.values() for i in members]
+        if not candidates:
+            break
+        bad = unreadable(candidates) if unreadable is not None else {}
+        for cls, members in batch.items():
+            cursor[cls] += len(members)
+            chosen[cls] += [i for i in members if i not in bad]
+        passed.update(bad)
+    return torch.tensor(sorted(i for members in chosen.values() for i in members), dtype=torch.long), passed
 
 
 @dataclass
@@ -93,8 +124,8 @@ class ListMatch:
         return [f"labeled list '{self.path}': {len(bad)} of its {total} entries {why}: {examples(bad)}"
                 for bad, why in groups if bad]
 
-    def subset(self) -> LabeledSubset:
-        return LabeledSubset(self.indices, f"list {self.path}", self.sha256, self.canonical)
+    def subset(self, split: Split) -> LabeledSubset:
+        return LabeledSubset(self.indices, f"list {self.path}", self.sha256, self.canonical).naming(split)
 
 
 def _list_entries(path: Path) -> list[str]:
@@ -140,44 +171,63 @@ def match_list(path: Path, split: Split) -> ListMatch:
     return ListMatch(path, indices, file_sha256(path), missing, unlabeled)
 
 
-def _listed_subset(path: Path, split: Split) -> LabeledSubset:
+def _listed_subset(path: Path, split: Split, unreadable: Unreadable | None = None) -> LabeledSubset:
     match = match_list(path, split)
     for problem in match.problems():
         raise SemiclustError(f"{problem}. Check that the list belongs to this dataset and that the files are in place "
                              "(`semiclust data check RECIPE` lists every problem).")
-    return match.subset()
+    bad = unreadable(match.indices.tolist()) if unreadable is not None else {}
+    if bad:
+        shown = [f"{split.files[i]} ({reason})" for i, reason in sorted(bad.items())]
+        raise SemiclustError(f"labeled list '{path}' names {len(bad)} unreadable image(s): {examples(shown)}. Replace "
+                             "those files or remove them from the list.")
+    return match.subset(split)
 
 
-def choose_labeled(split: Split, spec: Labels, seed: int, num_classes: int) -> LabeledSubset:
-    """Apply the recipe's `data.labels` to the training split (images with label -1 are never chosen)."""
+def _short_classes(counts: dict[int, int], wanted: int, names: list[str]) -> str:
+    """"'bee' has 2 and 'cow' has 1" for the classes with fewer than `wanted` images."""
+    short = [f"'{names[c]}' has {n}" for c, n in sorted(counts.items()) if n < wanted]
+    return ", ".join(short[:-1]) + (" and " if len(short) > 1 else "") + short[-1]
+
+
+def choose_labeled(split: Split, spec: Labels, seed: int, num_classes: int, class_names: list[str] | None = None,
+                   unreadable: Unreadable | None = None) -> LabeledSubset:
+    """Apply the recipe's `data.labels` to the training split (images with label -1 are never chosen).
+
+    With `unreadable` (image files), drawn images that cannot be read are passed over for the next ones
+    of their class, and a list naming one is refused, so the subset is made of readable images only."""
     labels = split.labels
+    names = class_names or [str(c) for c in range(num_classes)]
     seed = spec.seed if spec.seed is not None else seed
     present = {c: int((labels == c).sum()) for c in range(num_classes)}
+    if spec.list is not None:
+        return _listed_subset(Path(spec.list), split, unreadable)
     if spec.per_class is not None:
-        short = {c: n for c, n in present.items() if n < spec.per_class}
-        if short:
-            raise SemiclustError(
-                f"data.labels.per_class is {spec.per_class} but class(es) {sorted(short)} have only "
-                f"{min(short.values())} labeled training image(s); lower per_class or use a fraction."
-            )
-        indices = draw_balanced(labels, {c: spec.per_class for c in present}, seed)
-        return LabeledSubset(indices, f"{spec.per_class} per class, seed {seed}")
-    if spec.fraction is not None:
+        counts = {c: spec.per_class for c in present}
+        what = f"{spec.per_class} per class, seed {seed}"
+    else:
         counts = {c: max(1, round(spec.fraction * n)) for c, n in present.items() if n > 0}
-        indices = draw_balanced(labels, counts, seed)
         what = "every labeled image" if spec.fraction == 1 else f"fraction {spec.fraction} per class, seed {seed}"
-        return LabeledSubset(indices, what)
-    return _listed_subset(Path(spec.list), split)
+    if spec.per_class is not None and min(present.values()) < spec.per_class:
+        raise SemiclustError(f"data.labels.per_class is {spec.per_class} but {_short_classes(present, spec.per_class, names)} "
+                             "labeled training image(s); lower per_class or use a fraction.")
+    indices, passed = draw_balanced(labels, counts, seed, unreadable)
+    drawn = {c: int((labels[indices] == c).sum()) for c in counts}
+    if spec.per_class is not None and min(drawn.values()) < spec.per_class:
+        raise SemiclustError(f"data.labels.per_class is {spec.per_class} but only {_short_classes(drawn, spec.per_class, names)} "
+                             f"readable labeled image(s) ({len(passed)} unreadable passed over); replace the unreadable "
+                             "files (`semiclust data check RECIPE --all` lists them) or lower per_class.")
+    return LabeledSubset(indices, what, passed_over=passed).naming(split)
 
 
 def save_subset(subset: LabeledSubset, split: Split, path: Path) -> None:
     """The exact subset, with file names for file-based splits, so a run records what it trained on."""
     record = {"description": subset.description, "sha256": subset.digest, "count": len(subset.indices),
               "list_sha256": subset.list_sha256, "canonical": subset.canonical, "train_size": len(split),
-              "indices": subset.indices.tolist()}
+              "files_sha256": subset.files_sha256, "indices": subset.indices.tolist()}
     if isinstance(split, FileSplit):
         record["files"] = [split.files[i] for i in subset.indices.tolist()]
-    path.write_text(json.dumps(record, indent=1))
+    write_text(path, json.dumps(record, indent=1))
 
 
 def load_subset(path: Path, split: Split | None = None) -> LabeledSubset:
@@ -192,6 +242,7 @@ def load_subset(path: Path, split: Split | None = None) -> LabeledSubset:
         )
     if split is not None:
         _check_same_listing(path, data, subset, split)
+        subset.naming(split)
     return subset
 
 

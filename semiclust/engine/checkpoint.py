@@ -14,7 +14,7 @@ import torch
 from semiclust.errors import SemiclustError
 from semiclust.models.network import Network, network_with_weights
 from semiclust.schema import Recipe
-from semiclust.storage.tensors import FileRole, read_torch, write_torch
+from semiclust.storage.tensors import FileRole, looks_like_safetensors, read_torch, write_torch
 from semiclust.validation import validate
 
 FORMAT = "semiclust-checkpoint"
@@ -45,6 +45,11 @@ def checkpoint_file(path: Path | str) -> Path:
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a semiclust checkpoint without executing pickled code; clear errors for bad files."""
     path = checkpoint_file(path)
+    if path.is_file() and looks_like_safetensors(path):
+        raise SemiclustError(
+            f"'{path}' is a safetensors export (written by `semiclust export`), not a training checkpoint: this command "
+            "reads the .pt files `semiclust train` writes (e.g. RUN/checkpoints/final.pt). To classify images with the "
+            f"export, use `semiclust predict --model {path} IMAGES`.")
     state = read_torch(path, CHECKPOINT, map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise SemiclustError(f"'{path}' is a PyTorch file but not a semiclust checkpoint (no '{FORMAT}' marker).")

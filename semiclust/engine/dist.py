@@ -90,6 +90,15 @@ def gather_objects(value: Any) -> list[Any]:
     return out
 
 
+def broadcast_object(value: Any) -> Any:
+    """Rank 0's `value` on every process (picklable Python objects)."""
+    if not is_distributed():
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

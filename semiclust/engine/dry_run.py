@@ -7,9 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from semiclust.data.subsets import choose_labeled
 from semiclust.engine.numbers import RunNumbers
-from semiclust.engine.setup import build_core, optimizer_for
+from semiclust.engine.setup import build_core, draw_subset, optimizer_for
 from semiclust.schema import Recipe
 
 
@@ -79,8 +78,7 @@ class DryRun:
 def dry_run(recipe: Recipe, processes: int) -> DryRun:
     """Build the data (so missing files fail here), the model (with its initialisation) and the optimiser
     as training would, for `processes` processes, and estimate activation memory per process."""
-    core = build_core(recipe, lambda d: choose_labeled(d.train, recipe.data.labels, recipe.seed, d.num_classes),
-                      0, processes)
+    core = build_core(recipe, lambda dataset: draw_subset(dataset, recipe), 0, processes)
     dataset, method, numbers = core.dataset, core.method, core.numbers
     optimizer = optimizer_for(method, recipe, numbers, torch.device("cpu"))
     teacher = getattr(method, "teacher", None)

@@ -59,3 +59,11 @@ class Schedules:
         optim = self.recipe.optim
         end = optim.weight_decay_end if optim.weight_decay_end is not None else optim.weight_decay
         return cosine(step, self.numbers.total_steps, optim.weight_decay, end)
+
+
+def lr_description(recipe: Recipe, numbers: RunNumbers) -> str:
+    """How the start-up line and the dry run state the peak learning rate, scaled or not."""
+    optim = recipe.optim
+    if optim.lr_reference_batch is None:
+        return f"{numbers.peak_lr:.4g} (not scaled)"
+    return f"{numbers.peak_lr:.4g} after scaling ({optim.lr:g} per {optim.lr_reference_batch} images)"

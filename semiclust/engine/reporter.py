@@ -39,12 +39,17 @@ class Reporter:
         self.board = open_tensorboard(files, runtime.tensorboard)
         self.progress = TrainingProgress(console, numbers.total_steps, start_step, numbers.steps_per_epoch,
                                          mode if dist.is_main() else "none")  # rank 0 reports for everyone
-        self.numbers, self.log_every = numbers, runtime.log_every_steps
+        self.numbers, self.log_every, self.console = numbers, runtime.log_every_steps, console
         self.started = time.perf_counter()
         self.window_start, self.window_steps, self.data_seconds = self.started, 0, 0.0
 
     def message(self, text: str) -> None:
         self.progress.message(text)
+
+    def warn(self, text: str) -> None:
+        """A note the user must see whatever runtime.progress says (rank 0 only)."""
+        if dist.is_main():
+            self.console.print(text, highlight=False, soft_wrap=True, markup=False)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

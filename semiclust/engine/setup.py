@@ -8,6 +8,7 @@ seeded after the network is placed and wrapped.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,8 +17,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from semiclust.assign import build_assigner
 from semiclust.data.batches import BatchMaker
-from semiclust.data.datasets import Dataset, build_dataset
+from semiclust.data.datasets import Dataset, FileSplit, build_dataset
 from semiclust.data.eval_views import EvalViews
+from semiclust.data.loader import find_unreadable
 from semiclust.data.streams import IndexStream, Stream, labeled_stream, unlabeled_stream
 from semiclust.data.subsets import LabeledSubset, choose_labeled, load_subset, save_subset
 from semiclust.engine import dist
@@ -35,6 +37,13 @@ from semiclust.models.network import Network, teacher_of
 from semiclust.schema import Recipe
 
 
+# BatchNorm buffers stay per process (SyncBatchNorm shares the statistics that matter); torch 2.14 renamed
+# the option, and warns on the old name
+NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                  if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+                  else {"broadcast_buffers": False})
+
+
 def load_dataset(recipe: Recipe) -> Dataset:
     """The recipe's dataset; refuses one whose listing has problems (missing files, empty classes...)."""
     dataset = build_dataset(recipe.data.dataset, recipe.data.options)
@@ -46,14 +55,35 @@ def load_dataset(recipe: Recipe) -> Dataset:
     return dataset
 
 
+def unreadable_check(dataset: Dataset, recipe: Recipe):
+    """For image files, what the labeled draw asks: which of these images cannot be decoded (in workers)."""
+    if not isinstance(dataset.train, FileSplit):
+        return None
+    split = dataset.train
+
+    def unreadable(indices: list[int]) -> dict[int, str]:
+        jobs = [(0, split, i) for i in indices]
+        return {i: reason for _, i, reason in find_unreadable(jobs, recipe.data.loader, recipe.data.max_image_pixels)}
+
+    return unreadable
+
+
+def draw_subset(dataset: Dataset, recipe: Recipe) -> LabeledSubset:
+    """The recipe's labeled subset, readable images only (unreadable files are passed over, and named)."""
+    return choose_labeled(dataset.train, recipe.data.labels, recipe.seed, dataset.num_classes, dataset.classes,
+                          unreadable_check(dataset, recipe))
+
+
 def labeled_subset_for(files: RunFiles, dataset: Dataset, recipe: Recipe, resume: bool) -> LabeledSubset:
-    """Draw the labeled subset (saved in the run directory by rank 0), or reuse the saved one when resuming."""
+    """Draw the labeled subset on rank 0 (saved in the run directory, sent to the other processes), or
+    reuse the saved one when resuming."""
     if resume and files.subset.exists():
         return load_subset(files.subset, dataset.train)
-    subset = choose_labeled(dataset.train, recipe.data.labels, recipe.seed, dataset.num_classes)
+    subset = None
     if dist.is_main():
+        subset = draw_subset(dataset, recipe)
         save_subset(subset, dataset.train, files.subset)
-    return subset
+    return dist.broadcast_object(subset)
 
 
 def build_student(recipe: Recipe, in_chans: int, num_classes: int, kind: type[Method]) -> tuple[Network, InitReport | None]:
@@ -133,7 +163,7 @@ def place(method: Method, recipe: Recipe, device: torch.device, world: int) -> t
     if runtime.compile:
         method.student.backbone.compile()  # in place: state_dict keys stay those of the plain model
     runner = method.student if world == 1 else DistributedDataParallel(
-        method.student, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+        method.student, device_ids=[device.index] if device.type == "cuda" else None, **NO_BUFFER_SYNC)
     return runner, sync_bn, channels_last
 
 
@@ -147,7 +177,8 @@ def build_run(recipe: Recipe, files: RunFiles, device: torch.device, resume: boo
     batches = BatchMaker(recipe, dataset, core.unlabeled, core.labeled, core.method.streams,
                          numbers.total_steps * recipe.optim.accumulate_steps, device, channels_last, rank, world)
     eval_views = None if dataset.test is None else EvalViews(
-        dataset.test, recipe.data.eval, dataset.mean, dataset.std, recipe.eval.batch_size, device, recipe.data.loader)
+        dataset.test, recipe.data.eval, dataset.mean, dataset.std, recipe.eval.batch_size, device, recipe.data.loader,
+        recipe.data.max_image_pixels)
     amp_dtype = autocast_dtype(recipe.runtime.precision, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     return Run(recipe, dataset, core.subset, numbers, Schedules(recipe, numbers), core.method,

@@ -3,10 +3,25 @@ BatchNorm on CPU (where nn.SyncBatchNorm raises)."""
 from __future__ import annotations
 
 import torch
-import torch.distributed.nn.functional as dist_fn
+import torch.distributed
 from torch import nn
 
 from semiclust.engine import dist
+
+
+class AllReduceSum(torch.autograd.Function):
+    """A differentiable sum over processes: the backward sums the gradients the same way (what
+    torch.distributed.nn.functional.all_reduce does, which torch 2.14 deprecates with a warning)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        torch.distributed.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return AllReduceSum.apply(grad)
 
 
 class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -26,7 +41,7 @@ class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
         dims = [0] + list(range(2, x.dim()))
         count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float32)
         stats = torch.cat([x.float().sum(dims), (x.float() ** 2).sum(dims), count])
-        stats = dist_fn.all_reduce(stats)
+        stats = AllReduceSum.apply(stats)
         channels = x.shape[1]
         total = stats[-1]
         mean = stats[:channels] / total

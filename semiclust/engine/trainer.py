@@ -6,6 +6,7 @@ cross-process work goes through engine/dist.py (gradients through DistributedDat
 """
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,14 +21,16 @@ from semiclust.engine.device import resolve_device
 from semiclust.engine.policy import Policy
 from semiclust.engine.reporter import Reporter
 from semiclust.engine.run import Run
-from semiclust.engine.run_dir import RunFiles, prepare_run_dir
+from semiclust.engine.numbers import lr_description
+from semiclust.engine.run_dir import Claim, RunFiles, claim_run_dir, record_changes
 from semiclust.engine.setup import build_run
 from semiclust.engine.signals import StopRequest
 from semiclust.engine.state import process_state, restore, training_state
 from semiclust.engine.step import StepOutcome, train_step, undo_buffers
-from semiclust.errors import SemiclustError
+from semiclust.errors import SemiclustError, examples
 from semiclust.evaluate import EvalResult, evaluate
 from semiclust.schema import Recipe, Runtime
+from semiclust.storage.atomic import WriteFailed
 from semiclust.version import __version__
 
 
@@ -50,23 +53,33 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
     """Train `recipe` into `run_dir` (recipe, labeled subset, metrics, checkpoints) and evaluate the result.
 
     `resume` continues from the newest readable periodic checkpoint, bit-identically; `overwrite`
-    replaces a run already in the folder; `resume_hint` is the command printed when a signal stops it."""
+    replaces a run already in the folder; `resume_hint` is the command printed when a signal stops it.
+    A file that cannot be written (a full disk) ends the run in one paragraph naming the last good checkpoint."""
     device = start_processes(recipe.runtime)
     files = RunFiles(Path(run_dir))
-    prepare_run_dir(files, recipe, resume, overwrite)
-    run = build_run(recipe, files, device, resume)
-    start_step, skipped = resume_from(files, run) if resume else (0, 0)
-    reporter = Reporter(files, recipe.runtime, console or Console(), run.numbers, start_step)
-    announce(run, reporter, start_step)
-    run.batches.on_corrupt = corrupt_image_handler(run, reporter)
-    hint = resume_hint or f"semiclust train RECIPE --out {files.root} --resume"
+    hint = resume_hint or shlex.join(["semiclust", "train", "RECIPE", "--out", str(files.root), "--resume"])
+    lock = None
+    try:
+        claim, lock = claim_run_dir(files, recipe, resume, overwrite, device)
+        return run_training(claim, files, device, console or Console(), hint)
+    except WriteFailed as err:
+        raise write_failed(err, files, hint) from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def run_training(claim: Claim, files: RunFiles, device: torch.device, console: Console, hint: str) -> TrainSummary:
+    """The run in a claimed folder: its objects, resume, the steps, the final evaluation and checkpoint."""
+    run = build_run(claim.recipe, files, device, claim.resume)
+    start_step, skipped = resume_from(files, run) if claim.resume else (0, 0)
+    record_changes(files, claim, start_step)
+    reporter = Reporter(files, claim.recipe.runtime, console, run.numbers, start_step)
+    announce(run, reporter, start_step, claim.notes)
     skipped = run_steps(run, files, reporter, range(start_step, run.numbers.total_steps), skipped, hint)
     result = evaluate_run(run, run.numbers.total_steps, reporter)
     seconds = reporter.elapsed()
-    state = checkpoint_state(run, run.numbers.total_steps, skipped, result)
-    if state is not None:
-        save_checkpoint(state, files.final)
-    dist.barrier()
+    save_final(run, files, skipped, result)
     reporter.close()
     return TrainSummary(files.root, files.final, result, run.numbers.total_steps - start_step, seconds, dist.is_main())
 
@@ -75,16 +88,19 @@ def run_steps(run: Run, files: RunFiles, reporter: Reporter, steps: range, skipp
     """The optimiser steps, each followed by what the policy says is due (evaluation, a periodic
     checkpoint, the stop a signal asked for); returns the number of non-finite steps skipped."""
     policy = Policy(run.recipe, run.numbers, run.eval_views is not None, run.device)
+    unreadable = UnreadableImages(run, reporter)
+    run.batches.on_corrupt = unreadable.add
     run.method.train()
     with StopRequest() as stop:
         try:
             for step in steps:
                 outcome = train_step(run, step)
                 if not outcome.finite:
-                    skipped = skip_or_stop(run, outcome, step, skipped, files, reporter)
+                    skipped = skip_or_stop(run, outcome, step, skipped, files, reporter, hint)
                     continue  # the next step starts by zeroing the discarded gradients
                 reporter.step_done(step, outcome, run.schedules.lr(step), run.schedules.weight_decay(step),
                                    file_counts(run))
+                unreadable.report(step + 1)
                 after_step(run, step + 1, policy, stop, reporter, files, skipped, hint)
         finally:
             reporter.stop_display()
@@ -119,11 +135,50 @@ def resume_from(files: RunFiles, run: Run) -> tuple[int, int]:
     found = latest_usable(files.checkpoints, map_location=run.device)
     if found is None:
         return 0, 0
-    return restore(found[1], run), found[1].get("skipped_steps", 0)
+    step = restore(found[1], run)
+    if step >= run.numbers.total_steps:
+        raise SemiclustError(f"--resume: the run is at step {step} but the schedule now ends at step "
+                             f"{run.numbers.total_steps}; give schedule.epochs that reach past the current step.")
+    return step, found[1].get("skipped_steps", 0)
 
 
-def announce(run: Run, reporter: Reporter, start_step: int) -> None:
-    """The start-up line: data, labeled subset, parameters, steps, lr, processes and device."""
+def last_good_checkpoint(files: RunFiles) -> Path | None:
+    """The newest periodic checkpoint that loads (an unreadable one is never called good)."""
+    found = latest_usable(files.checkpoints) if files.checkpoints.is_dir() else None
+    return found[0] if found else None
+
+
+def write_failed(err: WriteFailed, files: RunFiles, hint: str) -> SemiclustError:
+    """A failed write during a run: what could not be written, the free space, and how to go on."""
+    last = last_good_checkpoint(files)
+    where = f"The last good checkpoint is '{last}'" if last else "No checkpoint was written yet"
+    then = f"continue with: {hint}" if last else "start the run again"
+    return SemiclustError(f"{err}. {where}. Free some space (or choose another --out), then {then}.", exit_code=1)
+
+
+def save_final(run: Run, files: RunFiles, skipped: int, result: EvalResult | None) -> None:
+    """checkpoints/final.pt, written by rank 0; every process learns whether it could be written."""
+    state = checkpoint_state(run, run.numbers.total_steps, skipped, result)
+    written_or_failed(lambda: save_checkpoint(state, files.final) if state is not None else None, run)
+
+
+def written_or_failed(write, run: Run):
+    """Rank 0 writes; if it cannot, every process stops with its error instead of waiting at a barrier."""
+    outcome, error = None, None
+    try:
+        outcome = write()
+    except WriteFailed as err:
+        error = err
+    if dist.any_process(error is not None, run.device):
+        raise error or WriteFailed(Path("(rank 0's file)"), "rank 0 could not write it (its error is printed there)")
+    return outcome
+
+
+def announce(run: Run, reporter: Reporter, start_step: int, notes: list[str] = ()) -> None:
+    """The start-up line: data, labeled subset, parameters, steps, lr, processes and device; the notes of
+    the run directory and of the labeled draw."""
+    for note in notes:
+        reporter.warn(note)
     recipe, dataset, numbers = run.recipe, run.dataset, run.numbers
     params = sum(p.numel() for p in run.method.student.parameters())
     evaluation = f"{len(dataset.test)} {dataset.test_split_name}" if dataset.test is not None else "no evaluation set"
@@ -131,27 +186,44 @@ def announce(run: Run, reporter: Reporter, start_step: int) -> None:
         f"semiclust {__version__}: {recipe.method.name} on {dataset.name} ({len(dataset.train)} train, "
         f"{len(run.subset.indices)} labeled [{run.subset.identity}], {evaluation}); {params:,} parameters; "
         f"{numbers.steps_per_epoch} steps/epoch x {recipe.schedule.epochs} epochs = {numbers.total_steps} steps; "
-        f"lr {numbers.peak_lr:.4g} (scaled); {numbers.world} process(es) on {run.device}"
+        f"lr {lr_description(recipe, numbers)}; {numbers.world} process(es) on {run.device}"
         + (", SyncBatchNorm" if run.sync_bn else "") + (f", {run.amp_dtype}" if run.amp_dtype else "")
         + (f"; resuming at step {start_step}" if start_step else "")
     )
     if run.init_report is not None:
         reporter.message(run.init_report.summary())
+    passed = run.subset.passed_over
+    if passed:
+        shown = [f"{dataset.train.files[i]} ({reason})" for i, reason in sorted(passed.items())]
+        reporter.warn(f"labeled subset: passed over {len(passed)} unreadable image(s) for the next of their class: "
+                      f"{examples(shown, 5, quote=False)}")
 
 
-def corrupt_image_handler(run: Run, reporter: Reporter):
-    """What an unreadable training image does: a warning (`data.corrupt_images: skip`) or the end of the run."""
-    def handle(corrupt: list[Corrupt]) -> None:
-        for bad in corrupt:
-            if run.recipe.data.corrupt_images == "fail":
-                raise SemiclustError(
-                    f"unreadable training image '{bad.path}' ({bad.reason}). Replace or remove the file, or set "
-                    "data.corrupt_images: skip to skip unreadable images with a warning; `semiclust data check "
-                    "RECIPE --all` lists every one.", exit_code=1)
-            reporter.message(f"warning: skipped unreadable image '{bad.path}' ({bad.reason}); "
-                             f"{run.batches.corrupt_images} skipped so far")
+class UnreadableImages:
+    """Unreadable training images: the end of the run at the first (`data.corrupt_images: fail`), or one
+    warning per log window that counts them (`skip`), instead of a line per image."""
 
-    return handle
+    def __init__(self, run: Run, reporter: Reporter):
+        self.run, self.reporter, self.pending = run, reporter, []
+
+    def add(self, corrupt: list[Corrupt]) -> None:
+        if corrupt and self.run.recipe.data.corrupt_images == "fail":
+            bad = corrupt[0]
+            raise SemiclustError(
+                f"unreadable training image '{bad.path}' ({bad.reason}). Replace or remove the file, or set "
+                "data.corrupt_images: skip to skip unreadable images with a warning; `semiclust data check "
+                "RECIPE --all` lists every one.", exit_code=1)
+        self.pending.extend(corrupt)
+
+    def report(self, done: int) -> None:
+        """At the end of each log window: one line for the images skipped in it."""
+        every, total = self.run.recipe.runtime.log_every_steps, self.run.numbers.total_steps
+        if not self.pending or (done % every and done != total):
+            return
+        first = self.pending[0]
+        self.reporter.warn(f"warning: skipped {len(self.pending)} unreadable image(s) by step {done} (e.g. "
+                           f"'{first.path}': {first.reason}); {self.run.batches.corrupt_images} skipped so far")
+        self.pending = []
 
 
 def file_counts(run: Run) -> dict:
@@ -176,33 +248,43 @@ def checkpoint_state(run: Run, step: int, skipped: int, result: EvalResult | Non
 
 
 def save_periodic_checkpoint(run: Run, step: int, files: RunFiles, skipped: int) -> Path | None:
+    """A periodic checkpoint, written only while the weights are finite (so that every checkpoint is one a
+    run can continue from; the weights are the same on every process, so all agree)."""
+    if not all(torch.isfinite(p).all() for p in run.method.parameters()):
+        raise non_finite_error(step - 1, {"weights": float("nan")}, files, skipped, None, "the weights became non-finite")
     state = checkpoint_state(run, step, skipped)
-    path = save_periodic(state, files.checkpoints, run.recipe.checkpoint.keep_last) if state else None
-    dist.barrier()
-    return path
+    return written_or_failed(lambda: save_periodic(state, files.checkpoints, run.recipe.checkpoint.keep_last)
+                             if state else None, run)
 
 
-def skip_or_stop(run: Run, outcome: StepOutcome, step: int, skipped: int, files: RunFiles, reporter: Reporter) -> int:
+def skip_or_stop(run: Run, outcome: StepOutcome, step: int, skipped: int, files: RunFiles, reporter: Reporter,
+                 hint: str | None = None) -> int:
     """A non-finite step: skipped (its buffer changes undone) while `runtime.skip_nonfinite_steps` allows,
     else the end of the run with the loss parts and the last good checkpoint."""
     parts = {k: float(v) for k, v in outcome.parts.items()}
     allowed = run.recipe.runtime.skip_nonfinite_steps
     if skipped >= allowed:
-        raise non_finite_error(step, parts, files, skipped)
+        raise non_finite_error(step, parts, files, skipped, hint)
     undo_buffers(run, outcome)
-    reporter.message(f"step {step}: non-finite loss ({parts}); step skipped ({skipped + 1}/{allowed} allowed)")
+    reporter.warn(f"step {step}: non-finite loss ({parts}); step skipped ({skipped + 1}/{allowed} allowed)")
     return skipped + 1
 
 
-def non_finite_error(step: int, parts: dict[str, float], files: RunFiles, skipped: int) -> SemiclustError:
+def non_finite_error(step: int, parts: dict[str, float], files: RunFiles, skipped: int,
+                     hint: str | None = None, what: str = "the loss became non-finite") -> SemiclustError:
+    """The non-finite loss: its parts, the last checkpoint that loads, and a change --resume accepts."""
     shown = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())
-    last = files.last_periodic()
+    last = last_good_checkpoint(files)
     where = f"The last good checkpoint is '{last}'" if last else "No checkpoint was written yet"
     also = f" after skipping {skipped} bad step(s)" if skipped else ""
+    command = hint or f"semiclust train RECIPE --out {files.root} --resume"
+    then = (f"and continue from it with the change, e.g.: {command} --set optim.lr=LOWER (--resume accepts "
+            "changes to optim.lr, optim.clip_grad_norm, schedule.*, runtime.*, checkpoint.* and eval.*)"
+            if last else "and start again")
     return SemiclustError(
-        f"the loss became non-finite at step {step}{also} ({shown}). {where}. Lower optim.lr, add warm-up "
-        "(schedule.warmup_epochs), set optim.clip_grad_norm, or use runtime.precision: fp32, then --resume "
-        "(runtime.skip_nonfinite_steps skips a bounded number of such steps).",
+        f"{what} at step {step}{also} ({shown}). {where}. Lower optim.lr, add warm-up "
+        "(schedule.warmup_epochs), set optim.clip_grad_norm or use runtime.precision: fp32, " + then
+        + "; runtime.skip_nonfinite_steps skips a bounded number of such steps.",
         exit_code=1,
     )
 

@@ -12,7 +12,7 @@ from semiclust.data.transforms import center_view, luma, normalize_
 from semiclust.errors import SemiclustError
 from semiclust.models.network import network_with_weights
 from semiclust.schema import EvalView, ModelSpec
-from semiclust.storage.tensors import FileRole, read_safetensors
+from semiclust.storage.tensors import FileRole, is_torch_file, looks_like_safetensors, read_safetensors
 
 EXPORT_FORMAT = "semiclust"
 MODEL_FILE = FileRole("model file", "give the .safetensors file `semiclust export` wrote",
@@ -64,7 +64,12 @@ class Classifier:
 
 def load_classifier(path: Path | str, device: str | torch.device = "cpu") -> Classifier:
     """The classifier exported by `semiclust export --content classifier`, in eval mode on `device`."""
-    tensors, metadata = read_safetensors(Path(path), MODEL_FILE)
+    path = Path(path)
+    if path.is_file() and not looks_like_safetensors(path) and is_torch_file(path):
+        raise SemiclustError(
+            f"'{path}' is a training checkpoint (a PyTorch file), not an export: export its classifier first with "
+            f"`semiclust export -c {path} --content classifier --out model.safetensors`, then use that file.")
+    tensors, metadata = read_safetensors(path, MODEL_FILE)
     if metadata.get("format") != EXPORT_FORMAT:
         raise SemiclustError(f"'{path}' was not written by `semiclust export` (no semiclust metadata); a plain "
                              "backbone file loads with timm.create_model(..., pretrained_cfg_overlay=dict(file=...)).")

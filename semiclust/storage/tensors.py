@@ -76,6 +76,14 @@ def looks_like_safetensors(path: Path) -> bool:
     return struct.unpack("<Q", head[:8])[0] < path.stat().st_size
 
 
+def is_torch_file(path: Path) -> bool:
+    """torch.save's zip container, or its legacy pickle (protocol 2 starts with 0x80 0x02)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as file:
+        return file.read(2) == b"\x80\x02"
+
+
 def refused_global(err: Exception) -> str | None:
     """The object `weights_only` loading refused to build (pickled code), if that is why it failed."""
     found = re.search(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>", str(err))

@@ -33,7 +33,7 @@ def test_fraction_and_list(tmp_path):
 
 
 def test_subset_errors(tmp_path):
-    with pytest.raises(SemiclustError, match="only 20"):
+    with pytest.raises(SemiclustError, match="'0' has 20, '1' has 20, "):
         choose_labeled(SPLIT, Labels(per_class=21), 0, 10)
     bad = tmp_path / "bad.txt"
     bad.write_text("1\n9999\n")

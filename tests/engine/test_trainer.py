@@ -9,6 +9,7 @@ from semiclust.engine import checkpoint as checkpoint_module
 from semiclust.engine.checkpoint import load_checkpoint, save_checkpoint
 from semiclust.engine.trainer import train
 from semiclust.errors import SemiclustError
+from semiclust.storage.atomic import WriteFailed
 from semiclust.methods.base import Method, StepResult
 from semiclust.recipe import resolve as validate
 from tests.helpers import TINY_RECIPE
@@ -51,7 +52,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint_module.torch, "save", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteFailed, match="could not write .*c.pt': disk full"):
         save_checkpoint({"value": torch.tensor([2.0])}, path)
     assert load_checkpoint(path)["value"].item() == 1.0
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
@@ -89,8 +90,13 @@ def test_non_finite_loss_stops_with_step_parts_and_last_checkpoint(tmp_path, mon
 
 def test_resume_requires_the_same_recipe(tmp_path):
     train(recipe_for("suave"), tmp_path / "run")
-    with pytest.raises(SemiclustError, match="recipe differs"):
-        train(recipe_for("suave", schedule={"epochs": 3}), tmp_path / "run", resume=True)
+    (tmp_path / "run" / "checkpoints" / "final.pt").rename(tmp_path / "final.pt")
+    changed = copy.deepcopy(TINY_RECIPE)
+    changed["seed"] = 3
+    with pytest.raises(SemiclustError, match=r"differs .* in 1 key\(s\) that would change what was already computed: "
+                                             r"seed: 0 vs 3"):
+        train(validate(changed), tmp_path / "run", resume=True)
+    (tmp_path / "final.pt").rename(tmp_path / "run" / "checkpoints" / "final.pt")
     with pytest.raises(SemiclustError, match="already finished"):
         train(recipe_for("suave"), tmp_path / "run", resume=True)
 
