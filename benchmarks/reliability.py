@@ -1,0 +1,371 @@
+"""Faults injected and bad inputs tried on the real CLI, each in a scratch folder, with the outcome of each.
+
+    python benchmarks/reliability.py [--keep DIR]
+
+Every row runs `semiclust` as its own process (as a user would) on the tiny generated recipe, checks
+what the user saw (exit code, one paragraph, no traceback) and what was left on disk (no temporary,
+empty or half-written file; nothing finished lost), and prints one Markdown table. A full disk is
+real where the script runs as root (a 256 KiB tmpfs); elsewhere, and for every other file of a run,
+ENOSPC is injected where the file is flushed (`os.fsync`), which is where many filesystems report it.
+About 5 minutes on 2 cores.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shlex
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.data.files import corrupt, image_tree, labeled_list_dataset, save, stripes  # noqa: E402
+from tests.helpers import TINY_RECIPE  # noqa: E402
+
+NAN_ONCE = """import sys, torch
+from semiclust.methods.base import Method, StepResult
+original = Method.training_step
+def poisoned(self, batch, step, student=None):
+    out = original(self, batch, step, student)
+    return StepResult(out.loss * float("nan"), out.parts) if step == {step} else out
+Method.training_step = poisoned
+from semiclust.cli import main
+main(sys.argv[1:])
+"""
+FAIL_FSYNC = """import errno, os, sys
+real = os.fsync
+def fsync(fd):
+    if {pattern!r} in os.path.basename(os.readlink(f"/proc/self/fd/{{fd}}")):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    real(fd)
+os.fsync = fsync
+from semiclust.cli import main
+main(sys.argv[1:])
+"""
+
+
+def environment() -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "COLUMNS": "400"}
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def semiclust(*argv, fail_at: str | None = None, nan_at: int | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """One CLI process; with `fail_at`, ENOSPC when a file whose name contains it is flushed; with `nan_at`,
+    a non-finite loss at that step (the first time it is reached)."""
+    head = [sys.executable, "-m", "semiclust"]
+    if fail_at:
+        head = [sys.executable, "-c", FAIL_FSYNC.format(pattern=fail_at)]
+    if nan_at is not None:
+        head = [sys.executable, "-c", NAN_ONCE.format(step=nan_at)]
+    return subprocess.run([*head, *map(str, argv)], env=environment(), capture_output=True, text=True, timeout=timeout)
+
+
+def said(done: subprocess.CompletedProcess) -> str:
+    """What the user saw on stderr, on one line: the start of the error paragraph."""
+    text = " ".join(done.stderr.split())
+    return text.rsplit("error: ", 1)[-1][:170] if text else ""
+
+
+def recipe(folder: Path, filename: str = "tiny.yaml", **changes) -> Path:
+    raw = copy.deepcopy(TINY_RECIPE)
+    for key, value in changes.items():
+        node = raw
+        *path, last = key.split("__")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    path = folder / filename
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def clean(folder: Path) -> bool:
+    """No temporary, empty or half-written file under `folder`."""
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return all(p.stat().st_size > 0 and not p.name.endswith(".tmp") for p in files)
+
+
+def one_paragraph(done: subprocess.CompletedProcess) -> bool:
+    return "Traceback" not in done.stderr and done.stderr.count("error:") <= 1
+
+
+# ---------------------------------------------------------------- the scenarios: (fault, outcome, ok)
+def two_runs(scratch: Path):
+    path = recipe(scratch, schedule__epochs=400, checkpoint__every_epochs=0)
+    first = subprocess.Popen([sys.executable, "-m", "semiclust", "train", str(path), "--out", str(scratch / "run")],
+                             env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (scratch / "run" / "metrics.jsonl").exists() and first.poll() is None:
+        time.sleep(0.2)
+    second = semiclust("train", path, "--out", scratch / "run", "--overwrite")
+    rows = [("a second `train --overwrite` into a folder still training", said(second),
+             second.returncode == 2 and f"PID {first.pid}" in second.stderr and first.poll() is None)]
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    third = semiclust("train", path, "--out", scratch / "run", "--overwrite", "--set", "schedule.epochs=1",
+                      "--set", "runtime.progress=plain")
+    rows.append(("a start after that run was killed (its lock file left behind)",
+                 " ".join((third.stdout + third.stderr).split()).split("warning: ")[-1][:110],
+                 third.returncode == 0 and "took over the lock" in third.stdout + third.stderr))
+    return rows
+
+
+def full_disk_files(scratch: Path):
+    rows = []
+    for number, (pattern, what) in enumerate((
+            ("recipe.yaml", "recipe.yaml"), ("labeled_subset.json", "labeled_subset.json"),
+            ("metrics.jsonl", "metrics.jsonl"), ("step_000000006", "the first periodic checkpoint"),
+            ("step_000000012", "the second periodic checkpoint"), ("final.pt", "final.pt"))):
+        out = scratch / f"run{number}"  # a folder name that matches no pattern (its fsync would fail too)
+        done = semiclust("train", recipe(scratch, schedule__epochs=3), "--out", out, fail_at=pattern)
+        ok = done.returncode == 1 and "no space left" in done.stderr and clean(out) and one_paragraph(done)
+        rows.append((f"disk full (ENOSPC) while writing {what}", said(done), ok))
+    return rows
+
+
+def full_disk_outputs(scratch: Path):
+    semiclust("train", recipe(scratch, schedule__epochs=1), "--out", scratch / "run")
+    model = scratch / "model.safetensors"
+    semiclust("export", "-c", scratch / "run", "--out", model, "--content", "classifier")
+    save(scratch / "images" / "a.png", stripes(0, 0, size=8))
+    cases = [("an export", ["export", "-c", scratch / "run", "--out", scratch / "x.safetensors"], "x.safetensors"),
+             ("predictions", ["predict", scratch / "images", "--model", model, "-f", "csv", "-o", scratch / "p.csv"], "p.csv"),
+             ("the confusion PNG of `eval`", ["eval", "-c", scratch / "run"], "final_confusion.png"),
+             ("the curves PNG of `plot`", ["plot", scratch / "run"], "curves.png")]
+    rows = []
+    for what, argv, pattern in cases:
+        done = semiclust(*argv, fail_at=pattern)
+        kept = "a.png" in done.stdout if pattern == "p.csv" else ("top-1" in done.stdout if "confusion" in pattern else True)
+        ok = done.returncode == 1 and "no space left" in done.stderr and kept and clean(scratch)
+        rows.append((f"disk full while writing {what}" + (" (result printed first)" if pattern in ("p.csv",
+                     "final_confusion.png") else ""), said(done), ok))
+    return rows
+
+
+def real_full_disk(scratch: Path):
+    disk = scratch / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)]).returncode:
+        return [("a really full filesystem (256 KiB tmpfs)", "skipped: needs root to mount a tmpfs", True)]
+    try:
+        (disk / "filler").write_bytes(b"\0" * (256 - 60) * 1024)
+        done = semiclust("train", recipe(scratch, model__backbone__kwargs__widths=[16, 32]), "--out", disk / "run")
+        ok = done.returncode == 1 and "no space left" in done.stderr and clean(disk / "run")
+        return [("a really full filesystem (256 KiB tmpfs) during a run", said(done), ok)]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
+
+
+def png_declaring(path: Path, width: int, height: int) -> Path:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    body = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"\0" * (width + 1) * 8)) + chunk(b"IEND", b"")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    return path
+
+
+def bombs(scratch: Path):
+    options = labeled_list_dataset(scratch / "data", per_class=3, unlabeled_per_class=4, eval_per_class=1)
+    bomb = png_declaring(scratch / "data" / "pool" / "bomb.png", 20000, 20000)
+    path = recipe(scratch, data__dataset="labeled_list", data__options=options, data__labels={"fraction": 1.0},
+                  data__eval={"size": 8, "resize": 10}, data__batch={"unlabeled": 29, "labeled": 8}, schedule__epochs=1)
+    check = semiclust("data", "check", path, "--all")
+    trained = semiclust("train", path, "--out", scratch / "run", "--set", "runtime.progress=plain")
+    semiclust("export", "-c", scratch / "run", "--out", scratch / "m.safetensors", "--content", "classifier")
+    predicted = semiclust("predict", bomb, "--model", scratch / "m.safetensors", "-f", "json")
+    size = f"{bomb.stat().st_size}-byte PNG declaring 20000 x 20000"
+    return [(f"a {size}: `data check --all`", "reported as a problem: header declares 20000 x 20000 pixels",
+             check.returncode == 1 and "20000 x 20000" in check.stdout),
+            ("the same file in training", "skipped as unreadable, with a warning", trained.returncode == 0
+             and "bomb.png" in trained.stdout),
+            ("the same file given to `predict`", "its row carries the error; other rows unaffected",
+             predicted.returncode == 0 and "20000 x 20000" in predicted.stdout)]
+
+
+def labeled_draw(scratch: Path):
+    image_tree(scratch / "train", ["ant", "bee"], per_class=5)
+    image_tree(scratch / "val", ["ant", "bee"], per_class=1, start_seed=50)
+    for name in ("ant_0.png", "ant_1.png"):
+        corrupt(scratch / "train" / "ant" / name)
+    path = recipe(scratch, data__dataset="imagefolder", data__options={"root": str(scratch)},
+                  data__labels={"per_class": 3}, data__eval={"size": 8, "resize": 10},
+                  data__batch={"unlabeled": 4, "labeled": 4}, schedule__epochs=1)
+    done = semiclust("train", path, "--out", scratch / "run")
+    files = json.loads((scratch / "run" / "labeled_subset.json").read_text())["files"] if done.returncode == 0 else []
+    listing = scratch / "labels.txt"
+    listing.write_text("ant_0.png\nbee_1.png\n")
+    listed = semiclust("train", path, "--out", scratch / "listed", "--set", f"data.labels={{list: {listing}}}")
+    return [("unreadable files among the images drawn as labeled", f"drawn: {len(files)} readable, 3 per class",
+             done.returncode == 0 and not {"ant/ant_0.png", "ant/ant_1.png"} & set(files) and len(files) == 6),
+            ("a labels list naming an unreadable file", said(listed), listed.returncode == 2 and "ant_0.png" in listed.stderr)]
+
+
+def pickles(scratch: Path):
+    semiclust("train", recipe(scratch, schedule__epochs=1), "--out", scratch / "run")
+    marker = scratch / "pwned"
+    code = ("import os, torch\nclass P:\n    def __reduce__(self): return os.system, ('touch " + str(marker) + "',)\n"
+            f"s = torch.load('{scratch / 'run' / 'checkpoints' / 'final.pt'}', weights_only=True)\n"
+            f"torch.save({{**s, 'x': P()}}, '{scratch / 'run' / 'checkpoints' / 'final.pt'}')\n")
+    subprocess.run([sys.executable, "-c", code], env=environment(), check=True)
+    rows = []
+    for argv in (["eval", "-c", scratch / "run"], ["export", "-c", scratch / "run", "--out", scratch / "m.safetensors"]):
+        done = semiclust(*argv)
+        rows.append((f"a checkpoint carrying pickled code: `{argv[0]}`", said(done), done.returncode == 2
+                     and "never executes pickled code" in done.stderr and not marker.exists()))
+    return rows
+
+
+def output_paths(scratch: Path):
+    semiclust("train", recipe(scratch, schedule__epochs=1), "--out", scratch / "run")
+    a_file = scratch / "a_file"
+    a_file.write_text("x")
+    cases = [("`export --out` under a regular file", ["export", "-c", scratch / "run", "--out", a_file / "m.safetensors"]),
+             ("`export --out` on /proc", ["export", "-c", scratch / "run", "--out", "/proc/m.safetensors"]),
+             ("`export --out` onto an existing folder", ["export", "-c", scratch / "run", "--out", scratch]),
+             ("`predict --out` under a file", ["predict", scratch, "--model", scratch / "m.safetensors", "-o", a_file / "p.csv",
+                                              "-f", "csv"]),
+             ("`eval --confusion /proc/c.png`", ["eval", "-c", scratch / "run", "--confusion", "/proc/c.png"]),
+             ("`train --out` naming an existing file", ["train", recipe(scratch, "other.yaml"), "--out", a_file])]
+    rows = []
+    for what, argv in cases:
+        done = semiclust(*argv)
+        rows.append((what, said(done), done.returncode == 2 and one_paragraph(done) and "top-1" not in done.stdout))
+    return rows
+
+
+def encodings(scratch: Path):
+    text = recipe(scratch).read_text()
+    latin, utf16 = scratch / "latin.yaml", scratch / "utf16.yaml"
+    latin.write_bytes(("# caf\xe9\n" + text).encode("latin-1"))
+    utf16.write_bytes(text.encode("utf-16"))
+    rows = []
+    for what, path in (("a recipe with a Latin-1 byte in a comment", latin), ("a recipe saved as UTF-16", utf16)):
+        done = semiclust("recipe", "validate", path)
+        rows.append((what, said(done).replace("invalid ", ""), done.returncode == 2 and "UTF-8" in done.stderr))
+    return rows
+
+
+def nan_and_resume(scratch: Path):
+    path = recipe(scratch, schedule__epochs=3)  # a periodic checkpoint every epoch of 6 steps
+    done = semiclust("train", path, "--out", scratch / "run", nan_at=8)
+    resumed = semiclust("train", path, "--out", scratch / "run", "--resume", "--set", "optim.lr=0.02")
+    exploded = semiclust("train", recipe(scratch, "huge.yaml", optim__lr=1e45), "--out", scratch / "huge")
+    history = scratch / "run" / "recipe_history.jsonl"
+    (scratch / "run" / "checkpoints" / "final.pt").unlink(missing_ok=True)
+    refused = semiclust("train", path, "--out", scratch / "run", "--resume", "--set", "optim.lr=0.02", "--set", "seed=4")
+    recorded = history.exists() and "optim.lr" in history.read_text()
+    return [("a non-finite loss after the first checkpoint", said(done),
+             done.returncode == 1 and "step_000000006" in done.stderr),
+            ("the advice followed: `--resume --set optim.lr=0.02`", "resumed and finished; the change printed and "
+             "recorded in recipe_history.jsonl", resumed.returncode == 0 and recorded),
+            ("`optim.lr: 1e45` (beyond what fp32 can step with)", said(exploded),
+             exploded.returncode == 2 and one_paragraph(exploded)),
+            ("`--resume` with a change that alters what was computed (seed)", said(refused),
+             refused.returncode == 2 and "seed: 0 vs 4" in refused.stderr)]
+
+
+def paths_and_quoting(scratch: Path):
+    options = labeled_list_dataset(scratch / "good", per_class=2, unlabeled_per_class=3, eval_per_class=1)
+    rows = (scratch / "good" / "labels.csv").read_text().splitlines()
+    (scratch / "elsewhere").mkdir()
+    (scratch / "elsewhere" / "labels.csv").write_text("\n".join([rows[0], *[f"../good/{r}" for r in rows[1:]]]) + "\n")
+    (scratch / "good" / "pool" / "lab").symlink_to(scratch / "good" / "labeled")
+    check = semiclust("data", "check", recipe(scratch, data__dataset="labeled_list",
+                                              data__options={**options, "labeled": str(scratch / "elsewhere" / "labels.csv")},
+                                              data__labels={"fraction": 1.0}))
+    long = recipe(scratch, "long.yaml", schedule__epochs=400)
+    started = subprocess.Popen([sys.executable, "-m", "semiclust", "train", str(long), "--out", str(scratch / "run a"),
+                                "--set", "data.options={num_classes: 4, size: 8, channels: 1, train_per_class: 24}"],
+                               env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not (scratch / "run a" / "metrics.jsonl").exists() and started.poll() is None:
+        time.sleep(0.2)
+    started.send_signal(signal.SIGTERM)
+    hint = " ".join(started.communicate()[1].split()).split("Continue with: ")[-1]
+    pasted = subprocess.run(shlex.split(hint.replace("semiclust", f"{sys.executable} -m semiclust", 1)) + ["--dry-run"],
+                            env=environment(), capture_output=True, text=True)
+    total = next((line for line in check.stdout.splitlines() if "total" in line), "")
+    cells = [cell.strip() for cell in total.split("│")]
+    return [("`labeled_list` naming images as ../good/x.png, and linked into the pool",
+             "each image counted once: " + " / ".join(c for c in cells if c), cells[2:4] == ["8", "12"]),
+            ("the resume command printed after SIGTERM, pasted back", "it parses and runs (--set with spaces quoted)",
+             pasted.returncode == 0)]
+
+
+def leftovers(scratch: Path):
+    path = recipe(scratch, schedule__epochs=1)
+    semiclust("train", path, "--out", scratch / "run")
+    stale = scratch / "run" / "checkpoints" / ".step_000000006.pt.a1b2c3d4.tmp"
+    stale.write_bytes(b"\0" * 1000)
+    (scratch / "run" / "checkpoints" / "final.pt").unlink()
+    semiclust("train", path, "--out", scratch / "run", "--resume")
+    image_tree(scratch / "data" / "train", ["ant", "bee"], per_class=4)
+    (scratch / "data" / "train" / "cow").mkdir()
+    bad = recipe(scratch, "folder.yaml", data__dataset="imagefolder", data__options={"root": str(scratch / "data"),
+                 "eval_dir": None}, data__labels={"per_class": 2}, data__batch={"unlabeled": 4, "labeled": 4}, schedule__epochs=1)
+    failed = semiclust("train", bad, "--out", scratch / "run2")
+    (scratch / "data" / "train" / "cow").rmdir()
+    again = semiclust("train", bad, "--out", scratch / "run2")
+    return [("a temporary checkpoint file left by a SIGKILL, then `--resume`", "removed at resume", not stale.exists()),
+            ("the same command after a start that failed before training", said(failed)[:50] + " ... then it starts",
+             failed.returncode == 2 and again.returncode == 0)]
+
+
+def messages(scratch: Path):
+    semiclust("train", recipe(scratch, schedule__epochs=1), "--out", scratch / "run")
+    semiclust("export", "-c", scratch / "run", "--out", scratch / "m.safetensors", "--content", "classifier")
+    loop = scratch / "loop.png"
+    loop.symlink_to(loop)
+    cases = [("a cross-field recipe error (warm-up longer than the run)",
+              ["train", recipe(scratch, "x.yaml", schedule={"epochs": 2, "warmup_epochs": 5}), "--dry-run"]),
+             ("a folder given as the recipe", ["train", scratch, "--dry-run"]),
+             ("`eval` on a .safetensors export", ["eval", "-c", scratch / "m.safetensors"]),
+             ("`predict` with a training checkpoint",
+              ["predict", scratch, "--model", scratch / "run" / "checkpoints" / "final.pt"]),
+             ("`predict` on a symbolic link loop", ["predict", loop, "--model", scratch / "m.safetensors", "-f", "json"]),
+             ("a dataset that moved", ["data", "check", recipe(scratch, "moved.yaml", data__dataset="fashion_mnist",
+                                                               data__options={"root": str(scratch / "moved")})]),
+             ("`name: ..` in a recipe", ["train", recipe(scratch, "dots.yaml", name=".."), "--dry-run"])]
+    rows = []
+    for what, argv in cases:
+        done = semiclust(*argv)
+        shown = said(done) or " ".join(done.stdout.split())[:110]
+        rows.append((what, shown, done.returncode in (0, 2) and one_paragraph(done)))
+    return rows
+
+
+SCENARIOS = [two_runs, full_disk_files, full_disk_outputs, real_full_disk, bombs, labeled_draw, pickles, output_paths,
+             encodings, nan_and_resume, paths_and_quoting, leftovers, messages]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keep", type=Path, help="keep the scratch folders here")
+    args = parser.parse_args()
+    base = args.keep or Path(tempfile.mkdtemp(prefix="semiclust-reliability-"))
+    print("| fault or bad input | what the user sees | outcome |\n|---|---|---|")
+    failures = 0
+    for scenario in SCENARIOS:
+        scratch = base / scenario.__name__
+        scratch.mkdir(parents=True, exist_ok=True)
+        for fault, seen, ok in scenario(scratch):
+            failures += not ok
+            seen = seen.replace(f"{scratch}/", "").replace(str(scratch), ".").replace("|", "/")  # paths in the scratch
+            print(f"| {fault} | {seen} | {'ok' if ok else 'FAILED'} |", flush=True)
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
