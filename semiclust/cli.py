@@ -88,20 +88,10 @@ def export(
                                 help="backbone (loads in plain timm) or classifier (backbone + head + prototypes)."),
 ) -> None:
     """Export the evaluated network (Daino: the teacher) to safetensors with its metadata."""
-    import json
-
-    from semiclust import api
+    from semiclust import api, render
 
     meta = api.export(checkpoint, out, content)
-    console.print(f"wrote {out}: {content} of {meta['architecture']} (step {meta['step']}, {meta['num_classes']} classes, "
-                  f"recipe sha256 {meta['recipe_sha256'][:12]})", highlight=False)
-    if content == "backbone":
-        kwargs = "".join(f", {k}={v!r}" for k, v in json.loads(meta["timm_kwargs"]).items())
-        console.print(f"load it with timm: timm.create_model({meta['architecture']!r}, pretrained=True, num_classes=0, "
-                      f"pretrained_cfg_overlay=dict(file={str(out)!r}){kwargs})", highlight=False, markup=False)
-    else:
-        console.print(f"load it with semiclust: semiclust.load_classifier({str(out)!r}); or "
-                      f"semiclust predict --model {out} IMAGES...", highlight=False, markup=False)
+    render.show_export(console, meta, out)
 
 
 @app.command()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from semiclust.engine.checkpoint import classifier_network, load_checkpoint
 from semiclust.errors import SemiclustError
+from semiclust.models.backbones import SMALL_IMAGE_BACKBONES
 from semiclust.models.classifier import EXPORT_FORMAT
 from semiclust.storage.tensors import write_safetensors
 from semiclust.version import __version__
@@ -53,6 +54,24 @@ def export_metadata(state: dict, content: str) -> dict[str, str]:
     if "eval" in state:
         metadata["eval"] = json.dumps(state["eval"])
     return metadata
+
+
+def timm_load_code(metadata: dict[str, str], source: str) -> list[str]:
+    """The Python lines that load an exported backbone with plain timm, from a .safetensors file or (`local-dir:`)
+    a hub-format folder. semiclust's own small-image backbones are in timm's registry only once `semiclust.models`
+    is imported (timm says "Unknown model" otherwise), so their code starts with that import."""
+    architecture = metadata["architecture"]
+    lines = ["import timm"]
+    if architecture in SMALL_IMAGE_BACKBONES:
+        lines.append(f"import semiclust.models  # registers semiclust's own '{architecture}' with timm; without this "
+                     "import timm.create_model fails with \"Unknown model\"")
+    if source.endswith(".safetensors"):
+        kwargs = "".join(f", {k}={v!r}" for k, v in json.loads(metadata["timm_kwargs"]).items())
+        lines.append(f"model = timm.create_model({architecture!r}, pretrained=True, num_classes=0, "
+                     f"pretrained_cfg_overlay=dict(file={source!r}){kwargs})")
+    else:
+        lines.append(f"model = timm.create_model({'local-dir:' + source!r}, pretrained=True)")
+    return lines
 
 
 def export_checkpoint(checkpoint: Path, out: Path, content: str = "backbone") -> dict[str, str]:

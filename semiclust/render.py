@@ -3,6 +3,7 @@ and a finished training. Pure presentation of what the library API returned."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -11,6 +12,7 @@ from semiclust.api import Evaluation
 from semiclust.data.check import DataReport
 from semiclust.engine.dry_run import DryRun
 from semiclust.engine.trainer import TrainSummary
+from semiclust.export import timm_load_code
 from semiclust.predict import Prediction
 from semiclust.schema import Recipe
 
@@ -151,3 +153,15 @@ def predictions_table(title: str, predictions: list[Prediction]) -> Table:
         cell = p.error and f"unreadable: {p.error}" or ", ".join(f"{c} ({v:.1%})" for c, v in zip(p.classes, p.probabilities))
         table.add_row(p.path, cell)
     return table
+
+
+def show_export(console: Console, meta: dict[str, str], out: Path) -> None:
+    """What was exported, and the code that loads it (plain timm for a backbone, semiclust for a classifier)."""
+    console.print(f"wrote {out}: {meta['content']} of {meta['architecture']} (step {meta['step']}, {meta['num_classes']} "
+                  f"classes, recipe sha256 {meta['recipe_sha256'][:12]})", highlight=False)
+    if meta["content"] == "backbone":
+        code = "\n".join(f"    {line}" for line in timm_load_code(meta, str(out)))
+        console.print(f"load it with timm:\n{code}", highlight=False, markup=False, soft_wrap=True)
+    else:
+        console.print(f"load it with semiclust: semiclust.load_classifier({str(out)!r}); or "
+                      f"semiclust predict --model {out} IMAGES...", highlight=False, markup=False)
