@@ -83,21 +83,24 @@ def evaluate_checkpoint(
 @app.command()
 def export(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A checkpoint written by `semiclust train`."),
-    out: Path = typer.Option(..., "--out", "-o", help="Destination .safetensors file."),
-    content: str = typer.Option("backbone", "--content",
-                                help="backbone (loads in plain timm) or classifier (backbone + head + prototypes)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Destination: a .safetensors or .onnx file."),
+    file_format: str = typer.Option("safetensors", "--format", "-f",
+                                    help="safetensors (one file, the default) or onnx (the classifier as an ONNX graph)."),
+    content: Optional[str] = typer.Option(None, "--content", help="safetensors only: backbone (the default; loads in "
+                                          "plain timm) or classifier (backbone + head + prototypes)."),
 ) -> None:
-    """Export the evaluated network (Daino: the teacher) to safetensors with its metadata."""
+    """Export the evaluated network (Daino: the teacher) with its metadata (preprocessing, classes, hashes)."""
     from semiclust import api, render
 
-    meta = api.export(checkpoint, out, content)
+    meta = api.export(checkpoint, out, content, file_format)
     render.show_export(console, meta, out)
 
 
 @app.command()
 def predict(
     inputs: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
-    model: Path = typer.Option(..., "--model", "-m", help="A classifier exported with `semiclust export --content classifier`."),
+    model: Path = typer.Option(..., "--model", "-m", help="A classifier exported with `semiclust export --content "
+                               "classifier` (.safetensors) or `--format onnx` (.onnx)."),
     top_k: int = typer.Option(5, "--top-k", "-k", help="Classes per image."),
     output_format: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write csv/json here instead of standard output."),

@@ -23,6 +23,18 @@ from semiclust.version import __version__
 
 FORMAT_VERSION = "1"
 CONTENTS = ("backbone", "classifier")
+FORMATS = {"safetensors": CONTENTS, "onnx": ("classifier",)}  # each file format and the contents it can hold
+
+
+def export_content(file_format: str, content: str | None) -> str:
+    """The content an export in `file_format` holds: the one asked for, or the format's first (default) one."""
+    if file_format not in FORMATS:
+        raise SemiclustError(f"--format must be one of {', '.join(FORMATS)}, not '{file_format}'.")
+    allowed = FORMATS[file_format]
+    if content is not None and content not in allowed:
+        hint = f"drop --content (it holds the {allowed[0]})" if len(allowed) == 1 else f"use one of {', '.join(allowed)}"
+        raise SemiclustError(f"--format {file_format} cannot hold --content {content}; {hint}.")
+    return content or allowed[0]
 
 
 def recipe_sha256(recipe: dict) -> str:

@@ -157,7 +157,8 @@ def predictions_table(title: str, predictions: list[Prediction]) -> Table:
 
 def show_export(console: Console, meta: dict[str, str], out: Path) -> None:
     """What was exported, and the code that loads it (plain timm for a backbone, semiclust for a classifier)."""
-    console.print(f"wrote {out}: {meta['content']} of {meta['architecture']} (step {meta['step']}, {meta['num_classes']} "
+    kind = "ONNX " if meta.get("file_format") == "onnx" else ""
+    console.print(f"wrote {out}: {kind}{meta['content']} of {meta['architecture']} (step {meta['step']}, {meta['num_classes']} "
                   f"classes, recipe sha256 {meta['recipe_sha256'][:12]})", highlight=False)
     if meta["content"] == "backbone":
         code = "\n".join(f"    {line}" for line in timm_load_code(meta, str(out)))
