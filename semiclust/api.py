@@ -30,6 +30,7 @@ from semiclust.engine.trainer import TrainSummary, train as run_training
 from semiclust.errors import SemiclustError
 from semiclust.evaluate import EvalReport
 from semiclust.export import export_checkpoint, export_content
+from semiclust.export_hub import export_hub
 from semiclust.export_onnx import export_onnx
 from semiclust.methods import METHODS
 from semiclust.models.backbones import BACKBONES
@@ -108,11 +109,13 @@ def evaluate(checkpoint: Path | str, overrides: Sequence[str] = (), device: str 
 def export(checkpoint: Path | str, out: Path | str, content: str | None = None,
            format: str = "safetensors") -> dict[str, str]:
     """Write the evaluated network of a checkpoint (Daino: the teacher): `safetensors` (the default) holds the
-    backbone alone (loads in plain timm) or the whole classifier, `onnx` the classifier as an ONNX graph;
-    returns the metadata written."""
+    backbone alone (loads in plain timm) or the whole classifier, `onnx` the classifier as an ONNX graph, `hub`
+    the folder timm loads with `local-dir:` and the Hugging Face Hub publishes; returns the metadata written."""
     chosen = export_content(format, content)
     if format == "onnx":
         return export_onnx(checkpoint_file(checkpoint), Path(out))
+    if format == "hub":
+        return export_hub(checkpoint_file(checkpoint), Path(out))
     return export_checkpoint(checkpoint_file(checkpoint), Path(out), chosen)
 
 

@@ -83,9 +83,9 @@ def evaluate_checkpoint(
 @app.command()
 def export(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A checkpoint written by `semiclust train`."),
-    out: Path = typer.Option(..., "--out", "-o", help="Destination: a .safetensors or .onnx file."),
-    file_format: str = typer.Option("safetensors", "--format", "-f",
-                                    help="safetensors (one file, the default) or onnx (the classifier as an ONNX graph)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Destination: a .safetensors or .onnx file, or the hub folder."),
+    file_format: str = typer.Option("safetensors", "--format", "-f", help="safetensors (one file, the default), onnx "
+                                    "(the classifier as an ONNX graph) or hub (the folder timm loads with local-dir:)."),
     content: Optional[str] = typer.Option(None, "--content", help="safetensors only: backbone (the default; loads in "
                                           "plain timm) or classifier (backbone + head + prototypes)."),
 ) -> None:

@@ -23,7 +23,7 @@ from semiclust.version import __version__
 
 FORMAT_VERSION = "1"
 CONTENTS = ("backbone", "classifier")
-FORMATS = {"safetensors": CONTENTS, "onnx": ("classifier",)}  # each file format and the contents it can hold
+FORMATS = {"safetensors": CONTENTS, "onnx": ("classifier",), "hub": ("backbone",)}  # each format, the contents it holds
 
 
 def export_content(file_format: str, content: str | None) -> str:

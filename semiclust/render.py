@@ -157,12 +157,15 @@ def predictions_table(title: str, predictions: list[Prediction]) -> Table:
 
 def show_export(console: Console, meta: dict[str, str], out: Path) -> None:
     """What was exported, and the code that loads it (plain timm for a backbone, semiclust for a classifier)."""
-    kind = "ONNX " if meta.get("file_format") == "onnx" else ""
-    console.print(f"wrote {out}: {kind}{meta['content']} of {meta['architecture']} (step {meta['step']}, {meta['num_classes']} "
-                  f"classes, recipe sha256 {meta['recipe_sha256'][:12]})", highlight=False)
+    kind = {"onnx": "ONNX ", "hub": "hub-format folder of the "}.get(meta.get("file_format", ""), "")
+    console.print(f"wrote {out}: {kind}{meta['content']} of {meta['architecture']} (step {meta['step']}, "
+                  f"{meta['num_classes']} classes, recipe sha256 {meta['recipe_sha256'][:12]})", highlight=False)
     if meta["content"] == "backbone":
         code = "\n".join(f"    {line}" for line in timm_load_code(meta, str(out)))
         console.print(f"load it with timm:\n{code}", highlight=False, markup=False, soft_wrap=True)
     else:
         console.print(f"load it with semiclust: semiclust.load_classifier({str(out)!r}); or "
                       f"semiclust predict --model {out} IMAGES...", highlight=False, markup=False)
+    if meta.get("file_format") == "hub":
+        console.print(f"publish it: huggingface-cli upload USER/REPO {out} (then timm.create_model('hf-hub:USER/REPO', "
+                      "pretrained=True)); the model card is README.md", highlight=False, markup=False, soft_wrap=True)
