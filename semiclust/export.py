@@ -58,7 +58,7 @@ def export_metadata(state: dict, content: str) -> dict[str, str]:
         "eval_view": json.dumps(view), "mean": json.dumps(state["mean"]), "std": json.dumps(state["std"]),
         "num_classes": str(info["num_classes"]), "classes": json.dumps(state["classes"]),
         "temperature": str(recipe["method"]["temperature"]), "prototypes": info["prototypes"],
-        "model_spec": json.dumps({**model, "init": None}), "network": info["prefix"],
+        "model_spec": json.dumps({**model, "init": None, "grad_checkpointing": False}), "network": info["prefix"],
         "recipe_name": recipe["name"], "recipe_sha256": recipe_sha256(recipe),
         "labeled_sha256": state.get("labeled_sha256") or "", "labeled_list_sha256": state.get("labeled_list_sha256") or "",
         "step": str(state["step"]), "semiclust_version": __version__,

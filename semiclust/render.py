@@ -49,7 +49,8 @@ def dry_run_rows(recipe: Recipe, plan: DryRun) -> list[tuple[str, str]]:
                        f"trainable {params['trainable']:,}{teacher}"),
         ("optimiser", plan.optimizer),
         ("activations", f"~{plan.activation_gib:.2f} GiB per process kept for backward ({plan.precision}; "
-                        "an estimate from the layer outputs of a 2-image probe)"),
+                        "what autograd saved in a 2-image training forward, scaled to the batch"
+                        + (", with gradient checkpointing" if recipe.model.grad_checkpointing else "") + ")"),
     ]
     return rows + ([("init", plan.init)] if plan.init else [])
 

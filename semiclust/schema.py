@@ -199,6 +199,9 @@ class ModelSpec(Strict):
     local_crops_update_bn: bool = Field(
         True, description="false: backbone calls on crops smaller than the largest leave BatchNorm running "
         "statistics untouched (they still normalise with batch statistics); true = the release")
+    grad_checkpointing: bool = Field(
+        False, description="recompute the backbone's blocks during backward instead of keeping their activations "
+        "(timm's set_grad_checkpointing): less activation memory for more compute, the same gradients")
 
 
 # ---------------------------------------------------------------- method
