@@ -52,7 +52,17 @@ def dry_run_rows(recipe: Recipe, plan: DryRun) -> list[tuple[str, str]]:
                         "what autograd saved in a 2-image training forward, scaled to the batch"
                         + (", with gradient checkpointing" if recipe.model.grad_checkpointing else "") + ")"),
     ]
-    return rows + ([("init", plan.init)] if plan.init else [])
+    return rows + ([("init", plan.init)] if plan.init else []) + tracker_rows(recipe)
+
+
+def tracker_rows(recipe: Recipe) -> list[tuple[str, str]]:
+    """Where the run would be logged besides metrics.jsonl."""
+    runtime, where = recipe.runtime, recipe.runtime.tracking
+    places = {"tensorboard": "<run>/tensorboard", "wandb": f"W&B project '{where.project}'"
+              + (f" ({where.wandb_mode})" if where.wandb_mode else ""),
+              "mlflow": f"MLflow experiment '{where.project}' at {where.mlflow_uri or 'MLFLOW_TRACKING_URI or the default'}"}
+    return [("trackers", "; ".join(f"{name}: {places[name]}" for name in runtime.active_loggers))] \
+        if runtime.active_loggers else []
 
 
 def show_dry_run(console: Console, recipe: Recipe, plan: DryRun, processes: int) -> None:

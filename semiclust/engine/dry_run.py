@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from semiclust.data.subsets import choose_labeled
+from semiclust.engine.loggers import check_installed
 from semiclust.engine.numbers import RunNumbers
 from semiclust.engine.setup import build_core, optimizer_for
 from semiclust.schema import Recipe
@@ -84,7 +85,9 @@ class DryRun:
 
 def dry_run(recipe: Recipe, processes: int) -> DryRun:
     """Build the data (so missing files fail here), the model (with its initialisation) and the optimiser
-    as training would, for `processes` processes, and estimate activation memory per process."""
+    as training would, for `processes` processes, and estimate activation memory per process; a tracker
+    package the recipe's loggers need but that is not installed is an error here already."""
+    check_installed(recipe)
     core = build_core(recipe, lambda d: choose_labeled(d.train, recipe.data.labels, recipe.seed, d.num_classes),
                       0, processes)
     dataset, method, numbers = core.dataset, core.method, core.numbers

@@ -12,7 +12,7 @@ from semiclust.engine.checkpoint import periodic_checkpoints
 from semiclust.errors import SemiclustError
 from semiclust.schema import Recipe
 from semiclust.storage.atomic import write_text
-from semiclust.validation import dump_yaml
+from semiclust.validation import dump_yaml, validate
 
 
 @dataclass
@@ -45,6 +45,24 @@ class RunFiles:
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
 
+    @property
+    def wandb(self) -> Path:
+        return self.root / "wandb"
+
+    @property
+    def trackers(self) -> Path:
+        """The W&B and MLflow run ids of this run (so that --resume continues them)."""
+        return self.root / "trackers.json"
+
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+    @property
+    def final_confusion(self) -> Path:
+        """Where `semiclust eval` writes the final checkpoint's confusion PNG (and a run with trackers does)."""
+        return self.checkpoints / "final_confusion.png"
+
     def last_periodic(self) -> Path | None:
         found = periodic_checkpoints(self.checkpoints)
         return found[-1] if found else None
@@ -62,8 +80,8 @@ def prepare_run_dir(files: RunFiles, recipe: Recipe, resume: bool, overwrite: bo
     if resume:
         if not files.recipe.exists():
             raise SemiclustError(f"--resume: '{files.root}' holds no run (no recipe.yaml); drop --resume to start one.")
-        saved = yaml.safe_load(files.recipe.read_text())
-        if saved != recipe.model_dump(mode="json"):
+        saved = validate(yaml.safe_load(files.recipe.read_text()), f"'{files.recipe}'")  # older files gain defaults
+        if saved.model_dump(mode="json") != recipe.model_dump(mode="json"):
             raise SemiclustError(
                 f"--resume: the recipe differs from the one saved in '{files.recipe}'. Resume with the same recipe "
                 "and --set overrides, or start a new run in another --out."
@@ -73,10 +91,10 @@ def prepare_run_dir(files: RunFiles, recipe: Recipe, resume: bool, overwrite: bo
     dist.barrier()
     if dist.is_main():
         if overwrite and not resume:
-            for stale in (files.metrics, files.subset, files.recipe):
+            for stale in (files.metrics, files.subset, files.recipe, files.trackers, files.curves):
                 stale.unlink(missing_ok=True)
-            shutil.rmtree(files.checkpoints, ignore_errors=True)
-            shutil.rmtree(files.tensorboard, ignore_errors=True)
+            for folder in (files.checkpoints, files.tensorboard, files.wandb):
+                shutil.rmtree(folder, ignore_errors=True)
         files.root.mkdir(parents=True, exist_ok=True)
         write_text(files.recipe, dump_yaml(recipe))
     dist.barrier()
