@@ -20,6 +20,7 @@ import torch
 from rich.console import Console
 
 from semiclust.assign import ASSIGNMENTS
+from semiclust.compare import Comparison, compare_runs
 from semiclust.data.check import DataReport, check_data as check_recipe_data
 from semiclust.data.datasets import DATASETS
 from semiclust.engine import dist
@@ -138,6 +139,12 @@ def check_data(recipe: RecipeLike, sample: int | None = 1000, overrides: Sequenc
                advance: Callable[[int, int], None] = lambda done, total: None) -> DataReport:
     """Everything `semiclust data check` reports about a recipe's data; `sample` None decodes every file."""
     return check_recipe_data(load_recipe(recipe, overrides), sample, advance)
+
+
+def compare(run_dirs: Sequence[Path | str], out: Path | str | None = None) -> Comparison:
+    """Runs side by side: the recipe keys that differ, final and best top-1, time, images/s, and a PNG of their
+    curves overlaid written to `out` (default: compare.png in the folder holding the runs)."""
+    return compare_runs([Path(p) for p in run_dirs], Path(out) if out else None)
 
 
 def catalogue() -> dict:

@@ -142,6 +142,19 @@ def plot(
     console.print(f"wrote {plot_run(run_dir, out)}", highlight=False)
 
 
+@app.command()
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories written by `semiclust train`."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG of the overlaid curves (default: compare.png "
+                                       "in the folder holding the runs)."),
+) -> None:
+    """A table of runs (the recipe keys that differ, final and best top-1, time, images/s) and one PNG with
+    their curves overlaid: what to look at after a sweep."""
+    from semiclust import api, render
+
+    render.show_comparison(console, api.compare(run_dirs, out))
+
+
 @recipe_app.command("show")
 def recipe_show(recipe: str = RecipeArgument, overrides: Optional[list[str]] = SetOption) -> None:
     """Print the fully resolved recipe: every default filled in, overrides applied."""

@@ -1,12 +1,23 @@
-"""PNG training curves from a run's metrics.jsonl: loss parts, learning rate, throughput and top-1."""
+"""PNG figures: a run's training curves (loss parts, lr, throughput, top-1), a confusion matrix, and several
+runs' curves overlaid (`semiclust compare`); each written atomically."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from semiclust.engine.metrics import read_metrics
 from semiclust.errors import SemiclustError
+from semiclust.storage.atomic import write_atomic
 
 LOSS_KEYS = ("loss", "loss_labeled", "loss_unlabeled")
+
+
+def save_png(figure, out: Path) -> Path:
+    """Write a matplotlib figure as a PNG atomically (a reader never sees half an image) and close it."""
+    import matplotlib.pyplot as plt
+
+    write_atomic(out, lambda file: figure.savefig(file, format="png", dpi=100))
+    plt.close(figure)
+    return Path(out)
 
 
 def plot_run(run_dir: Path, out: Path | None = None) -> Path:
@@ -47,10 +58,7 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     for axis in axes:
         axis.grid(alpha=0.3)
     figure.suptitle(Path(run_dir).resolve().name)
-    target = Path(out) if out else Path(run_dir) / "curves.png"
-    figure.savefig(target, dpi=100)
-    plt.close(figure)
-    return target
+    return save_png(figure, Path(out) if out else Path(run_dir) / "curves.png")
 
 
 MAX_LABELLED_CLASSES = 30  # above this, class names would overlap: the axes show indices
@@ -79,8 +87,32 @@ def plot_confusion(confusion, classes: list[str], out: Path, title: str) -> Path
                     axis.text(col, row, int(counts[row, col]), ha="center", va="center", fontsize=7,
                               color="white" if rates[row, col] > 0.5 else "black")
     axis.set(xlabel="predicted class", ylabel="true class", title=title)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
-    return out
+    return save_png(figure, out)
+
+
+def plot_comparison(runs: list[tuple[str, list[dict], list[dict]]], out: Path) -> Path:
+    """The curves of several runs overlaid, one colour per run: training loss, evaluation top-1 and learning
+    rate by step; `runs` holds (label, training records, evaluation records) of each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(18, 5), constrained_layout=True)
+    colours = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
+    for index, (label, train, evals) in enumerate(runs):
+        # earlier runs drawn wider, so that identical curves (the same lr schedule) show as nested lines
+        style = {"color": colours(index % colours.N), "linewidth": 1.2 + 2.4 * (len(runs) - 1 - index) / max(len(runs) - 1, 1)}
+        axes[0].plot([r["step"] for r in train], [r.get("loss") for r in train], label=label, **style)
+        if evals:
+            axes[1].plot([r["step"] for r in evals], [r["top1"] for r in evals], marker="o", markersize=4,
+                         label=f"{label} (final {evals[-1]['top1']:.2f}%)", **style)
+        axes[2].plot([r["step"] for r in train], [r.get("lr") for r in train], label=label, **style)
+    split = next((evals[-1]["split"] for _, _, evals in runs if evals), "evaluation")
+    for axis, title, unit in zip(axes, ("training loss", f"{split} top-1", "learning rate"), ("", "%", "")):
+        axis.set(title=title, xlabel="step", ylabel=unit)
+        axis.grid(alpha=0.3)
+        if axis.lines:
+            axis.legend(fontsize=8)
+    figure.suptitle(f"{len(runs)} runs compared")
+    return save_png(figure, out)

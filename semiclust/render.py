@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from semiclust.api import Evaluation
+from semiclust.compare import Comparison
 from semiclust.data.check import DataReport
 from semiclust.engine.dry_run import DryRun
 from semiclust.engine.trainer import TrainSummary
@@ -180,3 +181,38 @@ def show_export(console: Console, meta: dict[str, str], out: Path) -> None:
     if meta.get("file_format") == "hub":
         console.print(f"publish it: huggingface-cli upload USER/REPO {out} (then timm.create_model('hf-hub:USER/REPO', "
                       "pretrained=True)); the model card is README.md", highlight=False, markup=False, soft_wrap=True)
+
+
+def shown_value(value) -> str:
+    """A recipe value as a compare cell: text as it is, everything else as JSON (null for a missing key)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.1f} s" if seconds < 600 else f"{int(seconds // 3600)}h {int(seconds % 3600 // 60):02d}m"
+
+
+def comparison_table(comparison: Comparison) -> Table:
+    """One row per run: its values of the differing recipe keys, final and best top-1, time and images/s."""
+    differing = list(comparison.differences)
+    split = next((r.final["split"] for r in comparison.runs if r.final), "evaluation")
+    title = f"{len(comparison.runs)} runs; recipes differ in: {', '.join(differing) or 'nothing'}"
+    table = Table(title=title)
+    for column in ("run", "recipe differences", "final top-1 %", f"best top-1 % during training ({split})",
+                   "time", "images/s"):
+        table.add_column(column, justify="left" if column in ("run", "recipe differences") else "right")
+    for index, run in enumerate(comparison.runs):
+        cells = "\n".join(f"{key}={shown_value(values[index])}" for key, values in comparison.differences.items())
+        final, best, speed = run.final, run.best, run.images_per_second
+        table.add_row(run.label + ("" if run.finished else " (unfinished)"), cells or "-",
+                      f"{final['top1']:.2f} (step {final['step']})" if final else "-",
+                      f"{best['top1']:.2f} (step {best['step']})" if best else "-",
+                      duration(run.seconds), f"{speed:,.0f}" if speed is not None else "-")
+    return table
+
+
+def show_comparison(console: Console, comparison: Comparison) -> None:
+    console.print(comparison_table(comparison))
+    console.print(f"curves: {comparison.png}", highlight=False)
