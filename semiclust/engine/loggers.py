@@ -154,13 +154,18 @@ def open_loggers(files: RunFiles, recipe: Recipe, resume: bool) -> list[Logger]:
     runtime = recipe.runtime
     saved = json.loads(files.trackers.read_text()) if resume and files.trackers.is_file() else {}
     loggers: list[Logger] = []
-    for name in runtime.active_loggers:
-        if name == "tensorboard":
-            loggers.append(TensorBoardLogger(files, "tensorboard" not in runtime.loggers))
-        else:
-            kind = WandbLogger if name == "wandb" else MlflowLogger
-            loggers.append(kind(files, runtime.tracking, saved.get(name)))
-            saved[name] = loggers[-1].id
+    try:
+        for name in runtime.active_loggers:
+            if name == "tensorboard":
+                loggers.append(TensorBoardLogger(files, "tensorboard" not in runtime.loggers))
+            else:
+                kind = WandbLogger if name == "wandb" else MlflowLogger
+                loggers.append(kind(files, runtime.tracking, saved.get(name)))
+                saved[name] = loggers[-1].id
+    except BaseException:  # one tracker could not start: the ones already started hear that the run failed
+        for logger in loggers:
+            logger.close("failed")
+        raise
     if saved:
         write_text(files.trackers, json.dumps(saved, indent=1) + "\n")
     config = recipe.model_dump(mode="json")

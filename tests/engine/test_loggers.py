@@ -141,3 +141,39 @@ def test_resume_continues_the_same_mlflow_run(tmp_path, monkeypatch):
     assert run.info.status == "FINISHED"
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
     assert steps == [2, 4, 6, 8, 8, 10, 10, 12, 12]  # steps 7-12 were trained twice, and logged twice
+
+
+def test_a_tracker_that_cannot_start_is_named_and_the_started_ones_hear_the_run_failed(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb", reason="the wandb extra is not installed (pip install 'semiclust[wandb]')")
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed (pip install 'semiclust[mlflow]')")
+    from mlflow.tracking import MlflowClient
+
+    def no_network(**kwargs):
+        raise RuntimeError("the W&B server could not be reached")
+
+    monkeypatch.setattr(wandb, "init", no_network)
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    recipe = api.load_recipe("digits_suave", SHORT + ["runtime.loggers=[mlflow, wandb]",
+                                                      f"runtime.tracking.mlflow_uri={uri}"])
+    with pytest.raises(SemiclustError, match="could not start the W&B run .*could not be reached.*wandb_mode: offline"):
+        api.train(recipe, tmp_path / "run")
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("semiclust").experiment_id])
+    assert run.info.status == "FAILED"
+
+
+def test_a_tracker_failing_during_the_run_is_dropped_with_a_warning(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed (pip install 'semiclust[mlflow]')")
+    from semiclust.engine.loggers import MlflowLogger
+
+    def gone(self, scalars, step):
+        raise ConnectionError("the tracking server went away")
+
+    monkeypatch.setattr(MlflowLogger, "log_scalars", gone)
+    monkeypatch.chdir(tmp_path)
+    recipe = api.load_recipe("digits_suave", SHORT + ["runtime.progress=plain", "runtime.loggers=[mlflow]",
+                                                      f"runtime.tracking.mlflow_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    summary = api.train(recipe, tmp_path / "run")
+    assert summary.result is not None and len(read_metrics(tmp_path / "run" / "metrics.jsonl")) == 7  # 6 train + 1 eval
+    assert "MlflowLogger stopped logging (ConnectionError: the tracking server went away)" in capsys.readouterr().out
