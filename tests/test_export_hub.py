@@ -22,9 +22,11 @@ print(json.dumps([list(model.pretrained_cfg['mean']), list(model.pretrained_cfg[
 """
 
 
-def test_plain_timm_loads_the_folder_with_semiclusts_features(trained_run, tmp_path):
-    meta = api.export(trained_run.checkpoint, tmp_path / "hub", format="hub")
-    state = load_checkpoint(trained_run.checkpoint)
+@pytest.mark.parametrize("run_name, architecture, features", [("trained_run", "test_resnet", 96), ("vit_run", "test_vit", 64)])
+def test_plain_timm_loads_the_folder_with_semiclusts_features(run_name, architecture, features, request, tmp_path):
+    run = request.getfixturevalue(run_name)
+    meta = api.export(run.checkpoint, tmp_path / "hub", format="hub")
+    state = load_checkpoint(run.checkpoint)
     network, _ = classifier_network(state)
     images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     torch.save(images, tmp_path / "images.pt")
@@ -34,7 +36,7 @@ def test_plain_timm_loads_the_folder_with_semiclusts_features(trained_run, tmp_p
         assert torch.equal(torch.load(tmp_path / "features.pt"), network.eval().backbone(images))
     assert json.loads(result.stdout) == [state["mean"], [3, 16, 16]]  # timm's data config is the evaluation view's
     config = json.loads((tmp_path / "hub" / "config.json").read_text())
-    assert config["architecture"] == "test_resnet" and config["num_classes"] == 0 and config["num_features"] == 96
+    assert config["architecture"] == architecture and config["num_classes"] == 0 and config["num_features"] == features
     assert config["pretrained_cfg"]["mean"] == state["mean"] and config["pretrained_cfg"]["input_size"] == [3, 16, 16]
     assert sorted(p.name for p in (tmp_path / "hub").iterdir()) == ["README.md", "config.json", "model.safetensors",
                                                                     "recipe.yaml"]
