@@ -102,7 +102,7 @@ def one_paragraph(done: subprocess.CompletedProcess) -> bool:
 
 # ---------------------------------------------------------------- the scenarios: (fault, outcome, ok)
 def two_runs(scratch: Path):
-    path = recipe(scratch, schedule__epochs=400, checkpoint__every_epochs=0)
+    path = recipe(scratch, schedule__epochs=20000, checkpoint__every_epochs=0)
     first = subprocess.Popen([sys.executable, "-m", "semiclust", "train", str(path), "--out", str(scratch / "run")],
                              env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not (scratch / "run" / "metrics.jsonl").exists() and first.poll() is None:

@@ -20,6 +20,7 @@ import torch
 from rich.console import Console
 
 from semiclust.assign import ASSIGNMENTS
+from semiclust.compare import Comparison, compare_runs
 from semiclust.data.check import DataReport, check_data as check_recipe_data
 from semiclust.data.datasets import DATASETS
 from semiclust.engine import dist
@@ -29,10 +30,12 @@ from semiclust.engine.dry_run import DryRun, dry_run as plan_run
 from semiclust.engine.trainer import TrainSummary, train as run_training
 from semiclust.errors import SemiclustError
 from semiclust.evaluate import EvalReport
-from semiclust.export import export_checkpoint
+from semiclust.export import export_checkpoint, export_content
+from semiclust.export_hub import export_hub
+from semiclust.export_onnx import export_onnx
 from semiclust.methods import METHODS
 from semiclust.models.backbones import BACKBONES
-from semiclust.models.classifier import Classifier, load_classifier as load_export
+from semiclust.models.classifier import ExportedClassifier, load_classifier as load_export
 from semiclust.plot import plot_confusion
 from semiclust.predict import Prediction, collect_images, predict_files
 from semiclust.recipe import apply_overrides, load_recipe as read_recipe, resolve
@@ -112,23 +115,31 @@ def evaluate(checkpoint: Path | str, overrides: Sequence[str] = (), device: str 
     return evaluation
 
 
-def export(checkpoint: Path | str, out: Path | str, content: str = "backbone") -> dict[str, str]:
-    """Write the evaluated network of a checkpoint (Daino: the teacher) to a .safetensors file: the
-    backbone alone (loads in plain timm) or the whole classifier; returns the metadata written."""
-    return export_checkpoint(checkpoint_file(checkpoint), Path(out), content)
+def export(checkpoint: Path | str, out: Path | str, content: str | None = None,
+           format: str = "safetensors") -> dict[str, str]:
+    """Write the evaluated network of a checkpoint (Daino: the teacher): `safetensors` (the default) holds the
+    backbone alone (loads in plain timm) or the whole classifier, `onnx` the classifier as an ONNX graph, `hub`
+    the folder timm loads with `local-dir:` and the Hugging Face Hub publishes; returns the metadata written."""
+    chosen = export_content(format, content)
+    if format == "onnx":
+        return export_onnx(checkpoint_file(checkpoint), Path(out))
+    if format == "hub":
+        return export_hub(checkpoint_file(checkpoint), Path(out))
+    return export_checkpoint(checkpoint_file(checkpoint), Path(out), chosen)
 
 
-def load_classifier(path: Path | str, device: str | torch.device = "cpu") -> Classifier:
-    """An exported classifier, ready to run: `classifier(classifier.preprocess(image)[None])` gives logits."""
+def load_classifier(path: Path | str, device: str | torch.device = "cpu") -> ExportedClassifier:
+    """An exported classifier (.safetensors or .onnx), ready to run: `classifier(classifier.preprocess(image)[None])`
+    gives logits."""
     return load_export(path, device if isinstance(device, torch.device) else resolve_device(device))
 
 
-def predict(model: Classifier | Path | str, inputs: Sequence[Path | str], top_k: int = 5, batch_size: int = 64,
+def predict(model: ExportedClassifier | Path | str, inputs: Sequence[Path | str], top_k: int = 5, batch_size: int = 64,
             workers: int = 0, device: str = "auto", advance: Callable[[int], None] = lambda done: None) -> list[Prediction]:
     """Top-k classes with probabilities for each image file (folders are searched recursively)."""
     if top_k < 1:
         raise SemiclustError("--top-k must be at least 1.")
-    classifier = model if isinstance(model, Classifier) else load_classifier(model, device)
+    classifier = model if isinstance(model, ExportedClassifier) else load_classifier(model, device)
     return predict_files(classifier, collect_images([Path(p) for p in inputs]), top_k, batch_size, workers, advance)
 
 
@@ -136,6 +147,12 @@ def check_data(recipe: RecipeLike, sample: int | None = 1000, overrides: Sequenc
                advance: Callable[[int, int], None] = lambda done, total: None) -> DataReport:
     """Everything `semiclust data check` reports about a recipe's data; `sample` None decodes every file."""
     return check_recipe_data(load_recipe(recipe, overrides), sample, advance)
+
+
+def compare(run_dirs: Sequence[Path | str], out: Path | str | None = None) -> Comparison:
+    """Runs side by side: the recipe keys that differ, final and best top-1, time, images/s, and a PNG of their
+    curves overlaid written to `out` (default: compare.png in the folder holding the runs)."""
+    return compare_runs([Path(p) for p in run_dirs], Path(out) if out else None)
 
 
 def catalogue() -> dict:

@@ -88,31 +88,24 @@ def evaluate_checkpoint(
 @app.command()
 def export(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A checkpoint written by `semiclust train`."),
-    out: Path = typer.Option(..., "--out", "-o", help="Destination .safetensors file."),
-    content: str = typer.Option("backbone", "--content",
-                                help="backbone (loads in plain timm) or classifier (backbone + head + prototypes)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Destination: a .safetensors or .onnx file, or the hub folder."),
+    file_format: str = typer.Option("safetensors", "--format", "-f", help="safetensors (one file, the default), onnx "
+                                    "(the classifier as an ONNX graph) or hub (the folder timm loads with local-dir:)."),
+    content: Optional[str] = typer.Option(None, "--content", help="safetensors only: backbone (the default; loads in "
+                                          "plain timm) or classifier (backbone + head + prototypes)."),
 ) -> None:
-    """Export the evaluated network (Daino: the teacher) to safetensors with its metadata."""
-    import json
+    """Export the evaluated network (Daino: the teacher) with its metadata (preprocessing, classes, hashes)."""
+    from semiclust import api, render
 
-    from semiclust import api
-
-    meta = api.export(checkpoint, out, content)
-    console.print(f"wrote {out}: {content} of {meta['architecture']} (step {meta['step']}, {meta['num_classes']} classes, "
-                  f"recipe sha256 {meta['recipe_sha256'][:12]})", highlight=False)
-    if content == "backbone":
-        kwargs = "".join(f", {k}={v!r}" for k, v in json.loads(meta["timm_kwargs"]).items())
-        console.print(f"load it with timm: timm.create_model({meta['architecture']!r}, pretrained=True, num_classes=0, "
-                      f"pretrained_cfg_overlay=dict(file={str(out)!r}){kwargs})", highlight=False, markup=False)
-    else:
-        console.print(f"load it with semiclust: semiclust.load_classifier({str(out)!r}); or "
-                      f"semiclust predict --model {out} IMAGES...", highlight=False, markup=False)
+    meta = api.export(checkpoint, out, content, file_format)
+    render.show_export(console, meta, out)
 
 
 @app.command()
 def predict(
     inputs: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
-    model: Path = typer.Option(..., "--model", "-m", help="A classifier exported with `semiclust export --content classifier`."),
+    model: Path = typer.Option(..., "--model", "-m", help="A classifier exported with `semiclust export --content "
+                               "classifier` (.safetensors) or `--format onnx` (.onnx)."),
     top_k: int = typer.Option(5, "--top-k", "-k", help="Classes per image."),
     output_format: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write csv/json here instead of standard output."),
@@ -159,6 +152,19 @@ def plot(
     from semiclust.plot import plot_run
 
     console.print(f"wrote {plot_run(run_dir, out)}", highlight=False)
+
+
+@app.command()
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories written by `semiclust train`."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG of the overlaid curves (default: compare.png "
+                                       "in the folder holding the runs)."),
+) -> None:
+    """A table of runs (the recipe keys that differ, final and best top-1, time, images/s) and one PNG with
+    their curves overlaid: what to look at after a sweep."""
+    from semiclust import api, render
+
+    render.show_comparison(console, api.compare(run_dirs, out))
 
 
 @recipe_app.command("show")

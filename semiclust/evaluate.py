@@ -80,8 +80,15 @@ def match_clusters(predicted: torch.Tensor, labels: torch.Tensor, num_classes: i
 def evaluate(network: torch.nn.Module, views: EvalViews, split_name: str, match: bool = False) -> EvalResult:
     """Accuracy of argmax over prototype scores. With `match` (no labels in training), prototypes are
     first mapped to classes by the best one-to-one matching on this split, and scores permuted."""
+    return evaluate_with_confusion(network, views, split_name, match)[0]
+
+
+def evaluate_with_confusion(network: torch.nn.Module, views: EvalViews, split_name: str,
+                            match: bool = False) -> tuple[EvalResult, torch.Tensor]:
+    """`evaluate`, and the confusion matrix of the same predictions (row = true class)."""
     scores, labels = predict_scores(network, views)
-    return accuracy_result(scores, labels, split_name, match, views.unreadable)[0]
+    result, used = accuracy_result(scores, labels, split_name, match, views.unreadable)
+    return result, confusion_matrix(used.argmax(dim=1), labels, used.shape[1])
 
 
 def accuracy_result(scores: torch.Tensor, labels: torch.Tensor, split_name: str, match: bool,

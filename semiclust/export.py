@@ -16,6 +16,7 @@ from pathlib import Path
 
 from semiclust.engine.checkpoint import classifier_network, load_checkpoint
 from semiclust.errors import SemiclustError
+from semiclust.models.backbones import SMALL_IMAGE_BACKBONES
 from semiclust.models.classifier import EXPORT_FORMAT
 from semiclust.storage.atomic import check_writable
 from semiclust.storage.tensors import write_safetensors
@@ -23,6 +24,18 @@ from semiclust.version import __version__
 
 FORMAT_VERSION = "1"
 CONTENTS = ("backbone", "classifier")
+FORMATS = {"safetensors": CONTENTS, "onnx": ("classifier",), "hub": ("backbone",)}  # each format, the contents it holds
+
+
+def export_content(file_format: str, content: str | None) -> str:
+    """The content an export in `file_format` holds: the one asked for, or the format's first (default) one."""
+    if file_format not in FORMATS:
+        raise SemiclustError(f"--format must be one of {', '.join(FORMATS)}, not '{file_format}'.")
+    allowed = FORMATS[file_format]
+    if content is not None and content not in allowed:
+        hint = f"drop --content (it holds the {allowed[0]})" if len(allowed) == 1 else f"use one of {', '.join(allowed)}"
+        raise SemiclustError(f"--format {file_format} cannot hold --content {content}; {hint}.")
+    return content or allowed[0]
 
 
 def recipe_sha256(recipe: dict) -> str:
@@ -46,7 +59,7 @@ def export_metadata(state: dict, content: str) -> dict[str, str]:
         "eval_view": json.dumps(view), "mean": json.dumps(state["mean"]), "std": json.dumps(state["std"]),
         "num_classes": str(info["num_classes"]), "classes": json.dumps(state["classes"]),
         "temperature": str(recipe["method"]["temperature"]), "prototypes": info["prototypes"],
-        "model_spec": json.dumps({**model, "init": None}), "network": info["prefix"],
+        "model_spec": json.dumps({**model, "init": None, "grad_checkpointing": False}), "network": info["prefix"],
         "recipe_name": recipe["name"], "recipe_sha256": recipe_sha256(recipe),
         "labeled_sha256": state.get("labeled_sha256") or "", "labeled_list_sha256": state.get("labeled_list_sha256") or "",
         "step": str(state["step"]), "semiclust_version": __version__,
@@ -54,6 +67,24 @@ def export_metadata(state: dict, content: str) -> dict[str, str]:
     if "eval" in state:
         metadata["eval"] = json.dumps(state["eval"])
     return metadata
+
+
+def timm_load_code(metadata: dict[str, str], source: str) -> list[str]:
+    """The Python lines that load an exported backbone with plain timm, from a .safetensors file or (`local-dir:`)
+    a hub-format folder. semiclust's own small-image backbones are in timm's registry only once `semiclust.models`
+    is imported (timm says "Unknown model" otherwise), so their code starts with that import."""
+    architecture = metadata["architecture"]
+    lines = ["import timm"]
+    if architecture in SMALL_IMAGE_BACKBONES:
+        lines.append(f"import semiclust.models  # registers semiclust's own '{architecture}' with timm; without this "
+                     "import timm.create_model fails with \"Unknown model\"")
+    if source.endswith(".safetensors"):
+        kwargs = "".join(f", {k}={v!r}" for k, v in json.loads(metadata["timm_kwargs"]).items())
+        lines.append(f"model = timm.create_model({architecture!r}, pretrained=True, num_classes=0, "
+                     f"pretrained_cfg_overlay=dict(file={source!r}){kwargs})")
+    else:
+        lines.append(f"model = timm.create_model({'local-dir:' + source!r}, pretrained=True)")
+    return lines
 
 
 def export_checkpoint(checkpoint: Path, out: Path, content: str = "backbone") -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""PNG training curves from a run's metrics.jsonl: loss parts, learning rate, throughput and top-1."""
+"""PNG figures: a run's training curves (loss parts, lr, throughput, top-1), a confusion matrix, and several
+runs' curves overlaid (`semiclust compare`); each written atomically."""
 from __future__ import annotations
 
 import io
@@ -11,14 +12,15 @@ from semiclust.storage.atomic import write_bytes
 LOSS_KEYS = ("loss", "loss_labeled", "loss_unlabeled")
 
 
-def save_png(figure, path: Path) -> Path:
-    """Render a matplotlib figure and write it atomically (a full disk leaves no half PNG)."""
+def save_png(figure, out: Path) -> Path:
+    """Render a matplotlib figure as a PNG in memory, close it, and write it atomically (a full disk leaves no
+    half image)."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
-    return write_bytes(path, buffer.getvalue())
+    return write_bytes(out, buffer.getvalue())
 
 
 def plot_run(run_dir: Path, out: Path | None = None) -> Path:
@@ -88,4 +90,32 @@ def plot_confusion(confusion, classes: list[str], out: Path, title: str) -> Path
                     axis.text(col, row, int(counts[row, col]), ha="center", va="center", fontsize=7,
                               color="white" if rates[row, col] > 0.5 else "black")
     axis.set(xlabel="predicted class", ylabel="true class", title=title)
-    return save_png(figure, Path(out))
+    return save_png(figure, out)
+
+
+def plot_comparison(runs: list[tuple[str, list[dict], list[dict]]], out: Path) -> Path:
+    """The curves of several runs overlaid, one colour per run: training loss, evaluation top-1 and learning
+    rate by step; `runs` holds (label, training records, evaluation records) of each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(18, 5), constrained_layout=True)
+    colours = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
+    for index, (label, train, evals) in enumerate(runs):
+        # earlier runs drawn wider, so that identical curves (the same lr schedule) show as nested lines
+        style = {"color": colours(index % colours.N), "linewidth": 1.2 + 2.4 * (len(runs) - 1 - index) / max(len(runs) - 1, 1)}
+        axes[0].plot([r["step"] for r in train], [r.get("loss") for r in train], label=label, **style)
+        if evals:
+            axes[1].plot([r["step"] for r in evals], [r["top1"] for r in evals], marker="o", markersize=4,
+                         label=f"{label} (final {evals[-1]['top1']:.2f}%)", **style)
+        axes[2].plot([r["step"] for r in train], [r.get("lr") for r in train], label=label, **style)
+    split = next((evals[-1]["split"] for _, _, evals in runs if evals), "evaluation")
+    for axis, title, unit in zip(axes, ("training loss", f"{split} top-1", "learning rate"), ("", "%", "")):
+        axis.set(title=title, xlabel="step", ylabel=unit)
+        axis.grid(alpha=0.3)
+        if axis.lines:
+            axis.legend(fontsize=8)
+    figure.suptitle(f"{len(runs)} runs compared")
+    return save_png(figure, out)

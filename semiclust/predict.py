@@ -14,7 +14,7 @@ from semiclust.data.decode import UnreadableImage, decode_rgb, is_image_file, mi
 from semiclust.data.folders import images_under
 from semiclust.data.loader import make_loader
 from semiclust.errors import SemiclustError
-from semiclust.models.classifier import Classifier, preprocess
+from semiclust.models.classifier import ExportedClassifier, preprocess
 from semiclust.schema import Loader
 
 
@@ -69,7 +69,7 @@ class _Views(torch.utils.data.Dataset):
         return views, errors
 
 
-def predict_files(classifier: Classifier, paths: list[Path], top_k: int = 5, batch_size: int = 64, workers: int = 0,
+def predict_files(classifier: ExportedClassifier, paths: list[Path], top_k: int = 5, batch_size: int = 64, workers: int = 0,
                   advance: Callable[[int], None] = lambda done: None) -> list[Prediction]:
     """Top-k (class name, probability) per file; softmax of prototype scores / temperature."""
     names = classifier.classes

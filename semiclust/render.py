@@ -3,15 +3,18 @@ and a finished training. Pure presentation of what the library API returned."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from semiclust.api import Evaluation
+from semiclust.compare import Comparison
 from semiclust.data.check import DataReport
 from semiclust.engine.dry_run import DryRun
 from semiclust.engine.numbers import lr_description
 from semiclust.engine.trainer import TrainSummary
+from semiclust.export import timm_load_code
 from semiclust.predict import Prediction
 from semiclust.schema import Recipe
 
@@ -47,9 +50,20 @@ def dry_run_rows(recipe: Recipe, plan: DryRun) -> list[tuple[str, str]]:
                        f"trainable {params['trainable']:,}{teacher}"),
         ("optimiser", plan.optimizer),
         ("activations", f"~{plan.activation_gib:.2f} GiB per process kept for backward ({plan.precision}; "
-                        "an estimate from the layer outputs of a 2-image probe)"),
+                        "what autograd saved in a 2-image training forward, scaled to the batch"
+                        + (", with gradient checkpointing" if recipe.model.grad_checkpointing else "") + ")"),
     ]
-    return rows + ([("init", plan.init)] if plan.init else [])
+    return rows + ([("init", plan.init)] if plan.init else []) + tracker_rows(recipe)
+
+
+def tracker_rows(recipe: Recipe) -> list[tuple[str, str]]:
+    """Where the run would be logged besides metrics.jsonl."""
+    runtime, where = recipe.runtime, recipe.runtime.tracking
+    places = {"tensorboard": "<run>/tensorboard", "wandb": f"W&B project '{where.project}'"
+              + (f" ({where.wandb_mode})" if where.wandb_mode else ""),
+              "mlflow": f"MLflow experiment '{where.project}' at {where.mlflow_uri or 'MLFLOW_TRACKING_URI or the default'}"}
+    return [("trackers", "; ".join(f"{name}: {places[name]}" for name in runtime.active_loggers))] \
+        if runtime.active_loggers else []
 
 
 def show_dry_run(console: Console, recipe: Recipe, plan: DryRun, processes: int) -> None:
@@ -151,3 +165,54 @@ def predictions_table(title: str, predictions: list[Prediction]) -> Table:
         cell = p.error and f"unreadable: {p.error}" or ", ".join(f"{c} ({v:.1%})" for c, v in zip(p.classes, p.probabilities))
         table.add_row(p.path, cell)
     return table
+
+
+def show_export(console: Console, meta: dict[str, str], out: Path) -> None:
+    """What was exported, and the code that loads it (plain timm for a backbone, semiclust for a classifier)."""
+    kind = {"onnx": "ONNX ", "hub": "hub-format folder of the "}.get(meta.get("file_format", ""), "")
+    console.print(f"wrote {out}: {kind}{meta['content']} of {meta['architecture']} (step {meta['step']}, "
+                  f"{meta['num_classes']} classes, recipe sha256 {meta['recipe_sha256'][:12]})", highlight=False)
+    if meta["content"] == "backbone":
+        code = "\n".join(f"    {line}" for line in timm_load_code(meta, str(out)))
+        console.print(f"load it with timm:\n{code}", highlight=False, markup=False, soft_wrap=True)
+    else:
+        console.print(f"load it with semiclust: semiclust.load_classifier({str(out)!r}); or "
+                      f"semiclust predict --model {out} IMAGES...", highlight=False, markup=False)
+    if meta.get("file_format") == "hub":
+        console.print(f"publish it: huggingface-cli upload USER/REPO {out} (then timm.create_model('hf-hub:USER/REPO', "
+                      "pretrained=True)); the model card is README.md", highlight=False, markup=False, soft_wrap=True)
+
+
+def shown_value(value) -> str:
+    """A recipe value as a compare cell: text as it is, everything else as JSON (null for a missing key)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.1f} s" if seconds < 600 else f"{int(seconds // 3600)}h {int(seconds % 3600 // 60):02d}m"
+
+
+def comparison_table(comparison: Comparison) -> Table:
+    """One row per run: its values of the differing recipe keys, final and best top-1, time and images/s."""
+    differing = list(comparison.differences)
+    split = next((r.final["split"] for r in comparison.runs if r.final), "evaluation")
+    title = f"{len(comparison.runs)} runs; recipes differ in: {', '.join(differing) or 'nothing'}"
+    table = Table(title=title)
+    for column in ("run", "recipe differences", "final top-1 %", f"best top-1 % during training ({split})",
+                   "time", "images/s"):
+        table.add_column(column, justify="left" if column in ("run", "recipe differences") else "right")
+    for index, run in enumerate(comparison.runs):
+        cells = "\n".join(f"{key}={shown_value(values[index])}" for key, values in comparison.differences.items())
+        final, best, speed = run.final, run.best, run.images_per_second
+        table.add_row(run.label + ("" if run.finished else " (unfinished)"), cells or "-",
+                      f"{final['top1']:.2f} (step {final['step']})" if final else "-",
+                      f"{best['top1']:.2f} (step {best['step']})" if best else "-",
+                      duration(run.seconds), f"{speed:,.0f}" if speed is not None else "-")
+    return table
+
+
+def show_comparison(console: Console, comparison: Comparison) -> None:
+    console.print(comparison_table(comparison))
+    console.print(f"curves: {comparison.png}", highlight=False)

@@ -202,6 +202,9 @@ class ModelSpec(Strict):
     local_crops_update_bn: bool = Field(
         True, description="false: backbone calls on crops smaller than the largest leave BatchNorm running "
         "statistics untouched (they still normalise with batch statistics); true = the release")
+    grad_checkpointing: bool = Field(
+        False, description="recompute the backbone's blocks during backward instead of keeping their activations "
+        "(timm's set_grad_checkpointing): less activation memory for more compute, the same gradients")
 
 
 # ---------------------------------------------------------------- method
@@ -318,6 +321,22 @@ class Schedule(Strict):
     final_lr: Annotated[float, Field(ge=0)] = Field(0.0, description="learning rate at the end of the cosine decay")
 
 
+LoggerName = Literal["tensorboard", "wandb", "mlflow"]
+
+
+class Tracking(Strict):
+    """Where `runtime.loggers` send a run; the run's name there is the run directory's name. Environment
+    variables the trackers read themselves (WANDB_MODE, WANDB_ENTITY, MLFLOW_TRACKING_URI, credentials) apply."""
+
+    project: Annotated[str, Field(min_length=1)] = Field("semiclust",
+        description="the W&B project and the MLflow experiment the run is logged to")
+    wandb_mode: Literal["online", "offline"] | None = Field(None,
+        description="offline: W&B writes <run>/wandb only (`wandb sync` uploads it later); null = W&B's own setting")
+    mlflow_uri: str | None = Field(None,
+        description="MLflow tracking URI (sqlite:///mlflow.db, http://host:5000, ...); null = MLFLOW_TRACKING_URI or "
+        "MLflow's default")
+
+
 class Runtime(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when visible, else CPU")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto",
@@ -332,7 +351,24 @@ class Runtime(Strict):
     log_every_steps: PositiveInt = Field(10, description="steps between metrics.jsonl training records")
     progress: Literal["auto", "rich", "plain", "none"] = Field("auto",
         description="auto = a live bar on a terminal, plain lines otherwise")
-    tensorboard: bool = Field(False, description="also log to <run>/tensorboard (needs the tensorboard package)")
+    tensorboard: bool = Field(False, description="also log to <run>/tensorboard: the same as listing tensorboard in "
+                              "runtime.loggers (kept for older recipes)")
+    loggers: list[LoggerName] = Field([],
+        description="experiment trackers that get metrics.jsonl's figures, the recipe and the final curves and confusion "
+        "PNGs: tensorboard, wandb, mlflow (each an optional extra, e.g. pip install 'semiclust[wandb]')")
+    tracking: Tracking = Field(Tracking(), description="the W&B project / MLflow experiment and where they log")
+
+    @field_validator("loggers")
+    @classmethod
+    def _each_logger_once(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"each logger may be listed once, got {value}")
+        return value
+
+    @property
+    def active_loggers(self) -> list[str]:
+        """The loggers this run uses: runtime.loggers, and tensorboard when runtime.tensorboard is on."""
+        return (["tensorboard"] if self.tensorboard and "tensorboard" not in self.loggers else []) + self.loggers
 
 
 class CheckpointSpec(Strict):

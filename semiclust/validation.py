@@ -35,6 +35,16 @@ def dump_yaml(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=100)
 
 
+def flat_values(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested recipe dict as {dotted key: value}, list items by index (`data.unlabeled.crops[1].size`): the
+    recipe as MLflow's parameters, and what `semiclust compare` compares between runs."""
+    if isinstance(tree, dict) and tree:
+        return {k: v for key, value in tree.items() for k, v in flat_values(value, f"{prefix}.{key}" if prefix else key).items()}
+    if isinstance(tree, list) and any(isinstance(item, (dict, list)) for item in tree):
+        return {k: v for i, item in enumerate(tree) for k, v in flat_values(item, f"{prefix}[{i}]").items()}
+    return {prefix: tree}
+
+
 def _unwrap(annotation: Any) -> list[Any]:
     """The concrete types an annotation may hold (Optional, Annotated, SerializeAsAny and unions unwrapped)."""
     origin = typing.get_origin(annotation)

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from tests.helpers import TINY_RECIPE
+from tests.helpers import TINY_RECIPE, timm_recipe
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
@@ -19,21 +19,30 @@ def tiny_raw() -> dict:
     return copy.deepcopy(TINY_RECIPE)
 
 
+def train_once(tmp_path_factory, name: str, raw: dict):
+    from semiclust.engine.trainer import train
+    from semiclust.recipe import resolve as validate
+
+    return train(validate(raw), tmp_path_factory.mktemp(name) / "run")
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """One short Suave run with a timm backbone on 3-channel synthetic data, shared by the eval, export
     and predict tests (training once keeps the suite fast)."""
-    from semiclust.engine.trainer import train
-    from semiclust.recipe import resolve as validate
+    return train_once(tmp_path_factory, "trained", timm_recipe("test_resnet"))
 
+
+@pytest.fixture(scope="session")
+def vit_run(tmp_path_factory):
+    """The same short run with a tiny timm ViT (4-px patches on 16-px images, any crop size)."""
+    return train_once(tmp_path_factory, "vit", timm_recipe("test_vit", {"img_size": 16, "patch_size": 4,
+                                                                      "dynamic_img_size": True}))
+
+
+@pytest.fixture(scope="session")
+def tinyconv_run(tmp_path_factory):
+    """One epoch of the tiny recipe: semiclust's own `tinyconv` backbone on 1-channel images."""
     raw = copy.deepcopy(TINY_RECIPE)
-    raw["data"]["options"].update({"channels": 3, "size": 16})
-    raw["data"]["unlabeled"]["crops"][0]["size"] = 16
-    raw["data"]["unlabeled"]["crops"][1]["size"] = 8
-    raw["data"]["labeled"]["size"] = 16
-    raw["data"]["eval"] = {"size": 16}
-    raw["model"]["backbone"] = {"name": "test_resnet", "kwargs": {}}
     raw["schedule"]["epochs"] = 1
-    run = tmp_path_factory.mktemp("trained") / "run"
-    summary = train(validate(raw), run)
-    return summary
+    return train_once(tmp_path_factory, "tinyconv", raw)

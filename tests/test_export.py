@@ -10,6 +10,7 @@ from semiclust.engine.checkpoint import load_checkpoint
 from semiclust.errors import SemiclustError
 from semiclust.engine.checkpoint import classifier_network
 from semiclust.export import export_checkpoint, recipe_sha256
+from tests.helpers import run_python
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +84,42 @@ def test_corrupt_truncated_or_backbone_only_files_are_clear_errors(trained, tmp_
         export_checkpoint(checkpoint, tmp_path / "model.pt", "classifier")
     with pytest.raises(SemiclustError, match="does not exist"):
         load_classifier(tmp_path / "missing.safetensors")
+
+
+def printed_timm_code(capsys, checkpoint, out) -> tuple[str, list[str]]:
+    """`semiclust export` of the backbone: everything it printed, and the code lines it gave for timm."""
+    from semiclust.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["export", "-c", str(checkpoint), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert done.value.code in (0, None), printed
+    return printed, [line.strip() for line in printed.split("load it with timm:", 1)[1].strip().splitlines()]
+
+
+FEATURES = """
+import torch
+model = model.eval()
+with torch.no_grad():
+    torch.save(model(torch.load('images.pt')), 'features.pt')
+"""
+
+
+@pytest.mark.parametrize("run_name, small", [("tinyconv_run", True), ("trained_run", False)])
+def test_the_printed_timm_code_loads_the_backbone_in_a_fresh_process(run_name, small, request, tmp_path, capsys):
+    """The hint `semiclust export` prints is run as it is, in a process that imports only what it says; for
+    semiclust's own backbones it must say to import semiclust.models (without it timm does not know the name)."""
+    run = request.getfixturevalue(run_name)
+    printed, code = printed_timm_code(capsys, run.checkpoint, tmp_path / "backbone.safetensors")
+    assert ("import semiclust.models" in printed and "Unknown model" in printed) == small
+    network, _ = classifier_network(load_checkpoint(run.checkpoint))
+    channels = network.backbone.state_dict()[next(iter(network.backbone.state_dict()))].shape[1]
+    images = torch.randn(3, channels, 16, 16, generator=torch.Generator().manual_seed(2))
+    torch.save(images, tmp_path / "images.pt")
+    result = run_python("\n".join(code) + FEATURES, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with torch.no_grad():
+        assert torch.equal(torch.load(tmp_path / "features.pt"), network.eval().backbone(images))
+    if small:  # the import the hint adds is needed: without it timm does not know the architecture
+        without = run_python("\n".join(line for line in code if "semiclust" not in line) + FEATURES, tmp_path)
+        assert without.returncode != 0 and "Unknown model" in without.stderr

@@ -63,7 +63,7 @@ def environment() -> dict:
 def test_two_runs_never_share_a_run_directory(tmp_path):
     """A second `semiclust train` into a folder that is still training is refused with any flags, naming
     the PID and host; once the first run is killed, its lock is taken over with a warning."""
-    recipe = write_recipe(tmp_path, {"schedule.epochs": 400, "checkpoint.every_epochs": 0})
+    recipe = write_recipe(tmp_path, {"schedule.epochs": 20000, "checkpoint.every_epochs": 0})  # killed long before its end
     out = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-m", "semiclust", "train", str(recipe), "--out", str(out)],
                              env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

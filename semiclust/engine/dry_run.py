@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from semiclust.engine.loggers import check_installed
 from semiclust.engine.numbers import RunNumbers
 from semiclust.engine.setup import build_core, draw_subset, optimizer_for
 from semiclust.schema import Recipe
@@ -27,32 +28,38 @@ def probe_shapes(recipe: Recipe, channels: int, images: int) -> list[tuple[int, 
     return shapes + [(labeled, channels, recipe.data.labeled.size, recipe.data.labeled.size)]
 
 
-@torch.no_grad()
+def saved_bytes(network: nn.Module, inputs) -> int:
+    """Bytes of the tensors autograd keeps for backward during one forward of `network` on `inputs`.
+
+    Counted with saved-tensor hooks, once per storage (a tensor saved by several operations counts once),
+    parameters left out (they are memory anyway). What gradient checkpointing does not keep is not saved,
+    and what it keeps (each checkpointed block's input) is, so the count follows it; the blocks it
+    recomputes during backward add one block's activations at a time, which this leaves out."""
+    parameters = {p.untyped_storage().data_ptr() for p in network.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        network(inputs)
+    return sum(kept.values())
+
+
 def activation_bytes_per_image(network: nn.Module, recipe: Recipe, channels: int, probe: int = 2) -> float:
-    """Rough activation memory per image of a step: the bytes of every leaf module's output on a
-    `probe`-image forward (what autograd keeps for backward, to within a small factor), in fp32.
+    """Activation memory per image of a step: the bytes autograd keeps for backward (`saved_bytes`) when the
+    student runs once, in training mode and fp32, on random crops of the recipe's sizes for `probe` images.
 
-    Measured by running the student once on random crops of the recipe's sizes with forward hooks;
-    divide by 2 for bf16/fp16 autocast. An estimate to size batches, not a guarantee."""
-    total = 0
-
-    def count(_module, _inputs, output) -> None:
-        nonlocal total
-        for tensor in output if isinstance(output, (tuple, list)) else (output,):
-            if isinstance(tensor, torch.Tensor):
-                total += tensor.numel() * 4
-
-    leaves = [m for m in network.modules() if not list(m.children())]
-    hooks = [m.register_forward_hook(count) for m in leaves]
+    Divide by 2 for bf16/fp16 autocast. An estimate to size batches, not a guarantee."""
     was_training = network.training
     try:
         network.train()
-        crops = [torch.randn(shape) for shape in probe_shapes(recipe, channels, probe)]
-        network(crops)
+        total = saved_bytes(network, [torch.randn(shape) for shape in probe_shapes(recipe, channels, probe)])
     finally:
         network.train(was_training)
-        for hook in hooks:
-            hook.remove()
     return total / probe
 
 
@@ -77,7 +84,9 @@ class DryRun:
 
 def dry_run(recipe: Recipe, processes: int) -> DryRun:
     """Build the data (so missing files fail here), the model (with its initialisation) and the optimiser
-    as training would, for `processes` processes, and estimate activation memory per process."""
+    as training would, for `processes` processes, and estimate activation memory per process; a tracker
+    package the recipe's loggers need but that is not installed is an error here already."""
+    check_installed(recipe)
     core = build_core(recipe, lambda dataset: draw_subset(dataset, recipe), 0, processes)
     dataset, method, numbers = core.dataset, core.method, core.numbers
     optimizer = optimizer_for(method, recipe, numbers, torch.device("cpu"))

@@ -1,47 +1,59 @@
-"""Where a run's figures go: metrics.jsonl, TensorBoard (optional) and the progress display, with the
-timing of each log window. Rank 0 writes and shows; every rank calls, so the averaging all-reduce of
-the logged losses happens on all of them."""
+"""Where a run's figures go: metrics.jsonl, the experiment trackers of `runtime.loggers` (TensorBoard, W&B,
+MLflow; engine/loggers.py) and the progress display, with the timing of each log window. Rank 0 writes and
+shows; every rank calls, so the averaging all-reduce of the logged losses happens on all of them."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 from rich.console import Console
 
 from semiclust.engine import dist
+from semiclust.engine.loggers import Logger, open_loggers
 from semiclust.engine.metrics import MetricsLog
 from semiclust.engine.numbers import RunNumbers
 from semiclust.engine.progress import TrainingProgress
 from semiclust.engine.run_dir import RunFiles
+from semiclust.engine.signals import TrainingStopped
 from semiclust.engine.step import StepOutcome
-from semiclust.errors import SemiclustError
 from semiclust.evaluate import EvalResult
-from semiclust.schema import Runtime
+from semiclust.schema import Recipe
 
 
-def open_tensorboard(files: RunFiles, enabled: bool):
-    if not (enabled and dist.is_main()):
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise SemiclustError("runtime.tensorboard is on but the tensorboard package is not installed; "
-                             "`pip install tensorboard` or set runtime.tensorboard: false.") from None
-    return SummaryWriter(str(files.tensorboard))
+def tracked_scalars(record: dict, section: str) -> dict[str, float]:
+    """The numbers of a metrics.jsonl record, as `section/key` (its step is the trackers' step; None, a
+    non-finite value in the file, and text such as the split's name are left out)."""
+    return {f"{section}/{key}": float(value) for key, value in record.items()
+            if key not in ("type", "step") and isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
 class Reporter:
-    """Training records every `log_every_steps` steps, evaluation records, messages and the progress bar."""
+    """Training records every `log_every_steps` steps, evaluation records, messages and the progress bar;
+    a context manager, so that the trackers hear how the run ended."""
 
-    def __init__(self, files: RunFiles, runtime: Runtime, console: Console, numbers: RunNumbers, start_step: int):
+    def __init__(self, files: RunFiles, recipe: Recipe, console: Console, numbers: RunNumbers, start_step: int,
+                 resume: bool = False):
+        runtime = recipe.runtime
         mode = runtime.progress if runtime.progress != "auto" else ("rich" if console.is_terminal else "plain")
         self.metrics = MetricsLog(files.metrics, enabled=dist.is_main())
-        self.board = open_tensorboard(files, runtime.tensorboard)
+        self.loggers: list[Logger] = open_loggers(files, recipe, resume) if dist.is_main() else []
         self.progress = TrainingProgress(console, numbers.total_steps, start_step, numbers.steps_per_epoch,
                                          mode if dist.is_main() else "none")  # rank 0 reports for everyone
         self.numbers, self.log_every, self.console = numbers, runtime.log_every_steps, console
         self.started = time.perf_counter()
         self.window_start, self.window_steps, self.data_seconds = self.started, 0, 0.0
+
+    def __enter__(self) -> "Reporter":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.close("finished" if kind is None else "stopped" if isinstance(error, TrainingStopped) else "failed")
+
+    @property
+    def tracking(self) -> bool:
+        """Whether an experiment tracker listens (the end of the run then makes figures for it)."""
+        return bool(self.loggers)
 
     def message(self, text: str) -> None:
         self.progress.message(text)
@@ -53,6 +65,23 @@ class Reporter:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
+
+    def record(self, record: dict, section: str) -> None:
+        """One metrics.jsonl record, and its numbers to every tracker at the record's step."""
+        self.metrics.write(record)
+        scalars = tracked_scalars(record, section)
+        self.each_logger(lambda logger: logger.log_scalars(scalars, record["step"]))
+
+    def each_logger(self, call) -> None:
+        """`call(logger)` for every tracker; one that fails (a server gone away) is dropped with a warning, and the
+        run goes on: metrics.jsonl and the checkpoints hold everything."""
+        for logger in list(self.loggers):
+            try:
+                call(logger)
+            except Exception as err:  # each tracker's own exception types
+                self.loggers.remove(logger)
+                self.message(f"warning: {type(logger).__name__} stopped logging ({type(err).__name__}: "
+                             f"{str(err).strip()[:200]}); the run continues, metrics.jsonl has every figure")
 
     def step_done(self, step: int, outcome: StepOutcome, lr: float, weight_decay: float, extra: dict) -> None:
         """After every finished step (cheap); every `log_every_steps` steps, one record averaged over processes."""
@@ -68,27 +97,28 @@ class Reporter:
         now = time.perf_counter()
         seconds, steps = max(now - self.window_start, 1e-9), max(self.window_steps, 1)
         speed = self.window_steps * self.numbers.images_per_step / seconds
-        self.metrics.write({"type": "train", "step": done, "epoch": step // self.numbers.steps_per_epoch, **parts,
-                            "lr": lr, "weight_decay": weight_decay, "img_per_s": speed,
-                            "step_s": (now - self.window_start) / steps, "data_s": self.data_seconds / steps,
-                            "elapsed_s": now - self.started, **extra})
-        if self.board is not None:
-            for key, value in (*parts.items(), ("lr", lr), ("img_per_s", speed)):
-                self.board.add_scalar(f"train/{key}", value, done)
+        self.record({"type": "train", "step": done, "epoch": step // self.numbers.steps_per_epoch, **parts,
+                     "lr": lr, "weight_decay": weight_decay, "img_per_s": speed,
+                     "step_s": (now - self.window_start) / steps, "data_s": self.data_seconds / steps,
+                     "elapsed_s": now - self.started, **extra}, "train")
         self.window_start, self.window_steps, self.data_seconds = now, 0, 0.0
         self.progress.report(step, parts, lr, speed)
 
     def evaluated(self, step: int, result: EvalResult) -> None:
-        self.metrics.write({"type": "eval", "step": step, "epoch": step // self.numbers.steps_per_epoch,
-                            **result.as_dict()})
-        if self.board is not None:
-            self.board.add_scalar("eval/top1", result.top1, step)
+        self.record({"type": "eval", "step": step, "epoch": step // self.numbers.steps_per_epoch, **result.as_dict()},
+                    "eval")
+
+    def files(self, paths: list[Path]) -> None:
+        """Figures of the finished run (curves, confusion) to every tracker, at the last step."""
+        self.each_logger(lambda logger: [logger.log_file(path, self.numbers.total_steps) for path in paths])
 
     def stop_display(self) -> None:
         """The live bar ends with the steps (messages after it print as plain lines)."""
         self.progress.close()
 
-    def close(self) -> None:
-        if self.board is not None:
-            self.board.close()
-            self.board = None
+    def close(self, outcome: str = "finished") -> None:
+        """Close every tracker (once), telling W&B and MLflow how the run ended: finished, stopped by a signal
+        (to be resumed) or failed."""
+        loggers, self.loggers = self.loggers, []
+        for logger in loggers:
+            logger.close(outcome)

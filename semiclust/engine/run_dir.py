@@ -22,7 +22,7 @@ from semiclust.errors import SemiclustError, examples
 from semiclust.schema import Recipe
 from semiclust.storage.atomic import check_writable, remove_stale_temporaries, write_text
 from semiclust.storage.lock import FolderLock
-from semiclust.validation import dump_yaml
+from semiclust.validation import dump_yaml, validate
 
 RESUMABLE_KEYS = ("optim.lr", "optim.clip_grad_norm")
 RESUMABLE_SECTIONS = ("schedule.", "runtime.", "checkpoint.", "eval.")
@@ -61,6 +61,25 @@ class RunFiles:
     @property
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
+
+    @property
+    def wandb(self) -> Path:
+        return self.root / "wandb"
+
+    @property
+    def trackers(self) -> Path:
+        """The W&B and MLflow run ids of this run (so that --resume continues them)."""
+        return self.root / "trackers.json"
+
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+    @property
+    def final_confusion(self) -> Path:
+        """Where `semiclust eval` writes the final checkpoint's confusion PNG (and a run with trackers does)."""
+        return self.checkpoints / "final_confusion.png"
+
 
     def last_periodic(self) -> Path | None:
         found = periodic_checkpoints(self.checkpoints)
@@ -110,6 +129,7 @@ def decide_resume(files: RunFiles, recipe: Recipe) -> Claim:
     if not isinstance(saved, dict):
         raise SemiclustError(f"--resume: '{files.recipe}' is missing or unreadable, so the run cannot be checked; "
                              "start a new run in another --out.")
+    saved = validate(saved, f"'{files.recipe}'").model_dump(mode="json")  # a recipe saved before new keys gains defaults
     changes = recipe_differences(saved, recipe.model_dump(mode="json"))
     refused = [f"{key}: {old!r} vs {new!r}" for key, (old, new) in changes.items() if not resumable(key)]
     if refused:
@@ -139,10 +159,11 @@ def decide(files: RunFiles, recipe: Recipe, resume: bool, overwrite: bool) -> Cl
 
 
 def clean_for_a_new_run(files: RunFiles) -> None:
-    for stale in (files.metrics, files.subset, files.recipe, files.history):
+    """What a new run replaces: an earlier run's (or a failed start's) files, tracker logs included."""
+    for stale in (files.metrics, files.subset, files.recipe, files.history, files.trackers, files.curves):
         stale.unlink(missing_ok=True)
-    shutil.rmtree(files.checkpoints, ignore_errors=True)
-    shutil.rmtree(files.tensorboard, ignore_errors=True)
+    for folder in (files.checkpoints, files.tensorboard, files.wandb):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def claim_run_dir(files: RunFiles, recipe: Recipe, resume: bool, overwrite: bool,

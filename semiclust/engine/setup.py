@@ -33,7 +33,7 @@ from semiclust.errors import SemiclustError, examples
 from semiclust.methods import METHODS, Method
 from semiclust.methods.queue import EmbeddingQueue, queue_per_process
 from semiclust.models.init import InitReport, initialize
-from semiclust.models.network import Network, teacher_of
+from semiclust.models.network import Network, keep_running_stats_in_recompute, teacher_of
 from semiclust.schema import Recipe
 
 
@@ -156,6 +156,8 @@ def place(method: Method, recipe: Recipe, device: torch.device, world: int) -> t
     sync_bn = runtime.sync_batchnorm is True or (runtime.sync_batchnorm == "auto" and world > 1)
     if sync_bn:
         convert_sync_batchnorm(method, device.type == "cuda")
+        if recipe.model.grad_checkpointing:
+            keep_running_stats_in_recompute(method)  # the new BatchNorm layers need the guard too
     method.to(device)
     channels_last = uses_channels_last(runtime.channels_last, device, method)
     if channels_last:

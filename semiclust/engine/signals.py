@@ -5,6 +5,12 @@ import signal
 import threading
 from types import FrameType
 
+from semiclust.errors import SemiclustError
+
+
+class TrainingStopped(SemiclustError):
+    """Raised after a signal: a checkpoint was written and the run can be resumed."""
+
 
 class StopRequest:
     """Context manager installing handlers that record the first signal instead of dying mid-step.

@@ -24,11 +24,13 @@ from semiclust.engine.run import Run
 from semiclust.engine.numbers import lr_description
 from semiclust.engine.run_dir import Claim, RunFiles, claim_run_dir, record_changes
 from semiclust.engine.setup import build_run
-from semiclust.engine.signals import StopRequest
+from semiclust.engine.loggers import check_installed
+from semiclust.engine.signals import StopRequest, TrainingStopped
 from semiclust.engine.state import process_state, restore, training_state
 from semiclust.engine.step import StepOutcome, train_step, undo_buffers
 from semiclust.errors import SemiclustError, examples
-from semiclust.evaluate import EvalResult, evaluate
+from semiclust.evaluate import EvalResult, evaluate_with_confusion
+from semiclust.plot import plot_confusion, plot_run
 from semiclust.schema import Recipe, Runtime
 from semiclust.storage.atomic import WriteFailed
 from semiclust.version import __version__
@@ -44,10 +46,6 @@ class TrainSummary:
     main_process: bool = True  # rank 0 (the process that reports)
 
 
-class TrainingStopped(SemiclustError):
-    """Raised after a signal: a checkpoint was written and the run can be resumed."""
-
-
 def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume: bool = False,
           overwrite: bool = False, resume_hint: str | None = None) -> TrainSummary:
     """Train `recipe` into `run_dir` (recipe, labeled subset, metrics, checkpoints) and evaluate the result.
@@ -56,6 +54,7 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
     replaces a run already in the folder; `resume_hint` is the command printed when a signal stops it.
     A file that cannot be written (a full disk) ends the run in one paragraph naming the last good checkpoint."""
     device = start_processes(recipe.runtime)
+    check_installed(recipe)  # a tracker package that is missing stops the run before anything is written
     files = RunFiles(Path(run_dir))
     hint = resume_hint or shlex.join(["semiclust", "train", "RECIPE", "--out", str(files.root), "--resume"])
     lock = None
@@ -74,14 +73,27 @@ def run_training(claim: Claim, files: RunFiles, device: torch.device, console: C
     run = build_run(claim.recipe, files, device, claim.resume)
     start_step, skipped = resume_from(files, run) if claim.resume else (0, 0)
     record_changes(files, claim, start_step)
-    reporter = Reporter(files, claim.recipe.runtime, console, run.numbers, start_step)
-    announce(run, reporter, start_step, claim.notes)
-    skipped = run_steps(run, files, reporter, range(start_step, run.numbers.total_steps), skipped, hint)
-    result = evaluate_run(run, run.numbers.total_steps, reporter)
-    seconds = reporter.elapsed()
-    save_final(run, files, skipped, result)
-    reporter.close()
-    return TrainSummary(files.root, files.final, result, run.numbers.total_steps - start_step, seconds, dist.is_main())
+    total = run.numbers.total_steps
+    with Reporter(files, claim.recipe, console, run.numbers, start_step, claim.resume) as reporter:
+        announce(run, reporter, start_step, claim.notes)
+        skipped = run_steps(run, files, reporter, range(start_step, total), skipped, hint)
+        result, confusion = evaluate_run(run, total, reporter)
+        seconds = reporter.elapsed()
+        save_final(run, files, skipped, result)
+        if reporter.tracking and dist.is_main():
+            reporter.files(final_figures(run, files, result, confusion))
+    return TrainSummary(files.root, files.final, result, total - start_step, seconds, dist.is_main())
+
+
+def final_figures(run: Run, files: RunFiles, result: EvalResult | None, confusion: torch.Tensor | None) -> list[Path]:
+    """curves.png and checkpoints/final_confusion.png (as `semiclust plot` and `semiclust eval` write them), made
+    at the end of a run that logs to a tracker, for the tracker."""
+    paths = [plot_run(files.root, files.curves)]
+    if result is not None and confusion is not None:
+        paths.append(plot_confusion(confusion, list(run.dataset.classes), files.final_confusion,
+                                    f"{run.recipe.name}, step {run.numbers.total_steps}: top-1 {result.top1:.2f}% on "
+                                    f"{result.n} images"))
+    return paths
 
 
 def run_steps(run: Run, files: RunFiles, reporter: Reporter, steps: range, skipped: int, hint: str) -> int:
@@ -111,7 +123,7 @@ def after_step(run: Run, done: int, policy: Policy, stop: StopRequest, reporter:
                skipped: int, hint: str) -> None:
     """Evaluation and periodic checkpoints when due; after a signal (on any process), a checkpoint and the stop."""
     if policy.evaluates_after(done):
-        result = evaluate_run(run, done, reporter)
+        result, _ = evaluate_run(run, done, reporter)
         reporter.message(f"epoch {done // run.numbers.steps_per_epoch}: top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%")
     stopping = dist.any_process(stop.requested, run.device)
     if policy.saves_after(done, stopping):
@@ -231,14 +243,15 @@ def file_counts(run: Run) -> dict:
     return {"corrupt_images": run.batches.corrupt_images} if run.batches.files is not None else {}
 
 
-def evaluate_run(run: Run, step: int, reporter: Reporter) -> EvalResult | None:
-    """Top-1/top-5 of the method's classifier on the evaluation split, recorded in the metrics."""
+def evaluate_run(run: Run, step: int, reporter: Reporter) -> tuple[EvalResult | None, torch.Tensor | None]:
+    """Top-1/top-5 of the method's classifier on the evaluation split, recorded in the metrics, and the confusion
+    matrix of its predictions (both None without an evaluation split)."""
     if run.eval_views is None:
-        return None
-    result = evaluate(run.method.classifier, run.eval_views, run.dataset.test_split_name,
-                      match=Stream.LABELED not in run.method.streams)
+        return None, None
+    result, confusion = evaluate_with_confusion(run.method.classifier, run.eval_views, run.dataset.test_split_name,
+                                                match=Stream.LABELED not in run.method.streams)
     reporter.evaluated(step, result)
-    return result
+    return result, confusion
 
 
 def checkpoint_state(run: Run, step: int, skipped: int, result: EvalResult | None = None) -> dict | None:

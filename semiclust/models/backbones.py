@@ -6,6 +6,7 @@ local checkpoint is a separate step.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -17,16 +18,21 @@ from semiclust.errors import SemiclustError
 from semiclust.registry import unknown_name_message
 from semiclust.storage.tensors import FileRole, read_safetensors, read_torch
 
-_TIMM_ONLY = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+_TIMM_ONLY = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "pretrained_model_args")
+HUB_WEIGHTS = "model.safetensors"  # the weights file of a hub-format folder (`semiclust export --format hub`)
 
 
 def _pretrained_file(pretrained: bool, name: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     """The model kwargs without timm's pretrained options, and the local weights file asked for, if any.
 
     These networks have no published weights; `pretrained=True` works, as for timm's own models, with
-    a local file: `pretrained_cfg_overlay=dict(file=PATH)` (e.g. a `semiclust export` of the backbone).
+    a local file: `pretrained_cfg_overlay=dict(file=PATH)` (e.g. a `semiclust export` of the backbone),
+    or a hub-format folder, `timm.create_model('local-dir:DIR', pretrained=True)` (its model.safetensors).
     """
     file = (kwargs.get("pretrained_cfg_overlay") or {}).get("file") if pretrained else None
+    config = kwargs.get("pretrained_cfg")
+    if pretrained and not file and isinstance(config, dict) and config.get("source") == "local-dir":
+        file = str(Path(config["file"]) / HUB_WEIGHTS)
     if pretrained and not file:
         raise SemiclustError(f"backbone '{name}' has no published weights; pass pretrained_cfg_overlay=dict(file=PATH) "
                              "with a local file, or initialise from a checkpoint with model.init.")

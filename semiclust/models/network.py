@@ -30,6 +30,48 @@ def frozen_running_stats(module: nn.Module) -> Iterator[None]:
             m.momentum = momentum
 
 
+def in_backward() -> bool:
+    """Whether autograd's engine is running a backward pass, where gradient checkpointing re-runs forwards."""
+    return torch._C._current_graph_task_id() != -1
+
+
+def _stash_running_stats(layer: nn.Module, _inputs) -> None:
+    if layer.training and layer.track_running_stats and in_backward():
+        layer._stats_before_recompute = [b.clone() for b in (layer.running_mean, layer.running_var,
+                                                             layer.num_batches_tracked)]
+
+
+def _restore_running_stats(layer: nn.Module, _inputs, _output) -> None:
+    saved = layer.__dict__.pop("_stats_before_recompute", None)
+    if saved is not None:
+        with torch.no_grad():
+            for buffer, value in zip((layer.running_mean, layer.running_var, layer.num_batches_tracked), saved):
+                buffer.copy_(value)
+
+
+def keep_running_stats_in_recompute(module: nn.Module) -> None:
+    """Gradient checkpointing runs the forward of each checkpointed block a second time, during backward,
+    and a BatchNorm layer there would update its running statistics twice with one batch. These hooks put
+    them back after that second run, so they move once per step as without checkpointing (idempotent;
+    call it again after BatchNorm layers are replaced, as SyncBatchNorm conversion does)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and not getattr(layer, "_recompute_guard", False):
+            layer.register_forward_pre_hook(_stash_running_stats)
+            layer.register_forward_hook(_restore_running_stats)
+            layer._recompute_guard = True
+
+
+def enable_grad_checkpointing(backbone: nn.Module, name: str) -> None:
+    """timm's `set_grad_checkpointing()` on the backbone, or a clear error for one that has none."""
+    try:
+        backbone.set_grad_checkpointing(True)
+    except (AttributeError, AssertionError, NotImplementedError):
+        raise SemiclustError(f"model.grad_checkpointing is on but backbone '{name}' does not support gradient "
+                             "checkpointing (timm's set_grad_checkpointing); set model.grad_checkpointing: false or "
+                             "choose a backbone that has it (timm's ResNets, ViTs, ConvNeXts, ...).") from None
+    keep_running_stats_in_recompute(backbone)
+
+
 class Network(nn.Module):
     """Maps images to (L2-normalised embeddings, prototype scores). argmax of the scores = the class."""
 
@@ -39,6 +81,8 @@ class Network(nn.Module):
         self.local_crops_update_bn = spec.local_crops_update_bn
         kwargs = {**spec.backbone.kwargs, **(backbone_overrides or {})}
         self.backbone = create_backbone(spec.backbone.name, kwargs, in_chans)
+        if spec.grad_checkpointing:
+            enable_grad_checkpointing(self.backbone, spec.backbone.name)
         self.head = ProjectionHead(self.backbone.num_features, spec.head)
         kind = UnitPrototypes if prototypes == "unit" else WeightNormPrototypes
         self.prototypes = kind(spec.head.out, num_prototypes)

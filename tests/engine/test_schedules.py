@@ -3,7 +3,6 @@ import math
 import pytest
 
 from semiclust.engine.schedules import cosine, scaled_lr, warmup_cosine
-from semiclust.engine.schedules import cosine
 
 
 def test_warmup_is_linear_then_cosine_to_final():

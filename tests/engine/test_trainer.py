@@ -12,7 +12,7 @@ from semiclust.errors import SemiclustError
 from semiclust.storage.atomic import WriteFailed
 from semiclust.methods.base import Method, StepResult
 from semiclust.recipe import resolve as validate
-from tests.helpers import TINY_RECIPE
+from tests.helpers import TINY_RECIPE, make_recipe
 
 
 def recipe_for(method_name: str, **changes):
@@ -170,3 +170,22 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
     assert one.steps == two.steps == 12  # 96 images / 16 per optimiser step x 2 epochs
     for name, value in one_state["method"].items():
         torch.testing.assert_close(two_state["method"][name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_accepts_a_saved_recipe_from_before_a_key_was_added(tmp_path):
+    """recipe.yaml of an older version lacks keys added since (with defaults); it means the same recipe."""
+    import yaml
+
+    from semiclust.engine.run_dir import RunFiles, decide_resume
+    from semiclust.validation import dump_yaml
+
+    recipe = make_recipe()
+    files = RunFiles(tmp_path)
+    old = yaml.safe_load(dump_yaml(recipe))
+    del old["model"]["grad_checkpointing"], old["runtime"]["loggers"], old["runtime"]["tracking"]
+    del old["data"]["max_image_pixels"]
+    files.recipe.write_text(yaml.safe_dump(old))
+    assert decide_resume(files, recipe).changes == {}  # the same recipe
+    files.recipe.write_text(yaml.safe_dump({**old, "seed": 7}))
+    with pytest.raises(SemiclustError, match="the recipe differs.*seed: 7 vs 0"):
+        decide_resume(files, recipe)

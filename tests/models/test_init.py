@@ -325,7 +325,8 @@ def test_semiclust_teacher_and_a_suave_file_without_teacher(tmp_path):
 def test_unit_and_weight_normalised_prototypes_convert(tmp_path):
     path, trained = semiclust_checkpoint(tmp_path, "daino")
     raw = copy.deepcopy(TINY_RECIPE)
-    raw["model"]["head"] = recipe(TINY_RECIPE["model"]["backbone"], "daino").model.head.model_dump()  # Daino's head, Suave's prototypes
+    # Daino's head, Suave's prototypes
+    raw["model"]["head"] = recipe(TINY_RECIPE["model"]["backbone"], "daino").model.head.model_dump()
     torch.manual_seed(0)
     net = Network(make_recipe(raw).model, 3, CLASSES, "unit")
     report = init(net, path, what="all")
