@@ -38,12 +38,13 @@ from semiclust.models.backbones import BACKBONES
 from semiclust.models.classifier import ExportedClassifier, load_classifier as load_export
 from semiclust.plot import plot_confusion
 from semiclust.predict import Prediction, collect_images, predict_files
+from semiclust.recipe_init import InitResult, init_recipe as write_new_recipe
 from semiclust.recipe import apply_overrides, load_recipe as read_recipe, resolve
 from semiclust.recipes_dir import RECIPES
 from semiclust.report import checkpoint_report
 from semiclust.schema import Recipe
 from semiclust.storage.atomic import WriteFailed, check_writable
-from semiclust.validation import validate
+from semiclust.validation import validate, with_legacy_batches
 
 RecipeLike = Recipe | str | Path
 
@@ -58,13 +59,15 @@ def load_recipe(recipe: RecipeLike, overrides: Sequence[str] = ()) -> Recipe:
 
 
 def train(recipe: RecipeLike, out: Path | str | None = None, overrides: Sequence[str] = (), resume: bool = False,
-          overwrite: bool = False, console: Console | None = None, resume_hint: str | None = None) -> TrainSummary:
+          overwrite: bool = False, console: Console | None = None, resume_hint: str | None = None,
+          started: float | None = None) -> TrainSummary:
     """Train into `out` (default runs/<recipe name>) and return the final evaluation; under torchrun every
-    process calls this, and the process group is closed when it returns."""
+    process calls this, and the process group is closed when it returns. A `schedule.budget` counts from
+    `started` (time.time(); the CLI gives its process's start; default: this call)."""
     resolved = load_recipe(recipe, overrides)
     try:
         return run_training(resolved, Path(out or Path("runs") / resolved.name), console, resume=resume,
-                            overwrite=overwrite, resume_hint=resume_hint)
+                            overwrite=overwrite, resume_hint=resume_hint, started=started)
     finally:
         dist.shutdown()
 
@@ -102,7 +105,8 @@ def evaluate(checkpoint: Path | str, overrides: Sequence[str] = (), device: str 
         check_writable(png, "the confusion-matrix PNG", "Write it elsewhere with --confusion PATH, or skip it with "
                        "--no-confusion.")
     state = load_checkpoint(evaluated)
-    raw = apply_overrides(json.loads(json.dumps(state["recipe"])), list(overrides)) if overrides else state["recipe"]
+    saved = with_legacy_batches(state["recipe"])
+    raw = apply_overrides(json.loads(json.dumps(saved)), list(overrides)) if overrides else saved
     recipe = validate(raw, "the checkpoint's recipe with --set overrides" if overrides else "the checkpoint's recipe")
     report, skipped = checkpoint_report(state, recipe, resolve_device(device), knn, knn_temperature)
     evaluation = Evaluation(report, Path(checkpoint), state["step"], recipe, png, skipped)
@@ -116,16 +120,17 @@ def evaluate(checkpoint: Path | str, overrides: Sequence[str] = (), device: str 
 
 
 def export(checkpoint: Path | str, out: Path | str, content: str | None = None,
-           format: str = "safetensors") -> dict[str, str]:
+           format: str = "safetensors", network: str | None = None) -> dict[str, str]:
     """Write the evaluated network of a checkpoint (Daino: the teacher): `safetensors` (the default) holds the
     backbone alone (loads in plain timm) or the whole classifier, `onnx` the classifier as an ONNX graph, `hub`
-    the folder timm loads with `local-dir:` and the Hugging Face Hub publishes; returns the metadata written."""
+    the folder timm loads with `local-dir:` and the Hugging Face Hub publishes; returns the metadata written.
+    `network` exports another network of the checkpoint: student, teacher or ema (the weight average)."""
     chosen = export_content(format, content)
     if format == "onnx":
-        return export_onnx(checkpoint_file(checkpoint), Path(out))
+        return export_onnx(checkpoint_file(checkpoint), Path(out), network)
     if format == "hub":
-        return export_hub(checkpoint_file(checkpoint), Path(out))
-    return export_checkpoint(checkpoint_file(checkpoint), Path(out), chosen)
+        return export_hub(checkpoint_file(checkpoint), Path(out), network)
+    return export_checkpoint(checkpoint_file(checkpoint), Path(out), chosen, network)
 
 
 def load_classifier(path: Path | str, device: str | torch.device = "cpu") -> ExportedClassifier:
@@ -153,6 +158,14 @@ def compare(run_dirs: Sequence[Path | str], out: Path | str | None = None) -> Co
     """Runs side by side: the recipe keys that differ, final and best top-1, time, images/s, and a PNG of their
     curves overlaid written to `out` (default: compare.png in the folder holding the runs)."""
     return compare_runs([Path(p) for p in run_dirs], Path(out) if out else None)
+
+
+def init_recipe(data: Path | str, budget: str = "30m", labels: Path | str | None = None,
+                evaluation: Path | str | None = None, method: str = "suave", per_class: int | None = None,
+                fraction: float | None = None) -> InitResult:
+    """A recipe for a folder of images and a time budget, fitted on this machine (`semiclust recipe init`)."""
+    return write_new_recipe(Path(data), budget, Path(labels) if labels else None,
+                            Path(evaluation) if evaluation else None, method, per_class, fraction)
 
 
 def catalogue() -> dict:

@@ -42,11 +42,14 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="Build data, model and optimiser, print the plan, do not train."),
     processes: Optional[int] = typer.Option(None, "--processes", help="With --dry-run: plan for this many processes "
                                             "(default: $WORLD_SIZE or 1)."),
+    budget: Optional[str] = typer.Option(None, "--budget", help="Wall time of this command instead of the recipe's "
+                                         "epochs, e.g. 30m or 2h (= --set schedule.budget=30m --set schedule.epochs=null)."),
 ) -> None:
     """Train a model as the recipe says; writes recipe, labeled subset, metrics and checkpoints to --out."""
     from semiclust import api, render
 
-    resolved = api.load_recipe(recipe, overrides or [])
+    overrides = [*(overrides or []), *([f"schedule.budget={budget}", "schedule.epochs=null"] if budget else [])]
+    resolved = api.load_recipe(recipe, overrides)
     if dry_run:
         count = processes or int(os.environ.get("WORLD_SIZE", "1"))
         render.show_dry_run(console, resolved, api.dry_run(resolved, count), count)
@@ -54,7 +57,10 @@ def train(
     run_dir = out or Path("runs") / resolved.name
     sets = [part for override in overrides or [] for part in ("--set", override)]
     hint = shlex.join(["semiclust", "train", recipe, "--out", str(run_dir), *sets, "--resume"])
-    summary = api.train(resolved, run_dir, console=console, resume=resume, overwrite=overwrite, resume_hint=hint)
+    from semiclust.engine.budget import process_started
+
+    summary = api.train(resolved, run_dir, console=console, resume=resume, overwrite=overwrite, resume_hint=hint,
+                        started=process_started())
     if summary.main_process:
         render.show_trained(console, summary)
 
@@ -93,11 +99,13 @@ def export(
                                     "(the classifier as an ONNX graph) or hub (the folder timm loads with local-dir:)."),
     content: Optional[str] = typer.Option(None, "--content", help="safetensors only: backbone (the default; loads in "
                                           "plain timm) or classifier (backbone + head + prototypes)."),
+    network: Optional[str] = typer.Option(None, "--network", help="Another network of the checkpoint than the one it "
+                                          "evaluates: student, teacher (Daino) or ema (method.ema's weight average)."),
 ) -> None:
     """Export the evaluated network (Daino: the teacher) with its metadata (preprocessing, classes, hashes)."""
     from semiclust import api, render
 
-    meta = api.export(checkpoint, out, content, file_format)
+    meta = api.export(checkpoint, out, content, file_format, network)
     render.show_export(console, meta, out)
 
 
@@ -174,6 +182,31 @@ def recipe_show(recipe: str = RecipeArgument, overrides: Optional[list[str]] = S
     from semiclust.validation import dump_yaml
 
     print(dump_yaml(api.load_recipe(recipe, overrides or [])), end="")
+
+
+@recipe_app.command("init")
+def recipe_init(
+    data: Path = typer.Option(..., "--data", help="An ImageFolder (train/<class>/, val/<class>/) or a folder of images."),
+    out: Path = typer.Option(..., "--out", "-o", help="The recipe file to write."),
+    budget: str = typer.Option("30m", "--budget", help="Wall time of `semiclust train` with it, e.g. 30m or 2h."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="A 'path,label' list of the labeled images (the "
+                                          "folder is then the unlabeled pool)."),
+    evaluation: Optional[Path] = typer.Option(None, "--eval", help="With --labels: a 'path,label' list to evaluate on."),
+    method: str = typer.Option("suave", "--method", help="suave or daino."),
+    per_class: Optional[int] = typer.Option(None, "--per-class", help="Keep this many labels per class."),
+    fraction: Optional[float] = typer.Option(None, "--fraction", help="Keep this fraction of the labels."),
+) -> None:
+    """Write a recipe for images semiclust has never seen: crop sizes from the images, a backbone width timed on
+    this machine to fit the budget, batches from the labeled set, the method's defaults for small images."""
+    from semiclust import api
+    from semiclust.storage.atomic import check_writable, write_text
+
+    check_writable(out, "--out", "Choose a writable path for the recipe.")
+    result = api.init_recipe(data, budget, labels, evaluation, method, per_class, fraction)
+    write_text(out, result.text)
+    for choice in result.choices:
+        console.print(f"{choice.key}: {choice.why}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {out}; train with: semiclust train {out}", highlight=False)
 
 
 @recipe_app.command("reference")

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 
-from semiclust.engine.checkpoint import classifier_network, load_checkpoint
+from semiclust.engine.checkpoint import classifier_network, load_checkpoint, with_network
 from semiclust.errors import SemiclustError
 from semiclust.models.backbones import SMALL_IMAGE_BACKBONES
 from semiclust.models.classifier import EXPORT_FORMAT
@@ -87,14 +87,14 @@ def timm_load_code(metadata: dict[str, str], source: str) -> list[str]:
     return lines
 
 
-def export_checkpoint(checkpoint: Path, out: Path, content: str = "backbone") -> dict[str, str]:
+def export_checkpoint(checkpoint: Path, out: Path, content: str = "backbone", network: str | None = None) -> dict[str, str]:
     """Write the backbone (or the whole classifier) of a semiclust checkpoint to `out` (.safetensors)."""
     if content not in CONTENTS:
         raise SemiclustError(f"export content must be one of {', '.join(CONTENTS)}, not '{content}'.")
     check_writable(out, "--out", "Choose a writable .safetensors path for the export.")
     if Path(out).suffix != ".safetensors":
         raise SemiclustError(f"--out '{out}' must end in .safetensors (timm recognises the format by the suffix).")
-    state = load_checkpoint(Path(checkpoint))
+    state = with_network(load_checkpoint(Path(checkpoint)), network)
     network, _ = classifier_network(state)
     part = network.backbone if content == "backbone" else network
     tensors = {k: v.detach().contiguous().cpu() for k, v in part.state_dict().items()}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from semiclust.engine.checkpoint import classifier_network, load_checkpoint
+from semiclust.engine.checkpoint import classifier_network, load_checkpoint, with_network
 from semiclust.errors import SemiclustError
 from semiclust.export import export_metadata, timm_load_code
 from semiclust.methods import METHODS
@@ -121,12 +121,12 @@ def model_card(state: dict, metadata: dict[str, str], folder: Path) -> str:
         f"{metadata['format_version']}.", ""])
 
 
-def export_hub(checkpoint: Path, out: Path) -> dict[str, str]:
+def export_hub(checkpoint: Path, out: Path, network: str | None = None) -> dict[str, str]:
     """Write the hub-format folder of a checkpoint's evaluated backbone (Daino: the teacher's) to `out`; each file
     is written atomically and config.json last, so a folder with a new config.json is complete."""
     out = Path(out)
     check_hub_folder(out)
-    state = load_checkpoint(Path(checkpoint))
+    state = with_network(load_checkpoint(Path(checkpoint)), network)
     network, recipe = classifier_network(state)
     metadata = {**export_metadata(state, "backbone"), "file_format": "hub"}
     tensors = {k: v.detach().contiguous().cpu() for k, v in network.backbone.state_dict().items()}

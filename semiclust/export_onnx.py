@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from semiclust.engine.checkpoint import classifier_network, load_checkpoint
+from semiclust.engine.checkpoint import classifier_network, load_checkpoint, with_network
 from semiclust.errors import SemiclustError
 from semiclust.export import export_metadata
 from semiclust.extras import require
@@ -53,13 +53,13 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def export_onnx(checkpoint: Path, out: Path) -> dict[str, str]:
+def export_onnx(checkpoint: Path, out: Path, network: str | None = None) -> dict[str, str]:
     """Write the evaluated classifier of a semiclust checkpoint (Daino: the teacher) to `out` (.onnx), atomically;
     returns the metadata stored in the file."""
     if Path(out).suffix != ".onnx":
         raise SemiclustError(f"--out '{out}' must end in .onnx with --format onnx.")
     onnx = require("onnx", "onnx", "semiclust export --format onnx")
-    state = load_checkpoint(Path(checkpoint))
+    state = with_network(load_checkpoint(Path(checkpoint)), network)
     network, recipe = classifier_network(state)
     if hasattr(network.backbone, "set_grad_checkpointing"):
         network.backbone.set_grad_checkpointing(False)  # a training-time memory saving; nothing to trace

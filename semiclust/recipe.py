@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from semiclust.assign import ASSIGNMENTS
 from semiclust.data.datasets import DATASETS
+from semiclust.data.streams import Stream
 from semiclust.errors import SemiclustError
 from semiclust.methods import METHODS
 from semiclust.models.backbones import check_backbone_name
@@ -145,9 +146,28 @@ def resolve(raw: dict[str, Any], source: str = "recipe") -> Recipe:
         recipe = Recipe.model_validate(raw, context={"assignment_specs": ASSIGNMENTS.specs()})
     except ValidationError as err:
         problems = describe_errors(err) + problems
+    else:
+        problems += method_problems(recipe)
     if problems:
         raise SemiclustError(invalid_recipe_message(source, problems))
     return recipe
+
+
+def method_problems(recipe: Recipe) -> list[str]:
+    """Options the chosen method cannot use: the mixed unlabeled view needs two target crops of a method that
+    trains on unlabeled data; a weight average is redundant beside a teacher (which is one, and is evaluated)."""
+    if recipe.method.name not in METHODS:
+        return []
+    kind, spec, problems = METHODS.get(recipe.method.name), recipe.method, []
+    unlabeled = Stream.UNLABELED in kind.streams
+    if spec.unlabeled_mixup.enabled and (not unlabeled or spec.target_crops < 2):
+        lacks = "uses no unlabeled images" if not unlabeled else "has target_crops 1"
+        problems.append(f"'method.unlabeled_mixup' mixes the first two target crops of the unlabeled images, but "
+                        f"method '{spec.name}' {lacks}: set method.unlabeled_mixup.enabled: false")
+    if spec.ema.enabled and "teacher" in kind.parts:
+        problems.append(f"'method.ema': method '{spec.name}' already evaluates an EMA of its weights (its teacher, "
+                        "method.teacher); set method.ema.enabled: false")
+    return problems
 
 
 def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:

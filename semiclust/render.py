@@ -35,16 +35,18 @@ def key_value_table(title: str, rows: list[tuple[str, str]]) -> Table:
 def dry_run_rows(recipe: Recipe, plan: DryRun) -> list[tuple[str, str]]:
     n, params, optim = plan.numbers, plan.parameters, recipe.optim
     evaluation = "no evaluation set" if plan.eval_images is None else f"{plan.eval_images:,} evaluation images"
-    accumulated = f" x {optim.accumulate_steps} accumulated" if optim.accumulate_steps > 1 else ""
+    accumulated = f" per micro-batch, {optim.accumulate_steps} micro-batches a step" if optim.accumulate_steps > 1 else ""
     teacher = f"; EMA teacher {plan.teacher_parameters:,}" if plan.teacher_parameters else ""
     lr = lr_description(recipe, n)
     rows = [
         ("data", f"{plan.train_images:,} training images, {plan.labeled:,} labeled, {evaluation}, {plan.classes} classes"),
         ("labeled subset", plan.labeled_identity),
-        ("global batch", f"{n.global_unlabeled:,} unlabeled + {n.global_labeled:,} labeled images per step "
-                         f"({recipe.data.batch.unlabeled} + {recipe.data.batch.labeled} per process{accumulated})"),
-        ("steps", f"{n.steps_per_epoch:,} per epoch x {recipe.schedule.epochs} epochs = {n.total_steps:,}; "
-                  f"warm-up {n.warmup_steps:,}"),
+        ("global batch", f"{n.global_unlabeled:,} unlabeled + {n.global_labeled:,} labeled images per step; each of "
+                         f"{n.world} process(es) takes {n.process_unlabeled} + {n.process_labeled}{accumulated}"
+                         + (" (data.batch.per: process)" if recipe.data.batch.per == "process" else "")),
+        ("steps", (f"{n.steps_per_epoch:,} per epoch x {recipe.schedule.epochs} epochs = {n.total_steps:,}"
+                   if recipe.schedule.epochs else f"{n.steps_per_epoch:,} per epoch; the budget ({recipe.schedule.budget}) "
+                   "decides how many, by a calibration at the start of training") + f"; warm-up {n.warmup_steps:,}"),
         ("learning rate", lr),
         ("parameters", f"backbone {params['backbone']:,}, head {params['head']:,}, prototypes {params['prototypes']:,}; "
                        f"trainable {params['trainable']:,}{teacher}"),
@@ -80,10 +82,22 @@ def show_trained(console: Console, summary: TrainSummary) -> None:
         return
     matched = " (prototypes matched to classes)" if r.matching != "identity" else ""
     skipped = f" ({r.unreadable} unreadable left out)" if r.unreadable else ""
+    budget = f"\nbudget: {summary.budget_used}" if summary.budget_used else ""
+    beside = "".join(f"; {name} network: top-1 {b.top1:.2f}%" for name, b in (summary.beside or {}).items())
     console.print(
-        f"[bold green]done[/] in {summary.seconds:.0f}s: top-1 [bold]{r.top1:.2f}%[/], top-5 {r.top5:.2f}% on "
-        f"{r.n} {r.split} images{skipped}{matched}.\ncheckpoint: {summary.checkpoint}\n"
-        f"evaluate again: semiclust eval --checkpoint {summary.checkpoint}", highlight=False)
+        f"[bold green]done[/] in {summary.seconds:.0f}s: final top-1 [bold]{r.top1:.2f}%[/], top-5 {r.top5:.2f}% on "
+        f"{r.n} {r.split} images{skipped}{matched}{beside}.\n{best_line(summary)}checkpoint: {summary.checkpoint}"
+        f"{budget}\nevaluate again: semiclust eval --checkpoint {summary.checkpoint}", highlight=False)
+
+
+def best_line(summary: TrainSummary) -> str:
+    """The checkpoint the validation split chose, with its own test top-1 (data.validation), as one line."""
+    best = summary.best
+    if best is None or best.step is None:
+        return ""
+    test = f"{best.test.split} top-1 {best.test.top1:.2f}%" if best.test is not None else "no test split"
+    return (f"best on validation (chosen by the validation split, never by the test split): step {best.step}, "
+            f"validation top-1 {best.top1:.2f}%, {test}; {summary.checkpoint.parent / 'best.pt'}\n")
 
 
 def evaluation_json(evaluation: Evaluation) -> str:

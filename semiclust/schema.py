@@ -6,6 +6,7 @@ section) is done by the recipe loader, `semiclust/recipe.py`, before and after v
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -73,7 +74,21 @@ class CropGroup(Strict):
         return value
 
 
-class Labels(Strict):
+class SubsetDraw(Strict):
+    """Base of the sections that choose training images by class: exactly one of per_class, fraction, list."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "SubsetDraw":
+        chosen = [k for k in ("per_class", "fraction", "list") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise ValueError(
+                "give exactly one of per_class, fraction or list "
+                f"(got {', '.join(chosen) if chosen else 'none'})"
+            )
+        return self
+
+
+class Labels(SubsetDraw):
     """Which training images keep their label: k per class, a fraction, or a list file. Choose one."""
 
     per_class: PositiveInt | None = Field(None, description="k labeled images per class, drawn with the seed")
@@ -83,15 +98,18 @@ class Labels(Strict):
         description="a file with one training index (in-memory datasets) or file name (image files) per line, e.g. a SimCLR list")
     seed: int | None = Field(None, description="seed of the draw; null = the recipe's seed")
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> "Labels":
-        chosen = [k for k in ("per_class", "fraction", "list") if getattr(self, k) is not None]
-        if len(chosen) != 1:
-            raise ValueError(
-                "give exactly one of per_class, fraction or list "
-                f"(got {', '.join(chosen) if chosen else 'none'})"
-            )
-        return self
+
+class Validation(SubsetDraw):
+    """A validation split carved from the labeled training images that are not in the labeled subset: never
+    trained on (neither as labeled nor as unlabeled images), evaluated at every evaluation, and the choice of
+    checkpoints/best.pt. The test split is never used to choose anything."""
+
+    per_class: PositiveInt | None = Field(None, description="k validation images per class, drawn with the seed")
+    fraction: Annotated[float, Field(gt=0, lt=1)] | None = Field(None,
+        description="this fraction of each class's labeled images outside the labeled subset (at least one each)")
+    list: Path | None = Field(None, description="a file naming the validation images (indices or file names, as "
+                              "data.labels.list); none may be in the labeled subset")
+    seed: int | None = Field(None, description="seed of the draw; null = the recipe's seed + 1")
 
 
 class UnlabeledViews(Strict):
@@ -112,12 +130,17 @@ class EvalView(Strict):
 
 
 class Batch(Strict):
-    """Images per process and step."""
+    """Images per optimiser step over all processes: the experiment. Each process takes an equal share per
+    micro-batch (batch / (processes x optim.accumulate_steps)), so 1 and N processes train the same thing."""
 
     unlabeled: PositiveInt = Field(64,
-        description="unlabeled images per process and step (each gives every crop of the multi-crop set)")
+        description="unlabeled images per optimiser step over all processes (each gives every crop of the multi-crop set)")
     labeled: PositiveInt = Field(32,
-        description="labeled images per process and step (one view each; mixup appends a mixed copy)")
+        description="labeled images per optimiser step over all processes (one view each; mixup appends a mixed copy)")
+    per: Literal["global", "process"] = Field(
+        "global", description="global: the batches above are over all processes and accumulation steps; process: they "
+        "are per process and micro-batch, as in recipes saved before batches were global (a run directory or "
+        "checkpoint of then is read with it)")
 
 
 class Loader(Strict):
@@ -129,6 +152,11 @@ class Loader(Strict):
     prefetch: PositiveInt = Field(4, description="batches each worker prepares ahead")
     pin_memory: Literal["auto"] | bool = Field("auto", description="auto = on when training on CUDA")
     persistent_workers: bool = Field(True, description="keep evaluation workers alive between evaluations")
+    decode: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="where training JPEGs are decoded and cropped: cpu = by the workers; gpu = the workers only "
+        "read the files and the training process decodes each batch on its device (nvJPEG) and cuts the crops there "
+        "(the same crop windows and flips; other formats still go through the workers); auto = gpu when training on "
+        "CUDA")
 
 
 class Data(Strict):
@@ -144,6 +172,13 @@ class Data(Strict):
     corrupt_images: Literal["skip", "fail"] = Field(
         "skip", description="an unreadable image file: skip it with a warning (replaced by the next image), or "
         "stop the run naming it")
+    cache: Literal["auto", "off"] = Field(
+        "auto", description="auto: image files of one size that fit data.cache_gb are decoded once into memory at "
+        "the start and cropped in batches like an in-memory dataset (small images: much faster); off: always read "
+        "the files")
+    cache_gb: Annotated[float, Field(ge=0)] = Field(2.0, description="memory the decoded images may take (per node)")
+    validation: Validation | None = Field(None, description="a validation split carved from the training set "
+                                          "(model selection without the test split); null = none")
     max_image_pixels: PositiveInt | None = Field(
         89_478_485, description="an image file whose header declares more pixels is unreadable and never decoded "
         "(a decompression bomb); Pillow's default; null = no limit")
@@ -248,6 +283,28 @@ class Mixup(Strict):
     alpha: Annotated[float, Field(gt=0)] = Field(1.0, description="lambda ~ Beta(alpha, alpha)")
 
 
+class UnlabeledMixup(Strict):
+    """Suave's release: one more view of each unlabeled image, global crop 1 mixed with the batch-reversed global
+    crop 2 (Mixup or CutMix as method.mixup draws them, one lambda per batch), predicted at the temperature
+    against lambda * q1 + (1 - lambda) * reversed(q2); it never makes targets."""
+
+    enabled: bool = Field(False, description="add the mixed view of the two global crops")
+    weight: Literal["views", "rows"] = Field(
+        "views", description="its count in the row-count weighting: views = 1 (the release: ~0.3% of the loss with "
+        "its batches), rows = one per image")
+
+
+class Ema(Strict):
+    """An exponential moving average of the student's weights (timm's ModelEmaV3), evaluated and exportable
+    beside it; Daino's teacher already is one."""
+
+    enabled: bool = Field(False, description="keep the average")
+    momentum: Annotated[float, Field(ge=0, lt=1)] = Field(0.999, description="weight of the average at each step")
+    warmup: bool = Field(True, description="momentum min(momentum, (1 + step) / (10 + step)): early steps count more")
+    evaluate: bool = Field(False, description="the average is the classifier evaluated, checkpointed as the result "
+                                              "and exported (else the online network, with the average reported beside)")
+
+
 class MethodSpec(Strict):
     name: str = Field(description="suave, daino, swav, dino or supervised (`semiclust list methods`); sets the defaults "
                       "of head, assignment and optimiser")
@@ -265,6 +322,8 @@ class MethodSpec(Strict):
     queue: Queue = Queue()
     teacher: Teacher = Teacher()
     mixup: Mixup = Mixup()
+    unlabeled_mixup: UnlabeledMixup = UnlabeledMixup()
+    ema: Ema = Ema()
     freeze_prototypes_steps: Annotated[int, Field(ge=0)] = Field(0,
         description="keep the prototypes fixed for this many first steps (SwAV's option)")
 
@@ -310,15 +369,58 @@ class Optim(Strict):
         description="max gradient norm; null = no clipping")
     accumulate_steps: PositiveInt = Field(
         1, description="batches per optimiser step (gradients summed; targets, queue and center per batch)")
+    decay_prototype_magnitude: bool = Field(
+        False, description="weight-decay the magnitude g of weight-normalised prototypes (Daino) like the weights, even "
+        "with exclude_bias_and_norm: the release does (its g has shape K x 1, so it falls in the decayed group); "
+        "false = g is a 1-D parameter, excluded with the biases and norms")
+    backbone_warmup_epochs: Annotated[float, Field(ge=0)] = Field(
+        0, description="head warm-up: for this many first epochs (may be fractional) the backbone is frozen (its "
+        "BatchNorm layers in eval mode) or, with backbone_warmup_lr_scale > 0, trained at that fraction of the lr; "
+        "for a pretrained backbone and a fresh head (0 = off)")
+    backbone_warmup_lr_scale: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0, description="the backbone's lr during the head warm-up, as a fraction of the lr (0 = frozen)")
+
+
+DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
+
+
+def duration_seconds(text: str) -> float:
+    """'30m', '2h', '1h30m', '90s', '1.5h' -> seconds (ValueError for anything else)."""
+    found = DURATION.match(text)
+    if not text.strip() or not found or not any(found.groups()):
+        raise ValueError(f"'{text}' is not a duration; write e.g. 30m, 2h, 1h30m or 900s")
+    hours, minutes, seconds = (float(part) if part else 0.0 for part in found.groups())
+    return hours * 3600 + minutes * 60 + seconds
 
 
 class Schedule(Strict):
-    """Epochs (passes over the unlabeled set), linear warm-up, then cosine down to final_lr."""
+    """How long the run is (epochs, or a wall-time budget), linear warm-up, then cosine down to final_lr."""
 
-    epochs: PositiveInt = Field(description="passes over the unlabeled set")
+    epochs: PositiveInt | None = Field(None, description="passes over the unlabeled set (or give a budget)")
+    budget: str | None = Field(
+        None, description="wall time of the whole `semiclust train` command instead of epochs, e.g. 30m, 2h, 1h30m: "
+        "a short calibration at start measures the speed and fixes the number of steps, so that training, its "
+        "evaluations and checkpoints end inside the budget; the steps are recorded in budget.json and reused on resume")
     warmup_epochs: Annotated[float, Field(ge=0)] = Field(0, description="linear warm-up length (may be fractional)")
     warmup_start_lr: Annotated[float, Field(ge=0)] = Field(0.0, description="learning rate at step 0 of the warm-up")
     final_lr: Annotated[float, Field(ge=0)] = Field(0.0, description="learning rate at the end of the cosine decay")
+
+    @field_validator("budget")
+    @classmethod
+    def _a_duration(cls, value: str | None) -> str | None:
+        if value is not None and duration_seconds(value) < 10:
+            raise ValueError("a budget shorter than 10 seconds leaves no time to train")
+        return value
+
+    @model_validator(mode="after")
+    def _epochs_or_budget(self) -> "Schedule":
+        if (self.epochs is None) == (self.budget is None):
+            raise ValueError("give schedule.epochs or schedule.budget (one of them)")
+        return self
+
+    @property
+    def budget_seconds(self) -> float | None:
+        return None if self.budget is None else duration_seconds(self.budget)
 
 
 LoggerName = Literal["tensorboard", "wandb", "mlflow"]
@@ -423,6 +525,6 @@ class Recipe(Strict):
         total_crops = sum(group.count for group in self.data.unlabeled.crops)
         if total_crops < 2:
             raise ValueError("data.unlabeled.crops must hold at least 2 crops in all (swapped prediction needs pairs)")
-        if self.schedule.warmup_epochs > self.schedule.epochs:
+        if self.schedule.epochs is not None and self.schedule.warmup_epochs > self.schedule.epochs:
             raise ValueError("schedule.warmup_epochs is longer than schedule.epochs")
         return self

@@ -25,6 +25,21 @@ def validate(raw: dict[str, Any], source: str = "recipe", context: dict | None =
         raise SemiclustError(invalid_recipe_message(source, describe_errors(err))) from None
 
 
+def validate_saved(raw: dict[str, Any], source: str) -> Recipe:
+    """A recipe saved by semiclust (a run directory's recipe.yaml, a checkpoint's): as `validate`, and one saved
+    before batches were global (its data.batch has no `per`) keeps meaning what it meant, batches per process."""
+    return validate(with_legacy_batches(raw), source)
+
+
+def with_legacy_batches(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` with data.batch.per: process when a saved recipe's batch section predates the key."""
+    data = raw.get("data")
+    batch = data.get("batch") if isinstance(data, dict) else None
+    if not isinstance(batch, dict) or "per" in batch:
+        return raw
+    return {**raw, "data": {**data, "batch": {**batch, "per": "process"}}}
+
+
 def invalid_recipe_message(source: str, problems: list[str]) -> str:
     return (f"{source} is not a valid recipe: {'; '.join(problems)}. Fix the key in the YAML file or the --set "
             "override (`semiclust recipe show` prints every valid key with its default).")

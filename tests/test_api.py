@@ -44,10 +44,11 @@ def test_train_writes_the_run_and_returns_its_final_evaluation(tiny_file, tmp_pa
 
 
 def test_dry_run_plans_what_training_does_for_any_process_count(tiny_file):
-    one, two = api.dry_run(tiny_file, 1), api.dry_run(tiny_file, 2, overrides=["data.batch.unlabeled=8",
-                                                                               "data.batch.labeled=4"])
+    one, two = api.dry_run(tiny_file, 1), api.dry_run(tiny_file, 2)  # the same recipe: batches are global
     assert (one.numbers.steps_per_epoch, one.numbers.global_unlabeled) == (6, 16)  # 96 images / 16 per step
     assert (two.numbers.steps_per_epoch, two.numbers.global_unlabeled) == (6, 16)  # the same global batch
+    assert (one.numbers.process_unlabeled, one.numbers.process_labeled) == (16, 8)
+    assert (two.numbers.process_unlabeled, two.numbers.process_labeled) == (8, 4)  # each process's share
     assert one.parameters == two.parameters and one.labeled == 8
     with pytest.raises(SemiclustError, match="at least 1"):
         api.dry_run(tiny_file, 0)

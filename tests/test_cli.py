@@ -26,7 +26,8 @@ def test_recipe_show_prints_resolved_values_with_overrides(capsys, recipe_file):
     code, out, _ = run(capsys, "recipe", "show", str(recipe_file), "--set", "method.temperature=0.25")
     shown = yaml.safe_load(out)
     assert code == 0 and shown["method"]["temperature"] == 0.25
-    assert shown["method"]["assignment"] == {"name": "sinkhorn", "epsilon": 0.05, "iterations": 3}
+    assert shown["method"]["assignment"] == {"name": "sinkhorn", "epsilon": 0.05, "iterations": 3, "prior": "uniform",
+                                             "prior_momentum": 0.99, "prior_floor": 0.1, "prior_temperature": 0.1}
 
 
 def test_invalid_recipe_exits_2_with_one_paragraph_and_no_traceback(capsys, tmp_path):

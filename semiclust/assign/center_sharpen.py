@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from pydantic import ConfigDict, Field
 from torch import nn
 
+from semiclust.assign.prior import ClassPrior, PriorFields
 from semiclust.engine import dist
 from semiclust.registry import ASSIGNMENTS
 from semiclust.schema import PartSpec
@@ -17,9 +18,13 @@ Reduce = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def center_sharpen(logits: torch.Tensor, center: torch.Tensor, temperature: float) -> torch.Tensor:
-    """softmax((logits - center) / temperature), in fp32."""
-    return F.softmax((logits.float() - center) / temperature, dim=-1)
+def center_sharpen(logits: torch.Tensor, center: torch.Tensor, temperature: float,
+                   log_prior: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax((logits - center) / temperature), in fp32; with `log_prior`, softmax((logits - center) / temperature
+    + log prior): centering flattens the targets' class marginal, the prior puts its shape back."""
+    if log_prior is None:
+        return F.softmax((logits.float() - center) / temperature, dim=-1)
+    return F.softmax((logits.float() - center) / temperature + log_prior.float(), dim=-1)
 
 
 @torch.no_grad()
@@ -42,7 +47,7 @@ def teacher_temperature(epoch: int, start: float, end: float, warmup_epochs: int
     return start + (end - start) * epoch / (warmup_epochs - 1)
 
 
-class CenterSharpenSpec(PartSpec):
+class CenterSharpenSpec(PriorFields, PartSpec):
     """DINO's teacher targets: softmax((logits - center) / temperature), center kept by EMA."""
 
     model_config = ConfigDict(extra="forbid")
@@ -63,6 +68,7 @@ class CenterSharpenAssigner(nn.Module):
         super().__init__()
         self.spec = spec
         self.register_buffer("center", torch.zeros(1, num_prototypes))
+        self.prior = ClassPrior(spec, num_prototypes)
 
     def temperature(self, epoch: int) -> float:
         s = self.spec
@@ -71,6 +77,8 @@ class CenterSharpenAssigner(nn.Module):
     @torch.no_grad()
     def forward(self, scores: list[torch.Tensor], epoch: int) -> list[torch.Tensor]:
         temperature = self.temperature(epoch)
-        targets = [center_sharpen(s, self.center, temperature) for s in scores]
+        log_prior = self.prior.log_prior()
+        targets = [center_sharpen(s, self.center, temperature, log_prior) for s in scores]
         self.center.copy_(updated_center(self.center, torch.cat(scores), self.spec.center_momentum))
+        self.prior.observe(scores)
         return targets

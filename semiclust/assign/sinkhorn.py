@@ -9,6 +9,7 @@ import torch
 from pydantic import ConfigDict, Field
 from torch import nn
 
+from semiclust.assign.prior import ClassPrior, PriorFields
 from semiclust.engine import dist
 from semiclust.registry import ASSIGNMENTS
 from semiclust.schema import PartSpec
@@ -32,24 +33,30 @@ def sinkhorn(
     iterations: int = 3,
     reduce_sum: Reduce = dist.all_reduce_sum,
     reduce_max: Reduce = dist.all_reduce_max,
+    total_batch: int | None = None,
+    log_prior: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Soft assignments (B x K, each row sums to 1) from scores (B x K, this process's rows).
 
     Q = exp(S / epsilon) as K x B_total; normalised to sum 1; then `iterations` times: rows (one
-    per prototype, summed over ALL processes) to 1/K, columns (one per sample, local) to
-    1/B_total; finally times B_total. Computed in log space, so no epsilon overflows.
+    per prototype, summed over ALL processes) to 1/K (or to the prior's share of prototype k, given
+    `log_prior`), columns (one per sample, local) to 1/B_total; finally times B_total. Computed in log
+    space, so no epsilon overflows. `total_batch` (rows over all processes), when the caller knows it,
+    spares a cross-process sum read back to the host.
     """
     log_q = scores.detach().float().t() / epsilon  # K x B
     num_prototypes, local_batch = log_q.shape
-    total_batch = int(reduce_sum(torch.tensor(float(local_batch), device=log_q.device)).item())
+    if total_batch is None:
+        total_batch = int(reduce_sum(torch.tensor(float(local_batch), device=log_q.device)).item())
+    row_target = -math.log(num_prototypes) if log_prior is None else log_prior.float().reshape(-1, 1)
     log_q = log_q - _global_logsumexp(log_q, None, reduce_sum, reduce_max)
     for _ in range(iterations):
-        log_q = log_q - _global_logsumexp(log_q, 1, reduce_sum, reduce_max) - math.log(num_prototypes)
+        log_q = log_q - _global_logsumexp(log_q, 1, reduce_sum, reduce_max) + row_target
         log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - math.log(total_batch)
     return (torch.exp(log_q) * total_batch).t()
 
 
-class SinkhornSpec(PartSpec):
+class SinkhornSpec(PriorFields, PartSpec):
     """SwAV's equipartitioned assignment (on cosine scores / epsilon, in fp32)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -68,6 +75,12 @@ class SinkhornAssigner(nn.Module):
     def __init__(self, spec: SinkhornSpec, num_prototypes: int):
         super().__init__()
         self.spec = spec
+        self.prior = ClassPrior(spec, num_prototypes)
 
     def forward(self, scores: list[torch.Tensor], epoch: int) -> list[torch.Tensor]:
-        return [sinkhorn(s, self.spec.epsilon, self.spec.iterations) for s in scores]
+        """Every process holds the same number of rows, so the total is known without a cross-process sum."""
+        world, log_prior = dist.world_size(), self.prior.log_prior()
+        targets = [sinkhorn(s, self.spec.epsilon, self.spec.iterations, total_batch=len(s) * world,
+                            log_prior=log_prior) for s in scores]
+        self.prior.observe(scores)
+        return targets

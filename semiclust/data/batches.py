@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from semiclust.data.datasets import Dataset
+from semiclust.data.device_decode import fill_on_device
 from semiclust.data.loader import Corrupt, TrainFiles, make_loader
-from semiclust.data.mixup import mix_extend
+from semiclust.data.mixup import mix_extend, mix_pair
 from semiclust.data.streams import IndexStream, Stream
 from semiclust.data.transforms import CropAugment
 from semiclust.errors import SemiclustError
@@ -31,6 +32,8 @@ class StepBatch:
     unlabeled: list[torch.Tensor]
     labeled: torch.Tensor | None = None
     labeled_targets: torch.Tensor | None = None
+    mixed: torch.Tensor | None = None  # the unlabeled globals mixed (method.unlabeled_mixup), and its lambda
+    mixed_lambda: float = 1.0
 
 
 def process_rows(per_process: int, copies: int, rank: int, world: int) -> torch.Tensor:
@@ -59,15 +62,26 @@ class BatchMaker:
         self.crop_groups = [CropAugment(g, dataset.mean, dataset.std) for g in data.unlabeled.crops]
         self.labeled_view = CropAugment(data.labeled, dataset.mean, dataset.std)
         self.generator = torch.Generator(device=device).manual_seed(recipe.seed * 7_919 + 1)
+        # the draws that decide control flow (jitter order, mixup's lambda and box) come from a CPU generator, so a
+        # GPU step reads nothing back; on a CPU it is the same generator (the draws are those of earlier versions)
+        self.host_generator = self.generator if device.type == "cpu" else torch.Generator().manual_seed(
+            recipe.seed * 7_919 + 1)
         self.accumulate = recipe.optim.accumulate_steps
         self.rows = {(n, c): process_rows(n, c, rank, world).to(device)
-                     for n in (data.batch.unlabeled, data.batch.labeled) for c in {1, *(g.count for g in data.unlabeled.crops)}}
-        self.files = None if dataset.in_memory else TrainFiles(
+                     for n in (unlabeled.batch, labeled.batch if labeled is not None else unlabeled.batch)
+                     for c in {1, *(g.count for g in data.unlabeled.crops)}}
+        self.pixels = dataset.train.images if dataset.in_memory else dataset.train.pixels  # None: decode the files
+        on_device = data.loader.decode == "gpu" or (data.loader.decode == "auto" and device.type == "cuda")
+        self.files = None if self.pixels is not None else TrainFiles(
             dataset.train, unlabeled if Stream.UNLABELED in streams else None, labeled, data.unlabeled.crops,
-            data.labeled, recipe.seed, rank, world, data.max_image_pixels)
+            data.labeled, recipe.seed, rank, world, data.max_image_pixels, decode_on_device=on_device)
         self._items, self._next_position = None, -1
         self.corrupt_images = 0
         self.on_corrupt: Callable[[list[Corrupt]], None] = lambda corrupt: None  # the trainer's warning
+
+    def restart(self) -> None:
+        """Forget the file loader's position (it restarts at the next position asked for)."""
+        self._items, self._next_position = None, -1
 
     def micro_batches(self, step: int):
         """The batches of optimiser step `step`: stream positions step * accumulate ... + accumulate - 1."""
@@ -85,7 +99,7 @@ class BatchMaker:
 
     def _augment(self, augment: CropAugment, images: torch.Tensor, copies: int) -> torch.Tensor:
         stacked = images.repeat(copies, 1, 1, 1) if copies > 1 else images
-        return augment(stacked, self.generator, **self._shares(len(images), copies))
+        return augment(stacked, self.generator, host=self.host_generator, **self._shares(len(images), copies))
 
     def _file_item(self, position: int) -> dict:
         """The loader's item for `position`; the loader (re)starts wherever the positions jump."""
@@ -105,18 +119,44 @@ class BatchMaker:
         """Unlabeled crops, labeled view (photometric ops done here, on the device) and labels of a position."""
         item = self._file_item(position)
         unlabeled = []
-        for group, raw in zip(self.crop_groups, item["unlabeled"]):
-            count = group.group.count
-            raw = raw.to(self.device, non_blocking=True)
-            unlabeled.extend(group.finish(raw, self.generator, **self._shares(len(raw) // count, count)).chunk(count))
+        if item["unlabeled"]:
+            raws = self._on_device(item["unlabeled"], item["unlabeled_jobs"], self.unlabeled, position,
+                                   [g.group for g in self.crop_groups])
+            for group, raw in zip(self.crop_groups, raws):
+                count = group.group.count
+                unlabeled.extend(group.finish(raw, self.generator, host=self.host_generator,
+                                              **self._shares(len(raw) // count, count)).chunk(count))
         view = labels = None
         if self.labeled is not None:
-            raw = item["labeled"].to(self.device, non_blocking=True)
-            view, labels = self.labeled_view.finish(raw, self.generator, **self._shares(len(raw), 1)), item["labels"]
+            labels = item["labels"].clone()
+            (raw,) = self._on_device([item["labeled"]], item["labeled_jobs"], self.labeled, position,
+                                     [self.labeled_view.group], labels)
+            view = self.labeled_view.finish(raw, self.generator, host=self.host_generator, **self._shares(len(raw), 1))
         return unlabeled, view, labels
 
+    def _on_device(self, raws: list[torch.Tensor], jobs: list, stream: IndexStream, position: int,
+                   groups: list, labels: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The workers' crops on the device, with the images they left to it decoded and cut there; an image the
+        device cannot decode is decoded here on the CPU path (its label follows a substitute)."""
+        raws = [raw.to(self.device, non_blocking=True) for raw in raws]
+        if not jobs:
+            return raws
+        corrupt: list[Corrupt] = []
+
+        def on_cpu(job) -> list[torch.Tensor]:
+            used, parts = self.files.cpu_crops(stream, position, job.row, job.index, groups, corrupt)
+            if labels is not None:
+                labels[job.row] = self.dataset.train.labels[used]
+            return parts
+
+        filled = fill_on_device(raws, jobs, groups, len(raws[0]) // groups[0].count, on_cpu)
+        if corrupt:
+            self.corrupt_images += len(corrupt)
+            self.on_corrupt(corrupt)
+        return filled
+
     def _memory_crops(self, position: int) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
-        images, unlabeled = self.dataset.train.images, []
+        images, unlabeled = self.pixels, []
         if Stream.UNLABELED in self.streams:
             raw = images[self.unlabeled.indices(position)].to(self.device, non_blocking=True)
             for group in self.crop_groups:
@@ -135,6 +175,11 @@ class BatchMaker:
             targets = F.one_hot(labels.to(self.device), self.dataset.num_classes).float()
             mix = self.recipe.method.mixup
             if mix.enabled:
-                view, targets = mix_extend(view, targets, mix.mixup_prob, mix.alpha, self.generator)
+                view, targets = mix_extend(view, targets, mix.mixup_prob, mix.alpha, self.host_generator)
             batch.labeled, batch.labeled_targets = self._layout(view), targets
+        if self.recipe.method.unlabeled_mixup.enabled and unlabeled:
+            mix = self.recipe.method.mixup
+            mixed, batch.mixed_lambda = mix_pair(unlabeled[0], unlabeled[1].flip(0), mix.mixup_prob, mix.alpha,
+                                                 self.host_generator)
+            batch.mixed = self._layout(mixed)
         return batch

@@ -74,11 +74,14 @@ class ImageSplit:
 @dataclass
 class FileSplit:
     """Image files (paths relative to `root`, in a fixed sorted order) and labels (-1 = none).
-    Decoded to RGB by the loader; images may differ in size."""
+    Decoded to RGB by the loader; images may differ in size. `pixels` holds them all decoded (uint8,
+    N x 3 x H x W, in shared memory) when they were cached (data/cache.py): training and evaluation then
+    crop them in batches like an in-memory split, and everything else still sees the files."""
 
     root: Path
     files: list[str]
     labels: torch.Tensor
+    pixels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.labels.shape != (len(self.files),):
@@ -101,7 +104,8 @@ Split = ImageSplit | FileSplit
 def split_rows(split: Split, indices: torch.Tensor) -> Split:
     """The images at `indices` as a split of their own (e.g. the labeled subset, for a kNN memory)."""
     if isinstance(split, FileSplit):
-        return FileSplit(split.root, [split.files[i] for i in indices.tolist()], split.labels[indices])
+        pixels = split.pixels[indices] if split.pixels is not None else None
+        return FileSplit(split.root, [split.files[i] for i in indices.tolist()], split.labels[indices], pixels)
     return ImageSplit(split.images[torch.as_tensor(indices)], split.labels[indices])
 
 

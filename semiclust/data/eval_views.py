@@ -9,7 +9,7 @@ import torch
 from semiclust.data.datasets import FileSplit, Split
 from semiclust.data.decode import MAX_IMAGE_PIXELS
 from semiclust.data.loader import EvalFiles, make_loader
-from semiclust.data.transforms import center_view, normalize_
+from semiclust.data.transforms import center_view, normalize_, to_uint8
 from semiclust.schema import EvalView, Loader
 
 
@@ -26,7 +26,8 @@ class EvalViews:
         self.mean, self.std = tuple(mean), tuple(std)
         self.unreadable = 0
         self._loader = None
-        if isinstance(split, FileSplit):
+        self.pixels = split.pixels if isinstance(split, FileSplit) else split.images
+        if self.pixels is None:
             self._loader = make_loader(EvalFiles(split, view, batch_size, max_pixels), range(-(-len(split) // batch_size)),
                                        loader or Loader(), device)
 
@@ -34,9 +35,12 @@ class EvalViews:
         self.unreadable = 0
         if self._loader is None:
             for start in range(0, len(self.split), self.batch_size):
-                images = self.split.images[start : start + self.batch_size].to(self.device)
-                yield normalize_(center_view(images, self.view), self.mean, self.std), \
-                    self.split.labels[start : start + self.batch_size]
+                images = self.pixels[start : start + self.batch_size]
+                if isinstance(self.split, FileSplit):  # decoded files (data.cache): the loader workers' views exactly
+                    views = to_uint8(center_view(images, self.view)).to(self.device).float().div_(255)
+                else:
+                    views = center_view(images.to(self.device), self.view)
+                yield normalize_(views, self.mean, self.std), self.split.labels[start : start + self.batch_size]
             return
         for item in self._loader:
             self.unreadable += len(item["corrupt"])

@@ -22,8 +22,9 @@ from torchvision.transforms.v2 import functional as F2
 
 from semiclust.data.datasets import FileSplit
 from semiclust.data.decode import MAX_IMAGE_PIXELS, UnreadableImage, decode_rgb
+from semiclust.data.device_decode import DeviceJob, crop_windows, plain_jpeg
 from semiclust.data.streams import IndexStream
-from semiclust.data.transforms import center_view, crop_boxes, to_uint8
+from semiclust.data.transforms import center_view, to_uint8
 from semiclust.errors import SemiclustError
 from semiclust.schema import CropGroup, EvalView, Loader
 
@@ -40,16 +41,12 @@ def image_generator(seed: int, stream: int, position: int, row: int) -> torch.Ge
 
 def cut_crops(image: torch.Tensor, group: CropGroup, generator: torch.Generator) -> torch.Tensor:
     """`group.count` random resized crops (and flips) of one uint8 C x H x W image: count x C x s x s."""
-    height, width = image.shape[-2:]
-    boxes = crop_boxes(group.count, group.scale, group.ratio, generator, torch.device("cpu"), height / width)
-    flips = torch.rand(group.count, generator=generator) < group.flip
+    windows, flips = crop_windows(image.shape[-2], image.shape[-1], group, generator)
     crops = torch.empty((group.count, image.shape[0], group.size, group.size), dtype=torch.uint8)
-    for k, (x0, y0, w, h) in enumerate(boxes.tolist()):
-        crop_w, crop_h = max(1, round(w * width)), max(1, round(h * height))
-        left, top = min(round(x0 * width), width - crop_w), min(round(y0 * height), height - crop_h)
+    for k, ((top, left, crop_h, crop_w), flip) in enumerate(zip(windows, flips)):
         crop = F2.resized_crop(image, top, left, crop_h, crop_w, [group.size, group.size],
                                interpolation=_INTERPOLATION[group.interpolation], antialias=True)
-        crops[k] = crop.flip(-1) if flips[k] else crop
+        crops[k] = crop.flip(-1) if flip else crop
     return crops
 
 
@@ -91,42 +88,73 @@ class TrainFiles(torch.utils.data.Dataset):
     image j at row k * B_u + j), "labeled": B_l x 3 x s x s, "labels": B_l (of the images actually
     decoded), "corrupt": [Corrupt], "error": a message when the batch could not be made}. Errors are
     returned, not raised: a worker's exception would reach the user wrapped in a traceback.
+
+    With `decode_on_device` (data.loader.decode: gpu), plain JPEGs are not decoded here: their rows stay empty and
+    "unlabeled_jobs" / "labeled_jobs" hold their bytes and crop windows for the training device
+    (data/device_decode.py); every other file is decoded and cut here as usual.
     """
 
     def __init__(self, split: FileSplit, unlabeled: IndexStream | None, labeled: IndexStream | None,
                  groups: list[CropGroup], labeled_group: CropGroup, seed: int, rank: int, world: int,
-                 max_pixels: int | None = MAX_IMAGE_PIXELS):
+                 max_pixels: int | None = MAX_IMAGE_PIXELS, decode_on_device: bool = False):
         self.split, self.unlabeled, self.labeled = split, unlabeled, labeled
         self.groups, self.labeled_group = groups, labeled_group
         self.seed, self.rank, self.world, self.max_pixels = seed, rank, world, max_pixels
+        self.decode_on_device = decode_on_device
 
     def __len__(self) -> int:  # positions are unbounded; the sampler decides which are read
         return 2**62
 
+    def generator(self, stream: IndexStream, position: int, j: int) -> torch.Generator:
+        """The generator of the crops of image j of this process's batch (the same on any number of processes)."""
+        return image_generator(self.seed, stream.stream, position, j * self.world + self.rank)
+
+    def cpu_crops(self, stream: IndexStream, position: int, j: int, index: int, groups: list[CropGroup],
+                  corrupt: list[Corrupt]) -> tuple[int, list[torch.Tensor]]:
+        """Image j decoded here (or the next readable one of its pool) and every group's crops of it."""
+        generator = self.generator(stream, position, j)
+        read = read_with_substitutes(self.split, index, stream.pool, self.max_pixels)
+        corrupt.extend(read.corrupt)
+        return read.index, [cut_crops(read.image, group, generator) for group in groups]
+
+    def device_job(self, stream: IndexStream, position: int, j: int, index: int,
+                   groups: list[CropGroup]) -> DeviceJob | None:
+        """Image j as a job for the device (a plain JPEG, its windows drawn as cut_crops draws them), or None."""
+        jpeg = plain_jpeg(self.split.path(index), self.max_pixels) if self.decode_on_device else None
+        if jpeg is None:
+            return None
+        generator = self.generator(stream, position, j)
+        drawn = [crop_windows(jpeg.height, jpeg.width, group, generator) for group in groups]
+        return DeviceJob(j, index, jpeg, [w for w, _ in drawn], [f for _, f in drawn])
+
     def _images(self, stream: IndexStream, position: int, groups: list[CropGroup],
-                corrupt: list[Corrupt]) -> tuple[list[int], list[torch.Tensor]]:
-        """The indices decoded (substitutes included) and one crop tensor per group, copy-major."""
+                corrupt: list[Corrupt]) -> tuple[list[int], list[torch.Tensor], list[DeviceJob]]:
+        """The indices decoded (substitutes included), one crop tensor per group (copy-major) and the device's jobs."""
         indices = stream.indices(position).tolist()
         n = len(indices)
-        crops = [torch.empty((g.count * n, 3, g.size, g.size), dtype=torch.uint8) for g in groups]
-        used = []
+        crops = [torch.zeros((g.count * n, 3, g.size, g.size), dtype=torch.uint8) for g in groups]
+        used, jobs = [], []
         for j, index in enumerate(indices):
-            generator = image_generator(self.seed, stream.stream, position, j * self.world + self.rank)
-            read = read_with_substitutes(self.split, index, stream.pool, self.max_pixels)
-            corrupt.extend(read.corrupt)
-            used.append(read.index)
-            for group, out in zip(groups, crops):
-                out[j::n] = cut_crops(read.image, group, generator)  # copy k of image j at row k * n + j
-        return used, crops
+            job = self.device_job(stream, position, j, index, groups)
+            if job is not None:
+                jobs.append(job)
+                used.append(index)
+                continue
+            decoded, parts = self.cpu_crops(stream, position, j, index, groups, corrupt)
+            used.append(decoded)
+            for part, out in zip(parts, crops):
+                out[j::n] = part  # copy k of image j at row k * n + j
+        return used, crops, jobs
 
     def __getitem__(self, position: int) -> dict:
         corrupt: list[Corrupt] = []
-        item: dict = {"position": position, "unlabeled": [], "labeled": None, "labels": None, "error": None}
+        item: dict = {"position": position, "unlabeled": [], "labeled": None, "labels": None, "error": None,
+                      "unlabeled_jobs": [], "labeled_jobs": []}
         try:
             if self.unlabeled is not None:
-                item["unlabeled"] = self._images(self.unlabeled, position, self.groups, corrupt)[1]
+                _, item["unlabeled"], item["unlabeled_jobs"] = self._images(self.unlabeled, position, self.groups, corrupt)
             if self.labeled is not None:
-                used, (view,) = self._images(self.labeled, position, [self.labeled_group], corrupt)
+                used, (view,), item["labeled_jobs"] = self._images(self.labeled, position, [self.labeled_group], corrupt)
                 item["labeled"], item["labels"] = view, self.split.labels[used]
         except SemiclustError as err:
             item["error"] = str(err)

@@ -1,4 +1,6 @@
-"""Mixup / CutMix "extend" of the labeled batch: a mixed copy is appended, so labeled rows double."""
+"""Mixup / CutMix "extend" of the labeled batch: a mixed copy is appended, so labeled rows double. Suave's mixed
+view of the unlabeled globals uses the same pair mix. Lambda, the Mixup/CutMix switch and the box are scalars that
+decide the work, so `generator` is a CPU generator (on a GPU the trainer's host generator): nothing is read back."""
 from __future__ import annotations
 
 import math
@@ -27,6 +29,20 @@ def cutmix_box(height: int, width: int, lam: float, generator: torch.Generator) 
     return top, bottom, left, right
 
 
+def mix_pair(images: torch.Tensor, partner: torch.Tensor, mixup_prob: float, alpha: float,
+             generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """`images` mixed with `partner` (same shape): Mixup with probability `mixup_prob`, else CutMix, one lambda
+    ~ Beta(alpha, alpha) for the batch (CutMix's corrected to the pasted box's area); returns it too."""
+    lam = sample_beta(alpha, generator)
+    if float(torch.rand((), generator=generator, device=generator.device)) < mixup_prob:
+        return lam * images + (1 - lam) * partner, lam
+    height, width = images.shape[-2:]
+    top, bottom, left, right = cutmix_box(height, width, lam, generator)
+    mixed = images.clone()
+    mixed[..., top:bottom, left:right] = partner[..., top:bottom, left:right]
+    return mixed, 1.0 - (bottom - top) * (right - left) / (height * width)
+
+
 def mix_extend(
     images: torch.Tensor, targets: torch.Tensor, mixup_prob: float, alpha: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,15 +51,6 @@ def mix_extend(
     Mixup with probability `mixup_prob`, else CutMix (lambda corrected to the pasted box's area).
     `targets` are one-hot or soft (B x K); the mixed targets are lam * y + (1 - lam) * y_reversed.
     """
-    lam = sample_beta(alpha, generator)
-    partner = images.flip(0)
-    if float(torch.rand((), generator=generator, device=generator.device)) < mixup_prob:
-        mixed = lam * images + (1 - lam) * partner
-    else:
-        height, width = images.shape[-2:]
-        top, bottom, left, right = cutmix_box(height, width, lam, generator)
-        mixed = images.clone()
-        mixed[..., top:bottom, left:right] = partner[..., top:bottom, left:right]
-        lam = 1.0 - (bottom - top) * (right - left) / (height * width)
+    mixed, lam = mix_pair(images, images.flip(0), mixup_prob, alpha, generator)
     mixed_targets = lam * targets + (1 - lam) * targets.flip(0)
     return torch.cat([images, mixed]), torch.cat([targets, mixed_targets])

@@ -54,19 +54,31 @@ class IndexStream:
         return self._pass_order(pass_index)[position * self.batch : (position + 1) * self.batch]
 
 
-def unlabeled_stream(size: int, batch: int, seed: int, rank: int = 0, world: int = 1) -> IndexStream:
-    if size < batch * world:
+def unlabeled_pool(size: int, held_out: torch.Tensor | None = None) -> torch.Tensor:
+    """The training indices the unlabeled stream draws from: all of them but a held-out validation split."""
+    pool = torch.arange(size)
+    if held_out is None or not len(held_out):
+        return pool
+    keep = torch.ones(size, dtype=torch.bool)
+    keep[held_out] = False
+    return pool[keep]
+
+
+def unlabeled_stream(pool: int | torch.Tensor, batch: int, seed: int, rank: int = 0, world: int = 1) -> IndexStream:
+    """The unlabeled stream over `pool` (training indices, or their number: all of them)."""
+    pool = torch.arange(pool) if isinstance(pool, int) else pool
+    if len(pool) < batch * world:
         raise SemiclustError(
-            f"the unlabeled set has {size} images, fewer than one global batch ({batch} x {world} processes); "
-            "lower data.batch.unlabeled."
+            f"the unlabeled set has {len(pool)} images, fewer than the {batch * world} one batch draws ({batch} on each of "
+            f"{world} process(es)); lower data.batch.unlabeled."
         )
-    return IndexStream(torch.arange(size), batch, seed, _UNLABELED_STREAM, rank, world)
+    return IndexStream(pool, batch, seed, _UNLABELED_STREAM, rank, world)
 
 
 def labeled_stream(indices: torch.Tensor, batch: int, seed: int, rank: int = 0, world: int = 1) -> IndexStream:
     if len(indices) < batch * world:
         raise SemiclustError(
-            f"the labeled subset has {len(indices)} images, fewer than one global labeled batch "
-            f"({batch} x {world} processes); lower data.batch.labeled to at most {len(indices) // world}."
+            f"the labeled subset has {len(indices)} images, fewer than the {batch * world} one labeled batch draws "
+            f"({batch} on each of {world} process(es)); lower data.batch.labeled (it is the batch over all processes)."
         )
     return IndexStream(indices, batch, seed, _LABELED_STREAM, rank, world)

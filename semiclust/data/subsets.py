@@ -6,6 +6,7 @@ SHA-256 says whether it is one of the canonical SimCLR lists.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -14,9 +15,9 @@ from typing import Callable
 
 import torch
 
-from semiclust.data.datasets import FileSplit, Split
+from semiclust.data.datasets import UNLABELED, FileSplit, Split
 from semiclust.errors import SemiclustError, examples
-from semiclust.schema import Labels
+from semiclust.schema import Labels, Validation
 from semiclust.storage.atomic import write_text
 
 CANONICAL_LISTS = {
@@ -190,8 +191,9 @@ def _short_classes(counts: dict[int, int], wanted: int, names: list[str]) -> str
     return ", ".join(short[:-1]) + (" and " if len(short) > 1 else "") + short[-1]
 
 
-def choose_labeled(split: Split, spec: Labels, seed: int, num_classes: int, class_names: list[str] | None = None,
-                   unreadable: Unreadable | None = None) -> LabeledSubset:
+def choose_labeled(split: Split, spec: Labels | Validation, seed: int, num_classes: int,
+                   class_names: list[str] | None = None, unreadable: Unreadable | None = None,
+                   key: str = "data.labels") -> LabeledSubset:
     """Apply the recipe's `data.labels` to the training split (images with label -1 are never chosen).
 
     With `unreadable` (image files), drawn images that cannot be read are passed over for the next ones
@@ -209,15 +211,38 @@ def choose_labeled(split: Split, spec: Labels, seed: int, num_classes: int, clas
         counts = {c: max(1, round(spec.fraction * n)) for c, n in present.items() if n > 0}
         what = "every labeled image" if spec.fraction == 1 else f"fraction {spec.fraction} per class, seed {seed}"
     if spec.per_class is not None and min(present.values()) < spec.per_class:
-        raise SemiclustError(f"data.labels.per_class is {spec.per_class} but {_short_classes(present, spec.per_class, names)} "
+        raise SemiclustError(f"{key}.per_class is {spec.per_class} but {_short_classes(present, spec.per_class, names)} "
                              "labeled training image(s); lower per_class or use a fraction.")
     indices, passed = draw_balanced(labels, counts, seed, unreadable)
     drawn = {c: int((labels[indices] == c).sum()) for c in counts}
     if spec.per_class is not None and min(drawn.values()) < spec.per_class:
-        raise SemiclustError(f"data.labels.per_class is {spec.per_class} but only {_short_classes(drawn, spec.per_class, names)} "
+        raise SemiclustError(f"{key}.per_class is {spec.per_class} but only {_short_classes(drawn, spec.per_class, names)} "
                              f"readable labeled image(s) ({len(passed)} unreadable passed over); replace the unreadable "
                              "files (`semiclust data check RECIPE --all` lists them) or lower per_class.")
     return LabeledSubset(indices, what, passed_over=passed).naming(split)
+
+
+def choose_validation(split: Split, spec: Validation, seed: int, num_classes: int, labeled: LabeledSubset,
+                      class_names: list[str] | None = None, unreadable: Unreadable | None = None) -> LabeledSubset:
+    """`data.validation` drawn from the labeled training images outside the labeled subset (seed: the recipe's
+    + 1 unless given), so that the labeled subset is the same with and without a validation split."""
+    masked = split.labels.clone()
+    masked[labeled.indices] = UNLABELED
+    if spec.list is not None:
+        overlap = sorted(set(match_list(Path(spec.list), split).indices.tolist()) & set(labeled.indices.tolist()))
+        if overlap:
+            raise SemiclustError(f"validation list '{spec.list}' names {len(overlap)} image(s) of the labeled subset "
+                                 f"(e.g. training index {overlap[0]}); a validation image is never trained on: remove "
+                                 "them from the list or from data.labels.")
+    chosen = choose_labeled(dataclasses.replace(split, labels=masked), spec, seed + 1 if spec.seed is None else spec.seed,
+                            num_classes, class_names, unreadable, key="data.validation")
+    chosen.description = f"validation: {chosen.description}"
+    return chosen.naming(split)
+
+
+def class_counts(labels: torch.Tensor, indices: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """How many of the images at `indices` each class has (K,)."""
+    return torch.bincount(labels[indices], minlength=num_classes)
 
 
 def save_subset(subset: LabeledSubset, split: Split, path: Path) -> None:

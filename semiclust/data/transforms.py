@@ -114,7 +114,10 @@ class JitterParams:
                             self.order, self.active)
 
 
-def draw_jitter(n: int, jitter: ColorJitter, generator: torch.Generator, device: torch.device) -> JitterParams:
+def draw_jitter(n: int, jitter: ColorJitter, generator: torch.Generator, device: torch.device,
+                host: torch.Generator | None = None) -> JitterParams:
+    """Per-image factors from `generator` (on the device); the batch's op order, which decides what runs, from
+    the CPU generator `host` (the same generator on a CPU), so that no draw is read back from a GPU."""
     selected = _bernoulli(n, jitter.p, generator, device).float()
 
     def factors(strength: float) -> torch.Tensor:
@@ -123,7 +126,8 @@ def draw_jitter(n: int, jitter: ColorJitter, generator: torch.Generator, device:
 
     brightness, contrast, saturation = factors(jitter.brightness), factors(jitter.contrast), factors(jitter.saturation)
     hue = _uniform(n, -jitter.hue, jitter.hue, generator, device) * selected
-    order = torch.randperm(4, generator=generator, device=device).tolist()
+    host = host or generator
+    order = torch.randperm(4, generator=host, device=host.device).tolist()
     active = (jitter.brightness > 0, jitter.contrast > 0, jitter.saturation > 0, jitter.hue > 0)
     return JitterParams(brightness, contrast, saturation, hue, order, active)
 
@@ -168,10 +172,19 @@ def rows_only(images: torch.Tensor, chosen: torch.Tensor, op) -> torch.Tensor:
     return images
 
 
-def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with a per-image sigma (pixels); sigma 0 leaves an image unchanged."""
+def blur_radius(largest_sigma: float, height: int, width: int) -> int:
+    """The kernel radius for sigmas up to `largest_sigma`: 3 sigma, at least 1, at most what reflection padding allows."""
+    return max(1, min(int(math.ceil(3 * largest_sigma)), (min(height, width) - 1) // 2))
+
+
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, largest_sigma: float | None = None) -> torch.Tensor:
+    """Separable Gaussian blur with a per-image sigma (pixels); sigma 0 leaves an image unchanged.
+
+    The kernel spans 3x the batch's largest sigma, read from `sigma`, or 3x `largest_sigma` when given (the top of
+    the recipe's range: on a GPU, reading the drawn maximum back would stall the step; the wider kernel only adds
+    the Gaussian's tail beyond 3 sigma of the smaller sigmas, under 0.3% of its weight)."""
     n, c, height, width = images.shape
-    radius = max(1, min(int(math.ceil(3 * float(sigma.max()))), (min(height, width) - 1) // 2))
+    radius = blur_radius(float(sigma.max()) if largest_sigma is None else largest_sigma, height, width)
     offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     safe = sigma.clamp(min=1e-6).view(n, 1)
     kernel = torch.exp(-0.5 * (offsets.view(1, -1) / safe) ** 2)
@@ -210,17 +223,20 @@ class CropAugment:
         self.group = group
         self.mean, self.std = tuple(mean), tuple(std)
 
-    def draw(self, n: int, generator: torch.Generator, device: torch.device, image_aspect: float = 1.0) -> CropParams:
+    def draw(self, n: int, generator: torch.Generator, device: torch.device, image_aspect: float = 1.0,
+             host: torch.Generator | None = None) -> CropParams:
         g = self.group
         boxes = crop_boxes(n, g.scale, g.ratio, generator, device, image_aspect)
         flips = _bernoulli(n, g.flip, generator, device)
-        return self.draw_photometric(n, generator, device, boxes, flips)
+        return self.draw_photometric(n, generator, device, boxes, flips, host)
 
     def draw_photometric(self, n: int, generator: torch.Generator, device: torch.device,
-                         boxes: torch.Tensor | None = None, flips: torch.Tensor | None = None) -> CropParams:
-        """The colour, grayscale, blur and solarize choices (for crops cut elsewhere, e.g. by loader workers)."""
+                         boxes: torch.Tensor | None = None, flips: torch.Tensor | None = None,
+                         host: torch.Generator | None = None) -> CropParams:
+        """The colour, grayscale, blur and solarize choices (for crops cut elsewhere, e.g. by loader workers);
+        what decides control flow comes from the CPU generator `host` (see draw_jitter)."""
         g = self.group
-        jitter = draw_jitter(n, g.color, generator, device) if g.color is not None and g.color.p > 0 else None
+        jitter = draw_jitter(n, g.color, generator, device, host) if g.color is not None and g.color.p > 0 else None
         gray = _bernoulli(n, g.grayscale, generator, device) if g.grayscale > 0 else None
         blur_sigma = None
         if g.blur.p > 0:
@@ -243,23 +259,24 @@ class CropAugment:
         if params.gray is not None and x.shape[1] > 1:
             x = on_chosen(x, params.gray, lambda part, rows: grayscale(part))
         if params.blur_sigma is not None:
-            sigma = params.blur_sigma
-            x = on_chosen(x, sigma > 0, lambda part, rows: gaussian_blur(part, sigma[rows]))
+            sigma, largest = params.blur_sigma, None if x.device.type == "cpu" else self.group.blur.sigma[1]
+            x = on_chosen(x, sigma > 0, lambda part, rows: gaussian_blur(part, sigma[rows], largest))
         if params.solarize is not None:
             x = torch.where(params.solarize.view(n, 1, 1, 1) & (x >= 0.5), 1 - x, x)
         return normalize_(x, self.mean, self.std)
 
     def finish(self, crops: torch.Tensor, generator: torch.Generator, rows: torch.Tensor | None = None,
-               total: int | None = None) -> torch.Tensor:
-        """Photometric ops on uint8 crops already cut to size; `rows`/`total` as in __call__."""
-        params = self.draw_photometric(total or len(crops), generator, crops.device)
+               total: int | None = None, host: torch.Generator | None = None) -> torch.Tensor:
+        """Photometric ops on uint8 crops already cut to size; `rows`/`total`/`host` as in __call__."""
+        params = self.draw_photometric(total or len(crops), generator, crops.device, host=host)
         return self.photometric(crops.float().div_(255), params if rows is None else params.select(rows))
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator, rows: torch.Tensor | None = None,
-                 total: int | None = None) -> torch.Tensor:
+                 total: int | None = None, host: torch.Generator | None = None) -> torch.Tensor:
         """Crops of `images`. With `rows`, the parameters are drawn for `total` images and the
-        `rows` of them applied (a process's share of the global batch)."""
-        params = self.draw(total or len(images), generator, images.device, images.shape[-2] / images.shape[-1])
+        `rows` of them applied (a process's share of the global batch). `host`: the CPU generator of the draws
+        that decide control flow (default `generator`)."""
+        params = self.draw(total or len(images), generator, images.device, images.shape[-2] / images.shape[-1], host)
         return self.apply(images, params if rows is None else params.select(rows))
 
 

@@ -15,7 +15,7 @@ from semiclust.errors import SemiclustError
 from semiclust.models.network import Network, network_with_weights
 from semiclust.schema import Recipe
 from semiclust.storage.tensors import FileRole, looks_like_safetensors, read_torch, write_torch
-from semiclust.validation import validate
+from semiclust.validation import validate_saved
 
 FORMAT = "semiclust-checkpoint"
 FORMAT_VERSION = 1
@@ -58,9 +58,29 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     return state
 
 
+NETWORKS = ("student", "teacher", "ema")
+
+
+def with_network(state: dict[str, Any], network: str | None) -> dict[str, Any]:
+    """The checkpoint's state with another of its networks as the classifier (`semiclust export --network`):
+    the student, Daino's teacher or the weight average of method.ema; its test result replaces the classifier's."""
+    if network is None or network == state["classifier"]["prefix"]:
+        return state
+    held = [name for name in NETWORKS if any(k.startswith(name + ".") for k in state["method"])]
+    if network not in held:
+        raise SemiclustError(f"--network {network}: this checkpoint holds the networks {', '.join(held)}; choose one "
+                             "of them (method.ema.enabled: true keeps a weight average named ema).")
+    chosen = {**state, "classifier": {**state["classifier"], "prefix": network}}
+    chosen.pop("eval", None)
+    beside = state.get("eval_beside", {}).get("online" if network == "student" else network)
+    if beside is not None:
+        chosen["eval"] = beside
+    return chosen
+
+
 def classifier_network(state: dict[str, Any]) -> tuple[Network, Recipe]:
     """The evaluated network of a checkpoint (Daino's teacher) and its recipe, rebuilt from the state."""
-    recipe = validate(state["recipe"], "the checkpoint's recipe")
+    recipe = validate_saved(state["recipe"], "the checkpoint's recipe")
     info = state["classifier"]
     prefix = info["prefix"] + "."
     weights = {k[len(prefix):]: v for k, v in state["method"].items() if k.startswith(prefix)}

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from semiclust.data.streams import Stream
 from semiclust.engine.schedules import cosine, scaled_lr, warmup_cosine
 from semiclust.errors import SemiclustError
-from semiclust.schema import Recipe
+from semiclust.schema import Batch, Recipe
 
 
 @dataclass(frozen=True)
 class RunNumbers:
     world: int
+    process_unlabeled: int  # this process's share of a micro-batch, what its streams draw
+    process_labeled: int
     global_unlabeled: int  # images per optimiser step over all processes (accumulation included)
     global_labeled: int
     images_per_step: int  # what the step trains on over all processes: the streams the method uses
@@ -20,6 +22,25 @@ class RunNumbers:
     total_steps: int
     warmup_steps: int
     peak_lr: float
+    backbone_warmup_steps: int = 0  # the head warm-up (optim.backbone_warmup_epochs), in steps
+
+
+def process_batches(batch: Batch, world: int, accumulate: int) -> tuple[int, int]:
+    """Each process's unlabeled and labeled images per micro-batch: the global batches split over processes and
+    accumulation steps (`per: process` recipes give them directly); a global batch that does not divide is an error."""
+    if batch.per == "process":
+        return batch.unlabeled, batch.labeled
+    shares = world * accumulate
+    for name, value in (("unlabeled", batch.unlabeled), ("labeled", batch.labeled)):
+        if value % shares:
+            lower, higher = value // shares * shares, (value // shares + 1) * shares
+            nearest = f"{lower} or {higher}" if lower else f"{higher}"
+            raise SemiclustError(
+                f"data.batch.{name} is {value} images per optimiser step over all processes, which does not split into "
+                f"{world} process(es) x {accumulate} accumulation step(s) = {shares} equal shares; use {nearest} (a "
+                f"multiple of {shares}), or another number of processes (`semiclust train RECIPE --dry-run --processes N` "
+                "shows the split).")
+    return batch.unlabeled // shares, batch.labeled // shares
 
 
 def steps_per_epoch(train_size: int, batch: int, world: int, accumulate: int) -> int:
@@ -27,21 +48,28 @@ def steps_per_epoch(train_size: int, batch: int, world: int, accumulate: int) ->
     return max(train_size // (batch * world) // accumulate, 1)
 
 
-def run_numbers(recipe: Recipe, train_size: int, world: int, streams: frozenset[Stream]) -> RunNumbers:
-    """Derived values of a run; lr scaled by the global unlabeled batch (labeled for a labels-only method)."""
-    batch, optim, accumulate = recipe.data.batch, recipe.optim, recipe.optim.accumulate_steps
-    batches_per_pass = train_size // (batch.unlabeled * world)
+def run_numbers(recipe: Recipe, train_size: int, world: int, streams: frozenset[Stream],
+                total_steps: int | None = None) -> RunNumbers:
+    """Derived values of a run; lr scaled by the global unlabeled batch (labeled for a labels-only method).
+
+    The length is `schedule.epochs` epochs, or `total_steps` when given (a budgeted run, once calibrated;
+    until then one epoch stands in for it)."""
+    optim, accumulate = recipe.optim, recipe.optim.accumulate_steps
+    process_unlabeled, process_labeled = process_batches(recipe.data.batch, world, accumulate)
+    batches_per_pass = train_size // (process_unlabeled * world)
     if 0 < batches_per_pass < accumulate:  # no batch at all is the unlabeled stream's error
         raise SemiclustError(
             f"optim.accumulate_steps is {accumulate} but one epoch holds only {batches_per_pass} batches; "
             "lower accumulate_steps or data.batch.unlabeled."
         )
-    steps = steps_per_epoch(train_size, batch.unlabeled, world, accumulate)
-    unlabeled, labeled = batch.unlabeled * world * accumulate, batch.labeled * world * accumulate
+    steps = steps_per_epoch(train_size, process_unlabeled, world, accumulate)
+    unlabeled, labeled = process_unlabeled * world * accumulate, process_labeled * world * accumulate
     reference = unlabeled if Stream.UNLABELED in streams else labeled
     images = (unlabeled if Stream.UNLABELED in streams else 0) + (labeled if Stream.LABELED in streams else 0)
-    return RunNumbers(world, unlabeled, labeled, images, steps, steps * recipe.schedule.epochs,
-                      round(recipe.schedule.warmup_epochs * steps), scaled_lr(optim.lr, reference, optim.lr_reference_batch))
+    total = total_steps or steps * (recipe.schedule.epochs or 1)
+    return RunNumbers(world, process_unlabeled, process_labeled, unlabeled, labeled, images, steps, total,
+                      round(recipe.schedule.warmup_epochs * steps), scaled_lr(optim.lr, reference, optim.lr_reference_batch),
+                      round(optim.backbone_warmup_epochs * steps))
 
 
 @dataclass(frozen=True)
@@ -54,6 +82,14 @@ class Schedules:
     def lr(self, step: int) -> float:
         s, n = self.recipe.schedule, self.numbers
         return warmup_cosine(step, n.total_steps, n.warmup_steps, n.peak_lr, s.final_lr, s.warmup_start_lr)
+
+    def backbone_frozen(self, step: int) -> bool:
+        """Whether the head warm-up holds the backbone still at `step` (frozen, not merely slowed)."""
+        return step < self.numbers.backbone_warmup_steps and self.recipe.optim.backbone_warmup_lr_scale == 0
+
+    def backbone_scale(self, step: int) -> float:
+        """The backbone's share of the lr at `step`: the warm-up's scale during it, 1 after."""
+        return self.recipe.optim.backbone_warmup_lr_scale if step < self.numbers.backbone_warmup_steps else 1.0
 
     def weight_decay(self, step: int) -> float:
         optim = self.recipe.optim

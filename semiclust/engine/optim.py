@@ -46,19 +46,35 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def parameter_groups(model: nn.Module, exclude_bias_and_norm: bool) -> list[dict]:
-    """One group, or two: decayed weights, and biases / 1-D (norm) parameters without decay (nor LARS)."""
+def undecayed(name: str, parameter: nn.Parameter, decay_magnitude: bool) -> bool:
+    """Biases and 1-D (norm) parameters, except the prototypes' magnitude g when `decay_magnitude` (the release)."""
+    if decay_magnitude and name.endswith("prototypes.g"):
+        return False
+    return parameter.ndim <= 1 or name.endswith(".bias")
+
+
+def parameter_groups(model: nn.Module, spec: Optim) -> list[dict]:
+    """One group, or two: decayed weights, and biases / 1-D (norm) parameters without decay (nor LARS); each
+    split once more into backbone and the rest while a head warm-up trains the backbone at a scaled lr."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not exclude_bias_and_norm:
-        return [{"params": [p for _, p in named]}]
-    plain = [p for n, p in named if p.ndim <= 1 or n.endswith(".bias")]
-    decayed = [p for n, p in named if not (p.ndim <= 1 or n.endswith(".bias"))]
-    return [{"params": decayed}, {"params": plain, "weight_decay": 0.0, "lars": False, "no_decay": True}]
+    scaled_backbone = spec.backbone_warmup_epochs > 0 and spec.backbone_warmup_lr_scale > 0
+    parts = ([([(n, p) for n, p in named if n.startswith("backbone.")], {"backbone": True}),
+              ([(n, p) for n, p in named if not n.startswith("backbone.")], {})] if scaled_backbone else [(named, {})])
+    groups = []
+    for members, tags in parts:
+        if not spec.exclude_bias_and_norm:
+            groups.append({"params": [p for _, p in members], **tags})
+            continue
+        plain = [undecayed(n, p, spec.decay_prototype_magnitude) for n, p in members]
+        groups.append({"params": [p for (_, p), no in zip(members, plain) if not no], **tags})
+        groups.append({"params": [p for (_, p), no in zip(members, plain) if no], "weight_decay": 0.0, "lars": False,
+                       "no_decay": True, **tags})
+    return groups
 
 
 def build_optimizer(model: nn.Module, spec: Optim, lr: float, fused: bool = False) -> torch.optim.Optimizer:
     """The recipe's optimiser; `fused` (CUDA) uses torch's fused SGD/AdamW kernels."""
-    groups = parameter_groups(model, spec.exclude_bias_and_norm)
+    groups = parameter_groups(model, spec)
     if spec.name == "lars":
         return LARS(groups, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
                     trust_coefficient=spec.trust_coefficient)
@@ -71,9 +87,11 @@ def build_optimizer(model: nn.Module, spec: Optim, lr: float, fused: bool = Fals
                              **({"fused": True} if fused else {}))
 
 
-def set_lr_and_decay(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
-    """Apply this step's scheduled values; no-decay groups keep a weight decay of 0."""
+def set_lr_and_decay(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float,
+                     backbone_scale: float = 1.0) -> None:
+    """Apply this step's scheduled values; no-decay groups keep a weight decay of 0; backbone groups (of a
+    head warm-up) take `backbone_scale` times the lr."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * backbone_scale if group.get("backbone") else lr
         if not group.get("no_decay"):
             group["weight_decay"] = weight_decay

@@ -104,9 +104,10 @@ class Reporter:
         self.window_start, self.window_steps, self.data_seconds = now, 0, 0.0
         self.progress.report(step, parts, lr, speed)
 
-    def evaluated(self, step: int, result: EvalResult) -> None:
-        self.record({"type": "eval", "step": step, "epoch": step // self.numbers.steps_per_epoch, **result.as_dict()},
-                    "eval")
+    def evaluated(self, step: int, result: EvalResult, extra: dict | None = None) -> None:
+        """One evaluation record: the classifier's result and `extra` figures (validation, the EMA beside it)."""
+        self.record({"type": "eval", "step": step, "epoch": step // self.numbers.steps_per_epoch, **result.as_dict(),
+                     **(extra or {})}, "eval")
 
     def files(self, paths: list[Path]) -> None:
         """Figures of the finished run (curves, confusion) to every tracker, at the last step."""

@@ -1,7 +1,7 @@
 """The objects of one training run, as the composition root (engine/setup.py) assembles them."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -10,6 +10,7 @@ from semiclust.data.batches import BatchMaker
 from semiclust.data.datasets import Dataset
 from semiclust.data.eval_views import EvalViews
 from semiclust.data.subsets import LabeledSubset
+from semiclust.engine.finite import FiniteWatch
 from semiclust.engine.numbers import RunNumbers, Schedules
 from semiclust.methods.base import Method
 from semiclust.models.init import InitReport
@@ -36,3 +37,7 @@ class Run:
     runner: nn.Module
     sync_bn: bool
     init_report: InitReport | None = None
+    notes: list[str] = field(default_factory=list)  # what setting up did that the start-up lines should say
+    validation_views: EvalViews | None = None  # data.validation's images, evaluated beside the test split
+    validation: LabeledSubset | None = None
+    finite_watch: FiniteWatch | None = None  # CUDA without skipping: non-finite losses noticed on the device

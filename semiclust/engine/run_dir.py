@@ -19,10 +19,10 @@ import yaml
 from semiclust.engine import dist
 from semiclust.engine.checkpoint import periodic_checkpoints
 from semiclust.errors import SemiclustError, examples
-from semiclust.schema import Recipe
+from semiclust.schema import Batch, Recipe
 from semiclust.storage.atomic import check_writable, remove_stale_temporaries, write_text
 from semiclust.storage.lock import FolderLock
-from semiclust.validation import dump_yaml, validate
+from semiclust.validation import dump_yaml, validate_saved
 
 RESUMABLE_KEYS = ("optim.lr", "optim.clip_grad_norm")
 RESUMABLE_SECTIONS = ("schedule.", "runtime.", "checkpoint.", "eval.")
@@ -39,12 +39,27 @@ class RunFiles:
         return self.root / "recipe.yaml"
 
     @property
+    def budget(self) -> Path:
+        """A budgeted run's calibration and the number of steps it decided (reused on resume)."""
+        return self.root / "budget.json"
+
+    @property
     def history(self) -> Path:
         return self.root / "recipe_history.jsonl"
 
     @property
     def subset(self) -> Path:
         return self.root / "labeled_subset.json"
+
+    @property
+    def validation(self) -> Path:
+        """The validation split (data.validation), saved like the labeled subset."""
+        return self.root / "validation_subset.json"
+
+    @property
+    def best(self) -> Path:
+        """The checkpoint of the best validation top-1 seen (data.validation)."""
+        return self.checkpoints / "best.pt"
 
     @property
     def metrics(self) -> Path:
@@ -129,7 +144,8 @@ def decide_resume(files: RunFiles, recipe: Recipe) -> Claim:
     if not isinstance(saved, dict):
         raise SemiclustError(f"--resume: '{files.recipe}' is missing or unreadable, so the run cannot be checked; "
                              "start a new run in another --out.")
-    saved = validate(saved, f"'{files.recipe}'").model_dump(mode="json")  # a recipe saved before new keys gains defaults
+    saved = validate_saved(saved, f"'{files.recipe}'").model_dump(mode="json")  # a recipe saved before new keys gains defaults
+    recipe = same_batches_as_saved(recipe, saved)
     changes = recipe_differences(saved, recipe.model_dump(mode="json"))
     refused = [f"{key}: {old!r} vs {new!r}" for key, (old, new) in changes.items() if not resumable(key)]
     if refused:
@@ -140,6 +156,17 @@ def decide_resume(files: RunFiles, recipe: Recipe) -> Claim:
             "runtime.*, checkpoint.* and eval.* may change on resume.)")
     notes = [f"changed on resume: {key}: {old!r} -> {new!r}" for key, (old, new) in changes.items()]
     return Claim(recipe, True, changes, notes)
+
+
+def same_batches_as_saved(recipe: Recipe, saved: dict) -> Recipe:
+    """A run saved with per-process batches, resumed with a recipe whose global batches give every process the
+    same share: the run continues with its saved batch section (the same batches, said the old way)."""
+    old, new = saved["data"]["batch"], recipe.data.batch
+    shares = dist.world_size() * recipe.optim.accumulate_steps
+    if old["per"] != "process" or new.per != "global" or \
+            (new.unlabeled, new.labeled) != (old["unlabeled"] * shares, old["labeled"] * shares):
+        return recipe
+    return recipe.model_copy(update={"data": recipe.data.model_copy(update={"batch": Batch(**old)})})
 
 
 def decide(files: RunFiles, recipe: Recipe, resume: bool, overwrite: bool) -> Claim:
@@ -160,7 +187,8 @@ def decide(files: RunFiles, recipe: Recipe, resume: bool, overwrite: bool) -> Cl
 
 def clean_for_a_new_run(files: RunFiles) -> None:
     """What a new run replaces: an earlier run's (or a failed start's) files, tracker logs included."""
-    for stale in (files.metrics, files.subset, files.recipe, files.history, files.trackers, files.curves):
+    for stale in (files.metrics, files.subset, files.validation, files.recipe, files.history, files.trackers, files.curves,
+                  files.budget):
         stale.unlink(missing_ok=True)
     for folder in (files.checkpoints, files.tensorboard, files.wandb):
         shutil.rmtree(folder, ignore_errors=True)

@@ -17,13 +17,16 @@ from torch.nn.parallel import DistributedDataParallel
 
 from semiclust.assign import build_assigner
 from semiclust.data.batches import BatchMaker
-from semiclust.data.datasets import Dataset, FileSplit, build_dataset
+from semiclust.data.cache import cache_in_memory
+from semiclust.data.datasets import Dataset, FileSplit, build_dataset, split_rows
 from semiclust.data.eval_views import EvalViews
 from semiclust.data.loader import find_unreadable
-from semiclust.data.streams import IndexStream, Stream, labeled_stream, unlabeled_stream
-from semiclust.data.subsets import LabeledSubset, choose_labeled, load_subset, save_subset
+from semiclust.data.streams import IndexStream, Stream, labeled_stream, unlabeled_pool, unlabeled_stream
+from semiclust.data.subsets import (LabeledSubset, choose_labeled, choose_validation, class_counts, load_subset,
+                                    save_subset)
 from semiclust.engine import dist
 from semiclust.engine.device import autocast_dtype, uses_channels_last
+from semiclust.engine.finite import FiniteWatch
 from semiclust.engine.numbers import RunNumbers, Schedules, run_numbers
 from semiclust.engine.optim import build_optimizer
 from semiclust.engine.run import Run
@@ -74,6 +77,26 @@ def draw_subset(dataset: Dataset, recipe: Recipe) -> LabeledSubset:
                           unreadable_check(dataset, recipe))
 
 
+def draw_validation(dataset: Dataset, recipe: Recipe, labeled: LabeledSubset) -> LabeledSubset:
+    """The recipe's validation split: labeled training images outside the labeled subset, readable ones only."""
+    return choose_validation(dataset.train, recipe.data.validation, recipe.seed, dataset.num_classes, labeled,
+                             dataset.classes, unreadable_check(dataset, recipe))
+
+
+def validation_for(files: RunFiles, recipe: Recipe, resume: bool) -> ValidationFor:
+    """Draw the validation split on rank 0 (saved beside the labeled subset), or reuse the saved one on resume."""
+    def held_out(dataset: Dataset, labeled: LabeledSubset) -> LabeledSubset:
+        if resume and files.validation.exists():
+            return load_subset(files.validation, dataset.train)
+        chosen = None
+        if dist.is_main():
+            chosen = draw_validation(dataset, recipe, labeled)
+            save_subset(chosen, dataset.train, files.validation)
+        return dist.broadcast_object(chosen)
+
+    return held_out
+
+
 def labeled_subset_for(files: RunFiles, dataset: Dataset, recipe: Recipe, resume: bool) -> LabeledSubset:
     """Draw the labeled subset on rank 0 (saved in the run directory, sent to the other processes), or
     reuse the saved one when resuming."""
@@ -93,7 +116,7 @@ def build_student(recipe: Recipe, in_chans: int, num_classes: int, kind: type[Me
 
 
 def assemble_method(kind: type[Method], recipe: Recipe, student: Network, in_chans: int, num_classes: int,
-                    steps_per_epoch: int, world: int) -> Method:
+                    steps_per_epoch: int, world: int, total_steps: int | None = None) -> Method:
     """The method with its parts: the assigner (when it uses unlabeled data) and what `kind.parts` names."""
     spec = recipe.method
     extra = {}
@@ -102,8 +125,11 @@ def assemble_method(kind: type[Method], recipe: Recipe, student: Network, in_cha
         extra["queue"] = EmbeddingQueue(spec.target_crops, length, recipe.model.head.out) if length else None
     if "teacher" in kind.parts:
         extra["teacher"] = teacher_of(student, recipe.model, in_chans, num_classes, kind.prototypes)
+    if spec.ema.enabled:
+        extra["ema"] = teacher_of(student, recipe.model, in_chans, num_classes, kind.prototypes)
     assigner = build_assigner(spec.assignment, num_classes) if Stream.UNLABELED in kind.streams else None
-    return kind(spec, student, assigner, steps_per_epoch, steps_per_epoch * recipe.schedule.epochs, **extra)
+    total = total_steps or steps_per_epoch * (recipe.schedule.epochs or 1)
+    return kind(spec, student, assigner, steps_per_epoch, total, **extra)
 
 
 def build_method(recipe: Recipe, num_classes: int, in_chans: int, steps_per_epoch: int, world: int = 1) -> Method:
@@ -124,24 +150,38 @@ class Core:
     numbers: RunNumbers
     method: Method
     init_report: InitReport | None
+    notes: list[str]
+    validation: LabeledSubset | None = None  # data.validation: held out of both streams
 
 
-def build_core(recipe: Recipe, subset_for: Callable[[Dataset], LabeledSubset], rank: int, world: int) -> Core:
-    """Dataset, labeled subset, this process's index streams (they check that the batches fit), the
-    run numbers, then the networks (seeded) and the method."""
+ValidationFor = Callable[[Dataset, LabeledSubset], LabeledSubset]
+
+
+def build_core(recipe: Recipe, subset_for: Callable[[Dataset], LabeledSubset], rank: int, world: int,
+               cache: bool = False, validation_for: ValidationFor | None = None) -> Core:
+    """Dataset (its image files decoded into memory when `cache` and the recipe allow), labeled subset and
+    validation split, this process's index streams (they check that the batches fit), the run numbers, then
+    the networks (seeded) and the method."""
     dataset = load_dataset(recipe)
+    notes = cache_in_memory(dataset, recipe.data) if cache else []
     subset = subset_for(dataset)
+    validation = None
+    if recipe.data.validation is not None:
+        validation = (validation_for or (lambda data, labeled: draw_validation(data, recipe, labeled)))(dataset, subset)
     kind = METHODS.get(recipe.method.name)
-    batch = recipe.data.batch
-    unlabeled = unlabeled_stream(len(dataset.train), batch.unlabeled, recipe.seed, rank, world)
-    labeled = (labeled_stream(subset.indices, batch.labeled, recipe.seed, rank, world)
+    pool = unlabeled_pool(len(dataset.train), validation.indices if validation is not None else None)
+    numbers = run_numbers(recipe, len(pool), world, kind.streams)
+    unlabeled = unlabeled_stream(pool, numbers.process_unlabeled, recipe.seed, rank, world)
+    labeled = (labeled_stream(subset.indices, numbers.process_labeled, recipe.seed, rank, world)
                if Stream.LABELED in kind.streams else None)
-    numbers = run_numbers(recipe, len(dataset.train), world, kind.streams)
     torch.manual_seed(recipe.seed)  # identical initial weights on every process
     student, report = build_student(recipe, dataset.channels, dataset.num_classes, kind)
     method = assemble_method(kind, recipe, student, dataset.channels, dataset.num_classes, numbers.steps_per_epoch,
-                             world)
-    return Core(dataset, subset, unlabeled, labeled, numbers, method, report)
+                             world, numbers.total_steps)
+    prior = getattr(method.assigner, "prior", None)
+    if prior is not None:
+        prior.use_counts(class_counts(dataset.train.labels, subset.indices, dataset.num_classes))
+    return Core(dataset, subset, unlabeled, labeled, numbers, method, report, notes, validation)
 
 
 def optimizer_for(method: Method, recipe: Recipe, numbers: RunNumbers, device: torch.device) -> torch.optim.Optimizer:
@@ -172,17 +212,25 @@ def place(method: Method, recipe: Recipe, device: torch.device, world: int) -> t
 def build_run(recipe: Recipe, files: RunFiles, device: torch.device, resume: bool) -> Run:
     """Everything a training process needs, in the order that makes runs reproducible (module docstring)."""
     world, rank = dist.world_size(), dist.rank()
-    core = build_core(recipe, lambda dataset: labeled_subset_for(files, dataset, recipe, resume), rank, world)
+    core = build_core(recipe, lambda dataset: labeled_subset_for(files, dataset, recipe, resume), rank, world,
+                      cache=True, validation_for=validation_for(files, recipe, resume))
     runner, sync_bn, channels_last = place(core.method, recipe, device, world)
     torch.manual_seed(recipe.seed + 1 + rank)
     dataset, numbers = core.dataset, core.numbers
     batches = BatchMaker(recipe, dataset, core.unlabeled, core.labeled, core.method.streams,
                          numbers.total_steps * recipe.optim.accumulate_steps, device, channels_last, rank, world)
-    eval_views = None if dataset.test is None else EvalViews(
-        dataset.test, recipe.data.eval, dataset.mean, dataset.std, recipe.eval.batch_size, device, recipe.data.loader,
-        recipe.data.max_image_pixels)
+    eval_views = None if dataset.test is None else views_of(dataset.test, recipe, dataset, device)
+    validation_views = None if core.validation is None else views_of(
+        split_rows(dataset.train, core.validation.indices), recipe, dataset, device)
     amp_dtype = autocast_dtype(recipe.runtime.precision, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     return Run(recipe, dataset, core.subset, numbers, Schedules(recipe, numbers), core.method,
                optimizer_for(core.method, recipe, numbers, device), scaler, batches, eval_views, device, amp_dtype,
-               runner, sync_bn, core.init_report)
+               runner, sync_bn, core.init_report, core.notes, validation_views, core.validation,
+               FiniteWatch(device) if device.type == "cuda" and not recipe.runtime.skip_nonfinite_steps else None)
+
+
+def views_of(split, recipe: Recipe, dataset: Dataset, device: torch.device) -> EvalViews:
+    """The evaluation views of a split (the test split, or the validation split carved from training)."""
+    return EvalViews(split, recipe.data.eval, dataset.mean, dataset.std, recipe.eval.batch_size, device,
+                     recipe.data.loader, recipe.data.max_image_pixels)

@@ -7,7 +7,7 @@ from semiclust.data.streams import Stream
 from semiclust.engine import dist
 from semiclust.engine.run import Run
 from semiclust.errors import SemiclustError
-from semiclust.evaluate import EvalResult
+from semiclust.engine.evaluation import Evaluation
 from semiclust.methods.base import Method
 from semiclust.version import __version__
 
@@ -24,12 +24,13 @@ def process_state(method: Method, device: torch.device) -> dict:
 
 def classifier_info(method: Method, channels: int, num_classes: int) -> dict:
     """How to rebuild the evaluated network from the method's state (checkpoint.classifier_network)."""
-    return {"prefix": "teacher" if method.classifier is not method.student else "student",
+    prefix = next(name for name, network in method.networks().items() if network is method.classifier)
+    return {"prefix": prefix,
             "prototypes": method.prototypes, "in_chans": channels, "num_classes": num_classes,
             "matched": Stream.LABELED not in method.streams}
 
 
-def training_state(run: Run, step: int, result: EvalResult | None, per_rank: list, skipped_steps: int) -> dict:
+def training_state(run: Run, step: int, evaluation: Evaluation | None, per_rank: list, skipped_steps: int) -> dict:
     """Everything a checkpoint of `run` at `step` holds (plain tensors and Python values)."""
     method, dataset, subset = run.method, run.dataset, run.subset
     state = {
@@ -42,6 +43,8 @@ def training_state(run: Run, step: int, result: EvalResult | None, per_rank: lis
         "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "augment_rng": run.batches.generator.get_state().cpu(),
+        **({"augment_host_rng": run.batches.host_generator.get_state()}
+           if run.batches.host_generator is not run.batches.generator else {}),
         "per_rank": per_rank,
         "skipped_steps": skipped_steps,
         "classes": list(dataset.classes),
@@ -55,8 +58,15 @@ def training_state(run: Run, step: int, result: EvalResult | None, per_rank: lis
         "corrupt_images": run.batches.corrupt_images,
         "classifier": classifier_info(method, dataset.channels, dataset.num_classes),
     }
-    if result is not None:
-        state["eval"] = result.as_dict()
+    if run.validation is not None:
+        state["validation_indices"] = run.validation.indices.clone()
+    if evaluation is not None:
+        if evaluation.result is not None:
+            state["eval"] = evaluation.result.as_dict()
+        if evaluation.beside:  # the test results of the other networks, for an export of one of them
+            state["eval_beside"] = {name: r.as_dict() for name, r in evaluation.beside.items()}
+        if evaluation.validation is not None:
+            state["validation"] = evaluation.validation.as_dict()
     return state
 
 
@@ -76,5 +86,7 @@ def restore(state: dict, run: Run) -> int:
     if run.device.type == "cuda" and "cuda" in mine:
         torch.cuda.set_rng_state(mine["cuda"].cpu(), run.device)
     run.batches.generator.set_state(state["augment_rng"].cpu())
+    if run.batches.host_generator is not run.batches.generator and "augment_host_rng" in state:
+        run.batches.host_generator.set_state(state["augment_host_rng"])
     run.batches.corrupt_images = state.get("corrupt_images", 0)
     return state["step"]

@@ -38,12 +38,15 @@ def gradient_sync(run: Run, last: bool):
 def train_step(run: Run, step: int) -> StepOutcome:
     """Scheduled lr and weight decay, then each micro-batch's forward (under autocast) and backward; the
     optimiser step only if the loss was finite on every process (all processes agree, so they stay in step)."""
-    set_lr_and_decay(run.optimizer, run.schedules.lr(step), run.schedules.weight_decay(step))
+    schedules = run.schedules
+    set_lr_and_decay(run.optimizer, schedules.lr(step), schedules.weight_decay(step), schedules.backbone_scale(step))
+    hold_backbone(run, step)
     keep = bool(run.recipe.runtime.skip_nonfinite_steps)  # a skipped step must not leave NaNs in queue, center, BN
     outcome = StepOutcome({}, True, 0.0, {k: v.clone() for k, v in run.method.named_buffers()} if keep else {})
     run.optimizer.zero_grad(set_to_none=True)
     accumulate = run.batches.accumulate
     micro_batches = run.batches.micro_batches(step)
+    watch = run.finite_watch
     for micro in range(accumulate):
         started = time.perf_counter()
         batch = next(micro_batches)
@@ -51,14 +54,25 @@ def train_step(run: Run, step: int) -> StepOutcome:
         with gradient_sync(run, last=micro == accumulate - 1):
             with autocast(run.device, run.amp_dtype):
                 out = run.method.training_step(batch, step, run.runner)
-            outcome.finite &= bool(torch.isfinite(out.loss))
+            if watch is not None:
+                watch.note(out.loss, step)  # on the device; the trainer reads it once per log window
+            else:
+                outcome.finite &= bool(torch.isfinite(out.loss))
             backward(out.loss / accumulate, run.scaler)  # also when non-finite: ranks stay in step
         for key, value in out.parts.items():
             outcome.parts[key] = outcome.parts.get(key, 0) + value / accumulate
-    outcome.finite = not dist.any_process(not outcome.finite, run.device)
+    if watch is None:
+        outcome.finite = not dist.any_process(not outcome.finite, run.device)
     if outcome.finite:
         optimizer_step(run, step)
     return outcome
+
+
+def hold_backbone(run: Run, step: int) -> None:
+    """During a head warm-up that freezes the backbone, its BatchNorm layers run in eval mode (their statistics
+    stay those of the pretrained network); after it, in training mode again."""
+    if run.numbers.backbone_warmup_steps and run.method.training:
+        run.method.student.backbone.train(not run.schedules.backbone_frozen(step))
 
 
 def undo_buffers(run: Run, outcome: StepOutcome) -> None:
@@ -66,6 +80,9 @@ def undo_buffers(run: Run, outcome: StepOutcome) -> None:
     with torch.no_grad():
         for name, value in run.method.named_buffers():
             value.copy_(outcome.buffers_before[name])
+    for module in run.method.modules():
+        if hasattr(module, "buffers_changed"):
+            module.buffers_changed()
 
 
 def optimizer_step(run: Run, step: int) -> None:
@@ -74,6 +91,9 @@ def optimizer_step(run: Run, step: int) -> None:
     if scaler is not None:
         scaler.unscale_(optimizer)
     method.zero_frozen_grads(step)
+    if run.schedules.backbone_frozen(step):  # no update at all: not even momentum or weight decay moves it
+        for p in method.student.backbone.parameters():
+            p.grad = None
     if run.recipe.optim.clip_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(method.trainable_parameters(), run.recipe.optim.clip_grad_norm)
     if scaler is not None:

@@ -7,6 +7,7 @@ cross-process work goes through engine/dist.py (gradients through DistributedDat
 from __future__ import annotations
 
 import shlex
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +15,8 @@ import torch
 from rich.console import Console
 
 from semiclust.data.loader import Corrupt
-from semiclust.data.streams import Stream
 from semiclust.engine import dist
+from semiclust.engine.budget import BudgetGuard, plan_budget
 from semiclust.engine.checkpoint import latest_usable, save_checkpoint, save_periodic
 from semiclust.engine.device import resolve_device
 from semiclust.engine.policy import Policy
@@ -29,7 +30,8 @@ from semiclust.engine.signals import StopRequest, TrainingStopped
 from semiclust.engine.state import process_state, restore, training_state
 from semiclust.engine.step import StepOutcome, train_step, undo_buffers
 from semiclust.errors import SemiclustError, examples
-from semiclust.evaluate import EvalResult, evaluate_with_confusion
+from semiclust.engine.evaluation import BestSoFar, Evaluation, evaluate_run
+from semiclust.evaluate import EvalResult
 from semiclust.plot import plot_confusion, plot_run
 from semiclust.schema import Recipe, Runtime
 from semiclust.storage.atomic import WriteFailed
@@ -44,15 +46,20 @@ class TrainSummary:
     steps: int
     seconds: float
     main_process: bool = True  # rank 0 (the process that reports)
+    budget_used: str | None = None  # of a budgeted run: the wall time it took, of its budget
+    beside: dict[str, EvalResult] | None = None  # the networks evaluated beside the classifier (method.ema)
+    best: BestSoFar | None = None  # data.validation: the best validation top-1, its step and test result
 
 
 def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume: bool = False,
-          overwrite: bool = False, resume_hint: str | None = None) -> TrainSummary:
+          overwrite: bool = False, resume_hint: str | None = None, started: float | None = None) -> TrainSummary:
     """Train `recipe` into `run_dir` (recipe, labeled subset, metrics, checkpoints) and evaluate the result.
 
     `resume` continues from the newest readable periodic checkpoint, bit-identically; `overwrite`
-    replaces a run already in the folder; `resume_hint` is the command printed when a signal stops it.
+    replaces a run already in the folder; `resume_hint` is the command printed when a signal stops it;
+    `started` (time.time()) is when a budget's clock started (the CLI: the process start; default now).
     A file that cannot be written (a full disk) ends the run in one paragraph naming the last good checkpoint."""
+    started = started or time.time()
     device = start_processes(recipe.runtime)
     check_installed(recipe)  # a tracker package that is missing stops the run before anything is written
     files = RunFiles(Path(run_dir))
@@ -60,7 +67,7 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
     lock = None
     try:
         claim, lock = claim_run_dir(files, recipe, resume, overwrite, device)
-        return run_training(claim, files, device, console or Console(), hint)
+        return run_training(claim, files, device, console or Console(), hint, started)
     except WriteFailed as err:
         raise write_failed(err, files, hint) from None
     finally:
@@ -68,21 +75,48 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
             lock.release()
 
 
-def run_training(claim: Claim, files: RunFiles, device: torch.device, console: Console, hint: str) -> TrainSummary:
-    """The run in a claimed folder: its objects, resume, the steps, the final evaluation and checkpoint."""
+def run_training(claim: Claim, files: RunFiles, device: torch.device, console: Console, hint: str,
+                 started: float) -> TrainSummary:
+    """The run in a claimed folder: its objects, resume, its length (a budget's calibration), the steps, the
+    final evaluation and checkpoint."""
     run = build_run(claim.recipe, files, device, claim.resume)
     start_step, skipped = resume_from(files, run) if claim.resume else (0, 0)
+    plan = plan_budget(run, files, claim.resume, started, start_step)
+    check_the_end(run, start_step)
     record_changes(files, claim, start_step)
-    total = run.numbers.total_steps
+    guard = BudgetGuard(plan, started, start_step) if plan else None
+    best = BestSoFar.of(files.best, claim.resume) if run.validation_views is not None else None
     with Reporter(files, claim.recipe, console, run.numbers, start_step, claim.resume) as reporter:
-        announce(run, reporter, start_step, claim.notes)
-        skipped = run_steps(run, files, reporter, range(start_step, total), skipped, hint)
-        result, confusion = evaluate_run(run, total, reporter)
+        announce(run, reporter, start_step, claim.notes + budget_notes(plan, run))
+        skipped, end = run_steps(run, files, reporter, range(start_step, run.numbers.total_steps), skipped, hint, guard,
+                                 best)
+        evaluation = evaluate_run(run, end, reporter)
+        keep_if_best(run, files, best, evaluation, end, skipped)
         seconds = reporter.elapsed()
-        save_final(run, files, skipped, result)
+        save_final(run, files, skipped, evaluation, end)
         if reporter.tracking and dist.is_main():
-            reporter.files(final_figures(run, files, result, confusion))
-    return TrainSummary(files.root, files.final, result, total - start_step, seconds, dist.is_main())
+            reporter.files(final_figures(run, files, evaluation.result, evaluation.confusion))
+    used = time.time() - started
+    return TrainSummary(files.root, files.final, evaluation.result, end - start_step, seconds, dist.is_main(),
+                        f"{used / 60:.1f} of {plan.budget_s / 60:.1f} minutes ({used / plan.budget_s:.1%})" if plan else None,
+                        evaluation.beside, best)
+
+
+def keep_if_best(run: Run, files: RunFiles, best: BestSoFar | None, evaluation: Evaluation, step: int,
+                 skipped: int) -> None:
+    """checkpoints/best.pt, rewritten when the validation top-1 improves (data.validation)."""
+    if best is not None and best.improved_by(evaluation, step):
+        state = checkpoint_state(run, step, skipped, evaluation)
+        written_or_failed(lambda: save_checkpoint(state, files.best) if state is not None else None, run)
+
+
+def budget_notes(plan, run: Run) -> list[str]:
+    if plan is None:
+        return []
+    spe = run.numbers.steps_per_epoch
+    return [f"budget {run.recipe.schedule.budget}: {plan.total_steps} steps ({plan.total_steps / spe:.2f} epochs) "
+            f"at {plan.step_s:.3f}s a step, {plan.evaluations} periodic evaluation(s) of {plan.eval_s:.1f}s, "
+            f"planned to end {plan.planned_end_s:.0f}s after the start (recorded in budget.json)"]
 
 
 def final_figures(run: Run, files: RunFiles, result: EvalResult | None, confusion: torch.Tensor | None) -> list[Path]:
@@ -96,9 +130,11 @@ def final_figures(run: Run, files: RunFiles, result: EvalResult | None, confusio
     return paths
 
 
-def run_steps(run: Run, files: RunFiles, reporter: Reporter, steps: range, skipped: int, hint: str) -> int:
+def run_steps(run: Run, files: RunFiles, reporter: Reporter, steps: range, skipped: int, hint: str,
+              guard: BudgetGuard | None = None, best: BestSoFar | None = None) -> tuple[int, int]:
     """The optimiser steps, each followed by what the policy says is due (evaluation, a periodic
-    checkpoint, the stop a signal asked for); returns the number of non-finite steps skipped."""
+    checkpoint, the stop a signal asked for); returns the number of non-finite steps skipped and the step
+    the run ended at (earlier than planned only if a budget would otherwise be overrun)."""
     policy = Policy(run.recipe, run.numbers, run.eval_views is not None, run.device)
     unreadable = UnreadableImages(run, reporter)
     run.batches.on_corrupt = unreadable.add
@@ -112,25 +148,60 @@ def run_steps(run: Run, files: RunFiles, reporter: Reporter, steps: range, skipp
                     continue  # the next step starts by zeroing the discarded gradients
                 reporter.step_done(step, outcome, run.schedules.lr(step), run.schedules.weight_decay(step),
                                    file_counts(run))
+                if run.finite_watch is not None and ((step + 1) % run.recipe.runtime.log_every_steps == 0
+                                                     or policy.evaluates_after(step + 1) or step + 1 == steps.stop):
+                    check_finite_watch(run, outcome, files, skipped, hint)
                 unreadable.report(step + 1)
-                after_step(run, step + 1, policy, stop, reporter, files, skipped, hint)
+                after_step(run, step + 1, policy, stop, reporter, files, skipped, hint, best)
+                if guard is not None and out_of_time(guard, step + 1, run, reporter):
+                    return skipped, step + 1
         finally:
             reporter.stop_display()
-    return skipped
+    return skipped, steps.stop
+
+
+def check_finite_watch(run: Run, outcome: StepOutcome, files: RunFiles, skipped: int, hint: str) -> None:
+    """The device's note of non-finite losses, read once per log window (CUDA): the run ends at the first bad
+    step as it would have at once, only up to a window later."""
+    bad = run.finite_watch.first()
+    if bad is not None:
+        raise non_finite_error(bad, {k: float(v) for k, v in outcome.parts.items()}, files, skipped, hint)
+
+
+def out_of_time(guard: BudgetGuard, done: int, run: Run, reporter: Reporter) -> bool:
+    """Checked every few seconds, agreed by every process: the run ends here rather than past its budget."""
+    if not guard.due(done) or not dist.any_process(guard.over(done), run.device):
+        return False
+    reporter.warn(f"warning: the steps ran slower than the calibration measured; the run ends at step {done} of "
+                  f"{run.numbers.total_steps} to stay inside its budget of {run.recipe.schedule.budget}")
+    return True
 
 
 def after_step(run: Run, done: int, policy: Policy, stop: StopRequest, reporter: Reporter, files: RunFiles,
-               skipped: int, hint: str) -> None:
-    """Evaluation and periodic checkpoints when due; after a signal (on any process), a checkpoint and the stop."""
+               skipped: int, hint: str, best: BestSoFar | None = None) -> None:
+    """Evaluation (and best.pt) and periodic checkpoints when due; after a signal (on any process), a checkpoint
+    and the stop."""
     if policy.evaluates_after(done):
-        result, _ = evaluate_run(run, done, reporter)
-        reporter.message(f"epoch {done // run.numbers.steps_per_epoch}: top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%")
-    stopping = dist.any_process(stop.requested, run.device)
+        evaluation = evaluate_run(run, done, reporter)
+        keep_if_best(run, files, best, evaluation, done, skipped)
+        shown, what = (evaluation.result, "") if evaluation.result else (evaluation.validation, "validation ")
+        reporter.message(f"epoch {done // run.numbers.steps_per_epoch}: {what}top-1 {shown.top1:.2f}%  "
+                         f"top-5 {shown.top5:.2f}%" + (evaluation.line() if evaluation.result else ""))
+    stopping = stop_agreed(run, done, stop)
     if policy.saves_after(done, stopping):
         path = save_periodic_checkpoint(run, done, files, skipped)
         policy.saved()
         if stopping:
             raise stopped(stop, done, path or files.last_periodic(), hint)
+
+
+def stop_agreed(run: Run, done: int, stop: StopRequest) -> bool:
+    """Whether a signal reached any process: asked after every step on a CPU, after each log window on GPUs (the
+    question is a read-back, which a GPU step should not wait for); the stop then comes at most a window later."""
+    if run.device.type == "cuda" and run.numbers.world > 1 and done % run.recipe.runtime.log_every_steps \
+            and done != run.numbers.total_steps:
+        return False
+    return dist.any_process(stop.requested, run.device)
 
 
 def start_processes(runtime: Runtime) -> torch.device:
@@ -147,11 +218,13 @@ def resume_from(files: RunFiles, run: Run) -> tuple[int, int]:
     found = latest_usable(files.checkpoints, map_location=run.device)
     if found is None:
         return 0, 0
-    step = restore(found[1], run)
-    if step >= run.numbers.total_steps:
-        raise SemiclustError(f"--resume: the run is at step {step} but the schedule now ends at step "
-                             f"{run.numbers.total_steps}; give schedule.epochs that reach past the current step.")
-    return step, found[1].get("skipped_steps", 0)
+    return restore(found[1], run), found[1].get("skipped_steps", 0)
+
+
+def check_the_end(run: Run, start_step: int) -> None:
+    if start_step >= run.numbers.total_steps:
+        raise SemiclustError(f"--resume: the run is at step {start_step} but the schedule now ends at step "
+                             f"{run.numbers.total_steps}; give schedule.epochs (or a budget) that reach past it.")
 
 
 def last_good_checkpoint(files: RunFiles) -> Path | None:
@@ -168,9 +241,9 @@ def write_failed(err: WriteFailed, files: RunFiles, hint: str) -> SemiclustError
     return SemiclustError(f"{err}. {where}. Free some space (or choose another --out), then {then}.", exit_code=1)
 
 
-def save_final(run: Run, files: RunFiles, skipped: int, result: EvalResult | None) -> None:
-    """checkpoints/final.pt, written by rank 0; every process learns whether it could be written."""
-    state = checkpoint_state(run, run.numbers.total_steps, skipped, result)
+def save_final(run: Run, files: RunFiles, skipped: int, evaluation: Evaluation, end: int) -> None:
+    """checkpoints/final.pt (of step `end`), written by rank 0; every process learns whether it could be written."""
+    state = checkpoint_state(run, end, skipped, evaluation)
     written_or_failed(lambda: save_checkpoint(state, files.final) if state is not None else None, run)
 
 
@@ -197,18 +270,24 @@ def announce(run: Run, reporter: Reporter, start_step: int, notes: list[str] = (
     reporter.message(
         f"semiclust {__version__}: {recipe.method.name} on {dataset.name} ({len(dataset.train)} train, "
         f"{len(run.subset.indices)} labeled [{run.subset.identity}], {evaluation}); {params:,} parameters; "
-        f"{numbers.steps_per_epoch} steps/epoch x {recipe.schedule.epochs} epochs = {numbers.total_steps} steps; "
+        f"{numbers.steps_per_epoch} steps/epoch x {epochs_of(recipe, numbers)} epochs = {numbers.total_steps} steps; "
         f"lr {lr_description(recipe, numbers)}; {numbers.world} process(es) on {run.device}"
         + (", SyncBatchNorm" if run.sync_bn else "") + (f", {run.amp_dtype}" if run.amp_dtype else "")
         + (f"; resuming at step {start_step}" if start_step else "")
     )
     if run.init_report is not None:
         reporter.message(run.init_report.summary())
+    for note in run.notes:
+        reporter.message(note)
     passed = run.subset.passed_over
     if passed:
         shown = [f"{dataset.train.files[i]} ({reason})" for i, reason in sorted(passed.items())]
         reporter.warn(f"labeled subset: passed over {len(passed)} unreadable image(s) for the next of their class: "
                       f"{examples(shown, 5, quote=False)}")
+
+
+def epochs_of(recipe: Recipe, numbers) -> str:
+    return str(recipe.schedule.epochs) if recipe.schedule.epochs else f"{numbers.total_steps / numbers.steps_per_epoch:.2f}"
 
 
 class UnreadableImages:
@@ -243,21 +322,10 @@ def file_counts(run: Run) -> dict:
     return {"corrupt_images": run.batches.corrupt_images} if run.batches.files is not None else {}
 
 
-def evaluate_run(run: Run, step: int, reporter: Reporter) -> tuple[EvalResult | None, torch.Tensor | None]:
-    """Top-1/top-5 of the method's classifier on the evaluation split, recorded in the metrics, and the confusion
-    matrix of its predictions (both None without an evaluation split)."""
-    if run.eval_views is None:
-        return None, None
-    result, confusion = evaluate_with_confusion(run.method.classifier, run.eval_views, run.dataset.test_split_name,
-                                                match=Stream.LABELED not in run.method.streams)
-    reporter.evaluated(step, result)
-    return result, confusion
-
-
-def checkpoint_state(run: Run, step: int, skipped: int, result: EvalResult | None = None) -> dict | None:
+def checkpoint_state(run: Run, step: int, skipped: int, evaluation: Evaluation | None = None) -> dict | None:
     """The checkpoint of `step` on rank 0 (every process's RNG and queue gathered), None elsewhere."""
     per_rank = dist.gather_objects(process_state(run.method, run.device))
-    return training_state(run, step, result, per_rank, skipped) if dist.is_main() else None
+    return training_state(run, step, evaluation, per_rank, skipped) if dist.is_main() else None
 
 
 def save_periodic_checkpoint(run: Run, step: int, files: RunFiles, skipped: int) -> Path | None:

@@ -18,6 +18,7 @@ from torch import nn
 
 from semiclust.data.batches import StepBatch
 from semiclust.data.streams import BOTH, Stream
+from semiclust.methods.ema import average_momentum, average_update
 from semiclust.methods.losses import combine_losses, labeled_fraction, soft_cross_entropy, swapped_cross_entropy
 from semiclust.models.network import Network
 from semiclust.schema import MethodSpec
@@ -40,6 +41,55 @@ class StepResult:
     parts: dict[str, torch.Tensor]
 
 
+def mixed_view_loss(scores: torch.Tensor, targets: list[torch.Tensor], lam: float, temperature: float) -> torch.Tensor:
+    """Suave's mixed view (global crop 1 mixed with the batch-reversed global crop 2) against the same mix of
+    the two globals' targets: CE(lam * q_1 + (1 - lam) * reversed(q_2), softmax(scores / temperature))."""
+    target = lam * targets[0] + (1 - lam) * targets[1].flip(0)
+    return soft_cross_entropy(scores.float() / temperature, target)
+
+
+@dataclass
+class StepPieces:
+    """The network's outputs split back: labeled scores, the unlabeled crops' embeddings and scores (in crop
+    order), and the mixed view's scores."""
+
+    labeled: torch.Tensor | None
+    embeddings: list[torch.Tensor]
+    scores: list[torch.Tensor]
+    mixed: torch.Tensor | None
+
+
+@dataclass
+class GroupLayout:
+    """The crop groups of one backbone pass, in order: the labeled view, the target crops, the mixed view
+    (after the globals, so that it shares their backbone call and BatchNorm statistics), the other crops."""
+
+    groups: list[torch.Tensor]
+    unlabeled: list[torch.Tensor]
+    has_labeled: bool
+    mixed_at: int | None  # the mixed view's position among the unlabeled groups
+
+    @classmethod
+    def of(cls, batch: StepBatch, labels: bool, unlabeled: bool, target_crops: int) -> "GroupLayout":
+        crops = batch.unlabeled if unlabeled else []
+        mixed = [batch.mixed] if unlabeled and batch.mixed is not None else []
+        groups = ([batch.labeled] if labels else []) + crops[:target_crops] + mixed + crops[target_crops:]
+        return cls(groups, crops, labels, target_crops if mixed else None)
+
+    def split(self, embeddings: torch.Tensor, scores: torch.Tensor) -> StepPieces:
+        sizes = [len(g) for g in self.groups]
+        embedding_parts, score_parts = list(embeddings.split(sizes)), list(scores.split(sizes))
+        labeled = None
+        if self.has_labeled:
+            embedding_parts.pop(0)
+            labeled = score_parts.pop(0)
+        mixed = None
+        if self.mixed_at is not None:
+            embedding_parts.pop(self.mixed_at)
+            mixed = score_parts.pop(self.mixed_at)
+        return StepPieces(labeled, embedding_parts, score_parts, mixed)
+
+
 class Method(nn.Module):
     """Base of every method. Class attributes declare the streams it draws from, the parts it takes
     beyond student and assigner, its prototype kind and its recipe defaults."""
@@ -52,13 +102,15 @@ class Method(nn.Module):
     per_process_prefixes: tuple[str, ...] = ("queue.",)  # state_dict entries each process keeps for itself
 
     def __init__(self, spec: MethodSpec, student: Network, assigner: nn.Module | None, steps_per_epoch: int,
-                 total_steps: int):
+                 total_steps: int, ema: Network | None = None):
         super().__init__()
         self.spec = spec
         self.student = student
         self.assigner = assigner
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = total_steps
+        if ema is not None:  # registered only when on, so that checkpoints without it keep their keys
+            self.ema = ema
 
     # ---- what subclasses provide
     def targets(self, embeddings: list[torch.Tensor], scores: list[torch.Tensor], crops: list[torch.Tensor],
@@ -68,8 +120,13 @@ class Method(nn.Module):
 
     def after_optimizer_step(self, step: int) -> None:
         """Bookkeeping after the weights moved: unit-norm prototypes are renormalised (so the saved
-        and evaluated classifier scores cosines); subclasses add theirs (teacher EMA)."""
+        and evaluated classifier scores cosines), the weight average (`method.ema`) follows the student;
+        subclasses add theirs (teacher EMA)."""
         self.student.prototypes.normalize_()
+        average = self.average
+        if average is not None:
+            average_update(average, self.student, average_momentum(step, self.spec.ema))
+            average.prototypes.normalize_()
 
     # ---- shared
     @property
@@ -81,9 +138,31 @@ class Method(nn.Module):
         return Stream.UNLABELED in self.streams
 
     @property
+    def average(self) -> Network | None:
+        """The weight average of `method.ema`, when it is on."""
+        return getattr(self, "ema", None)
+
+    @property
     def classifier(self) -> Network:
-        """The network evaluated and exported (the student unless the method has a teacher)."""
-        return self.student
+        """The network evaluated and exported: the student, or its weight average when `method.ema.evaluate`
+        (a method with a teacher evaluates the teacher)."""
+        average = self.average
+        return average if average is not None and self.spec.ema.evaluate else self.student
+
+    def networks(self) -> dict[str, Network]:
+        """Every network a checkpoint can give as a classifier, by the state-dict prefix it has there."""
+        named = {"student": self.student}
+        for name in ("teacher", "ema"):
+            if isinstance(getattr(self, name, None), Network):
+                named[name] = getattr(self, name)
+        return named
+
+    def beside(self) -> dict[str, Network]:
+        """Networks evaluated beside the classifier and reported under their name (the online network and
+        its weight average, whichever is not the classifier)."""
+        if self.average is None:
+            return {}
+        return {"online": self.student} if self.classifier is self.average else {"ema": self.average}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.student.parameters() if p.requires_grad]
@@ -96,36 +175,46 @@ class Method(nn.Module):
         the DistributedDataParallel wrapper around it that the trainer passes."""
         tau = self.spec.temperature
         self.student.prototypes.normalize_()
-        groups = ([batch.labeled] if self.uses_labels else []) + (batch.unlabeled if self.uses_unlabeled else [])
-        embeddings, scores = (student or self.student)(groups)
-        n_labeled = len(batch.labeled) if self.uses_labels else 0
-        unlabeled = batch.unlabeled if self.uses_unlabeled else []
-        crop_rows = len(unlabeled[0]) if unlabeled else 0
-        sizes = ([n_labeled] if self.uses_labels else []) + [crop_rows] * len(unlabeled)
-        score_parts, embedding_parts = list(scores.split(sizes)), list(embeddings.split(sizes))
+        layout = GroupLayout.of(batch, self.uses_labels, self.uses_unlabeled, self.spec.target_crops)
+        embeddings, scores = (student or self.student)(layout.groups)
+        pieces = layout.split(embeddings, scores)
         parts: dict[str, torch.Tensor] = {}
-        loss_labeled = loss_unlabeled = scores.new_zeros((), dtype=torch.float32)
+        rows: dict[str, tuple[torch.Tensor, int]] = {}
         if self.uses_labels:
-            embedding_parts.pop(0)
-            loss_labeled = soft_cross_entropy(score_parts.pop(0).float() / tau, batch.labeled_targets,
-                                              self.spec.label_smoothing)
-            parts["loss_labeled"] = loss_labeled.detach()
+            loss = soft_cross_entropy(pieces.labeled.float() / tau, batch.labeled_targets, self.spec.label_smoothing)
+            rows["labeled"] = (loss, len(batch.labeled))
         if self.uses_unlabeled:
             with torch.no_grad():
-                targets = self.targets(embedding_parts, score_parts, unlabeled, step)
-            loss_unlabeled = swapped_cross_entropy(targets, score_parts, tau)
-            parts["loss_unlabeled"] = loss_unlabeled.detach()
-        loss = self._combined(loss_labeled, n_labeled, loss_unlabeled, crop_rows * len(unlabeled), parts, scores)
+                targets = self.targets(pieces.embeddings, pieces.scores, layout.unlabeled, step)
+            loss = swapped_cross_entropy(targets, pieces.scores, tau)
+            rows["unlabeled"] = (loss, len(layout.unlabeled[0]) * len(layout.unlabeled))
+            if pieces.mixed is not None:
+                rows["mixed"] = (mixed_view_loss(pieces.mixed, targets, batch.mixed_lambda, tau),
+                                 self._mixed_rows(len(batch.mixed)))
+        for name, (loss, _) in rows.items():
+            parts[f"loss_{name}"] = loss.detach()
+        loss = self._combined(rows, parts, scores)
         parts["loss"] = loss.detach()
         return StepResult(loss, parts)
 
-    def _combined(self, labeled: torch.Tensor, n_labeled: int, unlabeled: torch.Tensor, n_unlabeled: int,
-                  parts: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-        """Row-count weighting of the two parts (or the one part a single-stream method has)."""
+    def _mixed_rows(self, images: int) -> int:
+        """The mixed view's count in the row-count weighting: 1 (the release counts views) or its images."""
+        return 1 if self.spec.unlabeled_mixup.weight == "views" else images
+
+    def _combined(self, rows: dict[str, tuple[torch.Tensor, int]], parts: dict[str, torch.Tensor],
+                  like: torch.Tensor) -> torch.Tensor:
+        """Row-count weighting of the parts: the labeled part against the unlabeled ones (the swapped loss
+        and the mixed view, themselves weighted by their rows), or the one part a single-stream method has."""
+        unlabeled, n_unlabeled = rows.get("unlabeled", (None, 0))
+        if "mixed" in rows:
+            mixed, n_mixed = rows["mixed"]
+            unlabeled = (n_unlabeled * unlabeled + n_mixed * mixed) / (n_unlabeled + n_mixed)
+            n_unlabeled += n_mixed
         if self.streams != BOTH:
-            return labeled if self.uses_labels else unlabeled
+            return rows["labeled"][0] if self.uses_labels else unlabeled
+        labeled, n_labeled = rows["labeled"]
         weight = labeled_fraction(n_labeled, n_unlabeled, self.spec.labeled_weight)
-        parts["labeled_weight"] = like.new_tensor(weight, dtype=torch.float32)
+        parts["labeled_weight"] = torch.full((), weight, dtype=torch.float32, device=like.device)  # no host copy
         return combine_losses(labeled, n_labeled, unlabeled, n_unlabeled, self.spec.labeled_weight)
 
     def zero_frozen_grads(self, step: int) -> None:

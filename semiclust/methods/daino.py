@@ -8,20 +8,12 @@ from torch import nn
 from semiclust.data.streams import Stream
 from semiclust.engine.schedules import cosine
 from semiclust.methods.base import Method, MethodDefaults
+from semiclust.methods.ema import ema_update
 from semiclust.models.network import Network
 from semiclust.registry import METHODS
 from semiclust.schema import MethodSpec
 
 DINO_HEAD = {"hidden": 2048, "out": 256, "layers": 3, "batchnorm": False, "activation": "gelu", "init": "trunc_normal"}
-
-
-@torch.no_grad()
-def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, momentum: float) -> None:
-    """teacher <- momentum * teacher + (1 - momentum) * student, parameters only (as DINO)."""
-    teacher_params = list(teacher.parameters())
-    student_params = [p.detach() for p in student.parameters()]
-    torch._foreach_mul_(teacher_params, momentum)
-    torch._foreach_add_(teacher_params, student_params, alpha=1 - momentum)
 
 
 @METHODS.register("daino")

@@ -27,14 +27,30 @@ class EmbeddingQueue(nn.Module):
         super().__init__()
         self.register_buffer("embeddings", torch.zeros(crops, length, dim))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+        self._filled_here: int | None = 0  # the fill level on the host: read back once after a load, then tracked
 
     @property
     def length(self) -> int:
         return self.embeddings.shape[1]
 
     @property
+    def fill_level(self) -> int:
+        """How many embeddings the queue holds, without reading the device buffer each step."""
+        if self._filled_here is None:
+            self._filled_here = int(self.filled)
+        return self._filled_here
+
+    @property
     def full(self) -> bool:
-        return int(self.filled) >= self.length
+        return self.fill_level >= self.length
+
+    def buffers_changed(self) -> None:
+        """The buffers were replaced (a checkpoint loaded, a skipped step undone): read the fill level again."""
+        self._filled_here = None
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.buffers_changed()
 
     @torch.no_grad()
     def push(self, per_crop: list[torch.Tensor]) -> None:
@@ -45,4 +61,5 @@ class EmbeddingQueue(nn.Module):
         else:
             self.embeddings[:, batch:] = self.embeddings[:, :-batch].clone()
             self.embeddings[:, :batch] = torch.stack(per_crop).float()
-        self.filled.fill_(min(int(self.filled) + batch, self.length))
+        self._filled_here = min(self.fill_level + batch, self.length)
+        self.filled.fill_(self._filled_here)

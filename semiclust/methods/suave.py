@@ -25,8 +25,8 @@ class Suave(Method):
     summary = "SwAV + labels: Sinkhorn targets from the online network, unit-norm class prototypes"
 
     def __init__(self, spec: MethodSpec, student: Network, assigner: nn.Module | None, steps_per_epoch: int,
-                 total_steps: int, queue: EmbeddingQueue | None = None):
-        super().__init__(spec, student, assigner, steps_per_epoch, total_steps)
+                 total_steps: int, queue: EmbeddingQueue | None = None, ema: Network | None = None):
+        super().__init__(spec, student, assigner, steps_per_epoch, total_steps, ema)
         self.queue = queue
 
     def targets(self, embeddings, scores, crops, step):

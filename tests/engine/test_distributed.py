@@ -26,13 +26,14 @@ pytestmark = pytest.mark.slow
 EPOCHS = 30  # 180 steps of 6 per epoch: long enough to kill a 2-process run mid-way
 
 
-def invariant_recipe(per_process_unlabeled: int, per_process_labeled: int, epochs: int = 2) -> dict:
-    """BatchNorm-free network, no mixup (its partner is the local batch reversed), a queue, checkpoints every 2 steps."""
+def invariant_recipe(unlabeled: int, labeled: int, epochs: int = 2) -> dict:
+    """BatchNorm-free network, no mixup (its partner is the local batch reversed), a queue, checkpoints every 2 steps;
+    batches are global, so one recipe serves 1 and 2 processes."""
     raw = copy.deepcopy(TINY_RECIPE)
     raw["model"]["backbone"]["kwargs"]["norm"] = "none"
     raw["model"]["head"]["batchnorm"] = False
     raw["method"].update({"mixup": {"enabled": False}, "queue": {"length": 32}})
-    raw["data"]["batch"] = {"unlabeled": per_process_unlabeled, "labeled": per_process_labeled}
+    raw["data"]["batch"] = {"unlabeled": unlabeled, "labeled": labeled}
     raw["schedule"] = {"epochs": epochs}
     raw["runtime"].update({"log_every_steps": 1})
     raw["checkpoint"] = {"every_epochs": 0, "every_steps": 2, "keep_last": 3}
@@ -62,7 +63,7 @@ def method_weights(path: Path) -> dict[str, torch.Tensor]:
 def two_process_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("two")
     recipe = folder / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(invariant_recipe(8, 4, epochs=EPOCHS)))
+    recipe.write_text(yaml.safe_dump(invariant_recipe(16, 8, epochs=EPOCHS)))
     done = subprocess.run(torchrun(str(WORKER), str(recipe), str(folder / "run")), env=environment(),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

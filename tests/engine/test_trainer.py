@@ -148,8 +148,8 @@ def test_gradient_clipping_bounds_the_update(tmp_path):
 
 
 def test_gradient_accumulation_equals_one_big_batch(tmp_path):
-    """Supervised, BatchNorm-free, without random augmentation or mixup: two accumulated batches of
-    B/2 take exactly the stream positions of one batch of B, so the weights must agree."""
+    """Supervised, BatchNorm-free, without random augmentation or mixup: the same global batch B in two
+    accumulated micro-batches of B/2 takes exactly the stream positions of one batch of B, so the weights agree."""
     fixed_view = {"size": 8, "scale": [1.0, 1.0], "ratio": [1.0, 1.0], "flip": 0.0}
     raw = copy.deepcopy(TINY_RECIPE)
     raw["model"]["backbone"]["kwargs"]["norm"] = "none"
@@ -166,7 +166,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
         return summary, torch.load(summary.checkpoint, weights_only=True)
 
     one, one_state = run(16, 16, 1, "one")
-    two, two_state = run(8, 8, 2, "two")
+    two, two_state = run(16, 16, 2, "two")  # batches are per optimiser step: 8 + 8 per micro-batch
     assert one.steps == two.steps == 12  # 96 images / 16 per optimiser step x 2 epochs
     for name, value in one_state["method"].items():
         torch.testing.assert_close(two_state["method"][name], value, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,78 @@
+"""Decoded image folders kept in memory. When every image of a file split has one size and the split fits
+`data.cache_gb`, its images are decoded once, by loader workers, into one uint8 tensor in shared memory
+(`FileSplit.pixels`): each step then crops them in batches like an in-memory dataset, instead of decoding
+every file again (for 28-px PNGs, decoding and moving crops between processes is most of a step's cost)."""
+from __future__ import annotations
+
+import torch
+
+from semiclust.data.datasets import Dataset, FileSplit
+from semiclust.data.decode import UnreadableImage, decode_rgb, image_size
+from semiclust.data.loader import make_loader
+from semiclust.schema import Data
+
+CHUNK = 256
+
+
+class DecodeChunk(torch.utils.data.Dataset):
+    """Item c = chunk c of a split's images decoded: (first index, uint8 n x 3 x H x W), or (first index,
+    the reason it cannot be cached: an unreadable file, another size)."""
+
+    def __init__(self, split: FileSplit, size: tuple[int, int], max_pixels: int | None):
+        self.split, self.size, self.max_pixels = split, size, max_pixels
+
+    def __len__(self) -> int:
+        return -(-len(self.split) // CHUNK)
+
+    def __getitem__(self, c: int) -> tuple[int, torch.Tensor | str]:
+        start = c * CHUNK
+        indices = range(start, min(start + CHUNK, len(self.split)))
+        out = torch.empty((len(indices), 3, *self.size), dtype=torch.uint8)
+        for j, index in enumerate(indices):
+            try:
+                image = decode_rgb(self.split.path(index), self.max_pixels)
+            except UnreadableImage as err:
+                return start, f"'{err.path}' is unreadable ({err.reason})"
+            if tuple(image.shape[-2:]) != self.size:
+                return start, f"'{self.split.files[index]}' is {image.shape[-1]} x {image.shape[-2]} px, not " \
+                              f"{self.size[1]} x {self.size[0]}"
+            out[j] = image
+        return start, out
+
+
+def decode_split(split: FileSplit, spec: Data, budget_bytes: float) -> tuple[torch.Tensor | None, str]:
+    """The split's images as one shared uint8 tensor, or None and why it was not cached."""
+    if not len(split):
+        return None, "no images"
+    try:
+        width, height = image_size(split.path(0))
+    except UnreadableImage as err:
+        return None, f"'{err.path}' is unreadable ({err.reason})"
+    needed = len(split) * 3 * width * height
+    if needed > budget_bytes:
+        return None, f"{needed / 2**30:.1f} GiB decoded, more than data.cache_gb {spec.cache_gb:g}"
+    pixels = torch.empty((len(split), 3, height, width), dtype=torch.uint8).share_memory_()
+    items = DecodeChunk(split, (height, width), spec.max_image_pixels)
+    for start, chunk in make_loader(items, range(len(items)), spec.loader, torch.device("cpu")):
+        if isinstance(chunk, str):
+            return None, chunk
+        pixels[start : start + len(chunk)] = chunk
+    return pixels, f"{needed / 2**20:.0f} MiB"
+
+
+def cache_in_memory(dataset: Dataset, spec: Data) -> list[str]:
+    """Decode the file splits of `dataset` into memory where `data.cache` allows; returns what was done, one
+    line per split, for the start-up messages."""
+    if spec.cache == "off" or dataset.in_memory:
+        return []
+    notes, left = [], spec.cache_gb * 2**30
+    for name, split in (("training", dataset.train), ("evaluation", dataset.test)):
+        if not isinstance(split, FileSplit):
+            continue
+        pixels, why = decode_split(split, spec, left)
+        if pixels is None:
+            notes.append(f"{name} images read from their files (not cached in memory: {why})")
+            continue
+        split.pixels, left = pixels, left - pixels.numel()
+        notes.append(f"{name} images decoded into memory once ({len(split):,} images, {why})")
+    return notes

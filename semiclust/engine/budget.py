@@ -1,0 +1,252 @@
+"""A wall-time budget (`schedule.budget`): a short calibration at the start of a run measures the seconds
+of a step, of an evaluation and of a checkpoint, and fixes the number of steps so that the whole command
+ends inside the budget. The decision is recorded in RUN/budget.json and reused on resume, so the
+schedules stay pure functions of the step and a budgeted run resumes exactly.
+
+The calibration steps are real steps on the real data, taken from a snapshot of the run that is put back
+afterwards (weights, optimiser, buffers, generators): training then starts from where it would have.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from semiclust.data.datasets import split_rows
+from semiclust.data.eval_views import EvalViews
+from semiclust.engine import dist
+from semiclust.engine.checkpoint import save_checkpoint
+from semiclust.engine.metrics import MetricsLog
+from semiclust.engine.numbers import Schedules
+from semiclust.engine.run import Run
+from semiclust.engine.run_dir import RunFiles
+from semiclust.engine.state import process_state, training_state
+from semiclust.engine.step import train_step
+from semiclust.errors import SemiclustError
+from semiclust.evaluate import predict_scores
+from semiclust.storage.atomic import write_text
+
+DRIFT = 0.02  # steps are planned 2% slower than measured, so that a slower stretch still ends inside the budget
+EXIT_S = 2.0  # the final messages, closing trackers and the process exit
+CALIBRATION_SHARE = 0.03  # at most this share of the budget is spent measuring steps
+
+
+def process_started() -> float:
+    """When this process started, on the time.time() clock (from /proc on Linux; now, elsewhere)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
+@dataclasses.dataclass
+class BudgetPlan:
+    """What the calibration measured and decided (all seconds), as budget.json records it."""
+
+    budget_s: float
+    total_steps: int
+    step_s: float
+    eval_s: float
+    checkpoint_s: float
+    evaluations: int
+    checkpoints: int
+    started_s: float  # seconds after the process started at which the steps began
+    planned_end_s: float
+
+    def save(self, path: Path) -> None:
+        write_text(path, json.dumps(dataclasses.asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "BudgetPlan":
+        return cls(**json.loads(path.read_text()))
+
+
+def snapshot(run: Run) -> dict:
+    """Everything a step changes, to put back after the calibration."""
+    state = {"method": copy.deepcopy(run.method.state_dict()), "optimizer": copy.deepcopy(run.optimizer.state_dict()),
+             "augment": run.batches.generator.get_state(), "host": run.batches.host_generator.get_state(),
+             "torch": torch.get_rng_state(),
+             "corrupt": run.batches.corrupt_images}
+    if run.scaler is not None:
+        state["scaler"] = copy.deepcopy(run.scaler.state_dict())
+    if run.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(run.device)
+    return state
+
+
+def put_back(run: Run, state: dict) -> None:
+    run.method.load_state_dict(state["method"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.batches.generator.set_state(state["augment"])
+    run.batches.host_generator.set_state(state["host"])  # the same generator on a CPU: set twice, harmlessly
+    torch.set_rng_state(state["torch"])
+    run.batches.corrupt_images = state["corrupt"]
+    run.batches.restart()
+    if "scaler" in state:
+        run.scaler.load_state_dict(state["scaler"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], run.device)
+
+
+def seconds_per_step(run: Run, budget_s: float) -> float:
+    """The mean time of real steps after three warm-up ones: at least 10 of them and 1% of the budget (25 for
+    steps so short that their time varies most), at most 3% of it (or 200 steps)."""
+    times: list[float] = []
+    for step in range(203):
+        started = time.perf_counter()
+        train_step(run, step)
+        if run.device.type == "cuda":
+            torch.cuda.synchronize(run.device)
+        if step >= 3:
+            times.append(time.perf_counter() - started)
+        spent = sum(times)
+        enough = 25 if statistics.fmean(times or [1.0]) < 0.05 else 10
+        if (len(times) >= enough and spent > 0.01 * budget_s) or (len(times) >= 3 and spent > CALIBRATION_SHARE * budget_s):
+            break
+    return statistics.fmean(times)
+
+
+def seconds_per_evaluation(run: Run) -> float:
+    """One evaluation of the whole split: timed on all of it (up to 4,096 images), else on 1,024 and scaled."""
+    if run.eval_views is None:
+        return 0.0
+    test, views = run.dataset.test, run.eval_views
+    rows = torch.arange(len(test) if len(test) <= 4096 else 1024)
+    sample = views if len(rows) == len(test) else EvalViews(
+        split_rows(test, rows), views.view, views.mean, views.std, views.batch_size, run.device,
+        run.recipe.data.loader, run.recipe.data.max_image_pixels)
+    started = time.perf_counter()
+    predict_scores(run.method.classifier, sample)
+    return (time.perf_counter() - started) * len(test) / len(rows)
+
+
+def seconds_per_checkpoint(run: Run, files: RunFiles) -> float:
+    """A real checkpoint of the run written where checkpoints go (state, serialisation, fsync), then removed."""
+    per_rank = dist.gather_objects(process_state(run.method, run.device))
+    started = time.perf_counter()
+    if dist.is_main():
+        probe = files.checkpoints / ".calibration.pt"
+        save_checkpoint(training_state(run, 0, None, per_rank, 0), probe)
+        probe.unlink(missing_ok=True)
+    return time.perf_counter() - started
+
+
+def seconds_of_bookkeeping(run: Run, files: RunFiles) -> float:
+    """What the loop adds to each step: a metrics.jsonl record (appended and fsynced) every log_every_steps."""
+    probe = MetricsLog(files.root / ".calibration.jsonl")
+    started = time.perf_counter()
+    for _ in range(3):
+        probe.write({"type": "train", "step": 0, **{f"figure_{i}": 0.5 for i in range(12)}})
+    probe.path.unlink(missing_ok=True)
+    return (time.perf_counter() - started) / 3 / run.recipe.runtime.log_every_steps
+
+
+def planned_steps(budget_s: float, now_s: float, step_s: float, eval_s: float, checkpoint_s: float, run: Run) -> tuple:
+    """The most steps whose time, with the periodic evaluations and checkpoints they bring, the final ones and
+    the exit, fits what is left of the budget (steps planned 2% slower than measured); and how many periodic
+    evaluations and checkpoints that makes. The time grows with the steps, so a bisection finds it."""
+    recipe, spe = run.recipe, run.numbers.steps_per_epoch
+    left = budget_s - now_s - eval_s - checkpoint_s - EXIT_S
+
+    def counts(steps: int) -> tuple[int, int]:
+        evaluations = steps // (spe * recipe.eval.every_epochs) if recipe.eval.every_epochs else 0
+        return evaluations, periodic_checkpoints(steps, spe, recipe, budget_s)
+
+    def fits(steps: int) -> bool:
+        evaluations, checkpoints = counts(steps)
+        return steps * step_s * (1 + DRIFT) + evaluations * eval_s + checkpoints * checkpoint_s <= left
+
+    low, high = 0, max(int(left / step_s) + 1, 1)
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return (low, *counts(low))
+
+
+def periodic_checkpoints(steps: int, spe: int, recipe, budget_s: float) -> int:
+    ckpt = recipe.checkpoint
+    count = steps // (spe * ckpt.every_epochs) if ckpt.every_epochs else 0
+    count += steps // ckpt.every_steps if ckpt.every_steps else 0
+    count += math.floor(budget_s / (60 * ckpt.every_minutes)) if ckpt.every_minutes else 0
+    return count
+
+
+def calibrate(run: Run, files: RunFiles, budget_s: float, started: float, start_step: int = 0) -> BudgetPlan:
+    """Measure (on a snapshot, put back afterwards) and decide the number of steps, counting from
+    `start_step` (a resumed run); rank 0's decision on all processes."""
+    state = snapshot(run)
+    step_s = seconds_per_step(run, budget_s) + seconds_of_bookkeeping(run, files)
+    eval_s = seconds_per_evaluation(run)
+    put_back(run, state)  # the evaluation's loader drew from the global generator too
+    checkpoint_s = seconds_per_checkpoint(run, files)
+    now_s = time.time() - started
+    steps, evaluations, checkpoints = planned_steps(budget_s, now_s, step_s, eval_s, checkpoint_s, run)
+    plan = BudgetPlan(budget_s, start_step + steps, step_s, eval_s, checkpoint_s, evaluations, checkpoints, now_s,
+                      now_s + steps * step_s + (evaluations + 1) * eval_s + (checkpoints + 1) * checkpoint_s + EXIT_S)
+    plan = dist.broadcast_object(plan)
+    if plan.total_steps <= start_step:
+        raise SemiclustError(
+            f"the budget of {run.recipe.schedule.budget} leaves no time to train: {now_s:.0f}s went to starting up and "
+            f"measuring, a step takes {step_s:.2f}s and an evaluation {eval_s:.1f}s. Give a longer schedule.budget, "
+            "or make steps cheaper (smaller crops or batches, a narrower backbone).")
+    return plan
+
+
+def retarget(run: Run, total_steps: int) -> None:
+    """Give the run its decided length: the run numbers, the schedules, the method's and the loader's ends."""
+    run.numbers = dataclasses.replace(run.numbers, total_steps=total_steps)
+    run.schedules = Schedules(run.recipe, run.numbers)
+    run.method.total_steps = total_steps
+    run.batches.total_positions = total_steps * run.recipe.optim.accumulate_steps
+    run.batches.restart()
+    if run.numbers.warmup_steps >= total_steps:
+        raise SemiclustError(
+            f"the budget of {run.recipe.schedule.budget} allows {total_steps} steps "
+            f"({total_steps / run.numbers.steps_per_epoch:.2f} epochs), fewer than the warm-up of "
+            f"schedule.warmup_epochs {run.recipe.schedule.warmup_epochs}; shorten the warm-up or give a longer budget.")
+
+
+def plan_budget(run: Run, files: RunFiles, resumed: bool, started: float, start_step: int) -> BudgetPlan | None:
+    """A budgeted run's length: the one budget.json recorded (a resumed run with the same budget), or a new
+    calibration (saved to budget.json by rank 0); None without a budget. The run is retargeted to it."""
+    budget_s = run.recipe.schedule.budget_seconds
+    if budget_s is None:
+        return None
+    plan = BudgetPlan.load(files.budget) if resumed and files.budget.is_file() else None
+    if plan is None or plan.budget_s != budget_s:
+        plan = calibrate(run, files, budget_s, started, start_step)
+        if dist.is_main():
+            plan.save(files.budget)
+    retarget(run, plan.total_steps)
+    return plan
+
+
+class BudgetGuard:
+    """Watches a budgeted run: if the steps turn out slower than measured, the run ends at the last check
+    that still leaves time for its final evaluation and checkpoint, rather than past its budget."""
+
+    def __init__(self, plan: BudgetPlan, started: float, start_step: int):
+        self.plan, self.started = plan, started
+        self.every = max(1, round(2.0 / max(plan.step_s, 1e-6)))  # a check about every 2 seconds
+        self.last_time, self.last_done = time.time(), start_step
+
+    def due(self, done: int) -> bool:
+        return done % self.every == 0
+
+    def over(self, done: int) -> bool:
+        """Whether another window of checks, at the last window's pace, and the final evaluation and
+        checkpoint would no longer fit the budget."""
+        now = time.time()
+        pace = (now - self.last_time) / max(done - self.last_done, 1)
+        self.last_time, self.last_done = now, done
+        needed = 1.05 * pace * self.every + self.plan.eval_s + self.plan.checkpoint_s + EXIT_S
+        return self.plan.budget_s - (now - self.started) < needed

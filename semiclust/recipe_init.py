@@ -1,0 +1,236 @@
+"""`semiclust recipe init`: a recipe for a data set semiclust has never seen, from the data and a time budget.
+
+It reads the folder (an ImageFolder with train/ and val/ class folders, or a folder of images with a
+labels list and an optional evaluation list), measures the images' sizes (from their headers), picks the
+crop sizes from them, then times a training step of each candidate backbone width ON THIS MACHINE and
+keeps the widest one that still allows enough passes over the data inside the budget. Batch sizes
+follow the labeled set; everything else is the method's defaults for small images, measured on
+Fashion-MNIST (docs/method.md, "What helped on small images").
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from semiclust.data.datasets import Dataset, FileSplit, build_dataset
+from semiclust.data.decode import UnreadableImage, image_size, is_image_file
+from semiclust.engine.run_dir import RunFiles
+from semiclust.engine.setup import build_run
+from semiclust.engine.step import train_step
+from semiclust.errors import SemiclustError
+from semiclust.recipe import resolve
+from semiclust.schema import Recipe, duration_seconds
+
+MIN_EPOCHS = 12  # fewer passes than this over the unlabeled set cost more accuracy than a wider network gives
+FIRST_WIDTHS = (16, 24, 32, 48, 64)  # the first stage's width of each candidate; each stage doubles it
+SAMPLE = 256  # image headers read to learn the sizes
+
+
+@dataclass
+class Choice:
+    """One decision of the recipe, and why, for the comments of the written file."""
+
+    key: str
+    value: object
+    why: str
+
+
+@dataclass
+class Measured:
+    width: int
+    step_s: float
+    epochs: float  # passes over the unlabeled set that 90% of the budget allows at this speed
+
+
+@dataclass
+class InitResult:
+    recipe: Recipe
+    text: str
+    choices: list[Choice] = field(default_factory=list)
+    measured: list[Measured] = field(default_factory=list)
+
+
+def describe_data(data: Path, labels: Path | None, evaluation: Path | None) -> tuple[str, dict]:
+    """The dataset registry entry and options for a folder: an ImageFolder tree, or images and a labels list."""
+    data = Path(data).expanduser()
+    if not data.is_dir():
+        raise SemiclustError(f"--data '{data}' is not a folder; give an ImageFolder (train/<class>/..., val/<class>/...) "
+                             "or a folder of images with --labels.")
+    if labels is None:
+        train = data / "train"
+        if not train.is_dir() or not any(p.is_dir() for p in train.iterdir()):
+            raise SemiclustError(f"'{data}' has no train/<class>/ folders; lay it out as an ImageFolder, or give the "
+                                 "labeled images as a 'path,label' list with --labels (the folder is then the unlabeled pool).")
+        eval_dir = next((name for name in ("val", "test") if (data / name).is_dir()), None)
+        return "imagefolder", {"root": str(data), "train_dir": "train", "eval_dir": eval_dir}
+    options = {"labeled": str(Path(labels).expanduser().resolve()), "unlabeled": [str(data.resolve())]}
+    if evaluation is not None:
+        options["eval"] = str(Path(evaluation).expanduser().resolve())
+    return "labeled_list", options
+
+
+def typical_size(dataset: Dataset) -> int:
+    """The median short side of the training images (from a sample of headers), in pixels."""
+    split = dataset.train
+    if not isinstance(split, FileSplit):
+        return int(min(split.images.shape[-2:]))
+    step = max(1, len(split) // SAMPLE)
+    sides = []
+    for index in range(0, len(split), step):
+        if not is_image_file(split.files[index]):
+            continue
+        try:
+            sides.append(min(image_size(split.path(index))))
+        except UnreadableImage:
+            continue
+    if not sides:
+        raise SemiclustError(f"none of the {len(split)} training images of '{split.root}' could be read; run "
+                             "`semiclust data check` on a recipe for it to see why.")
+    return int(statistics.median(sides))
+
+
+def crop_sizes(side: int) -> tuple[int, int, int]:
+    """Global crop, local crop and backbone stages for images of this short side: small images keep their
+    size (a 28-px image is cropped to 28 and 14 px), larger ones are cropped as the release does (224 / 96)."""
+    global_size = side if side <= 64 else min(224, 16 * round(side / 16))
+    local_size = max(8, global_size // 2 if global_size <= 64 else round(global_size * 0.43))
+    stages = max(3, round(math.log2(global_size / 7)) + 1)  # down to about 7 px, as the digits network does
+    return global_size, local_size, stages
+
+
+def template(name: str, dataset: str, options: dict, labels: dict, method: str, sizes: tuple[int, int, int],
+             width: int, batch: tuple[int, int]) -> dict:
+    """The recipe for a backbone width: the method's settings for small images (docs/method.md)."""
+    global_size, local_size, stages = sizes
+    color = {"p": 0.8, "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1}
+
+    def view() -> dict:  # a copy for each view: one shared dict would be written as a YAML anchor and its aliases
+        return {"flip": 0.5, "color": dict(color)}
+
+    raw = {
+        "name": name, "seed": 0,
+        "data": {"dataset": dataset, "options": options, "labels": labels,
+                 "unlabeled": {"crops": [{"count": 2, "size": global_size, "scale": [0.5, 1.0], **view()},
+                                         {"count": 4, "size": local_size, "scale": [0.2, 0.5], **view()}]},
+                 "labeled": {"size": global_size, "scale": [0.5, 1.0], **view()},
+                 "eval": {"size": global_size}, "batch": {"unlabeled": batch[0], "labeled": batch[1]}},
+        "model": {"backbone": {"name": "tinyconv", "kwargs": {"widths": [width * 2**s for s in range(stages)]}},
+                  "head": {"hidden": 256, "out": 64}, "local_crops_update_bn": False},
+        "method": {"name": method},
+        "schedule": {"budget": None, "warmup_epochs": 0.5, "final_lr": 0.0},
+        "runtime": {"channels_last": True, "log_every_steps": 50},
+        "checkpoint": {"every_epochs": 0, "every_minutes": 10},
+    }
+    if method in ("daino", "dino"):
+        raw["model"]["head"].update({"layers": 3, "batchnorm": False, "activation": "gelu", "init": "trunc_normal"})
+        raw["optim"] = {"name": "adamw", "lr": 0.002, "lr_reference_batch": None, "weight_decay": 0.04,
+                        "weight_decay_end": 0.4, "exclude_bias_and_norm": True}
+        raw["schedule"]["final_lr"] = 1.0e-5
+    else:
+        raw["optim"] = {"name": "sgd", "lr": 0.1, "lr_reference_batch": None, "momentum": 0.9, "nesterov": True,
+                        "weight_decay": 1.0e-4}
+    return raw
+
+
+def step_seconds(raw: dict, classes: int, channels: int, device: torch.device) -> float:
+    """The time of one real step of this recipe on this machine, on generated images of the same size and
+    channels (the data's content does not change a step's time)."""
+    trial = yaml.safe_load(yaml.safe_dump(raw))
+    size = trial["data"]["unlabeled"]["crops"][0]["size"]
+    per_class = trial["data"]["batch"]["unlabeled"] // classes + 2
+    trial["data"].update({"dataset": "synthetic", "labels": {"per_class": 1},
+                          "options": {"num_classes": classes, "size": size, "channels": channels,
+                                      "train_per_class": per_class, "test_per_class": 1}})
+    trial["data"]["batch"]["labeled"] = min(trial["data"]["batch"]["labeled"], classes)
+    trial["schedule"] = {"epochs": 1}
+    trial["runtime"].update({"device": device.type, "progress": "none"})
+    with tempfile.TemporaryDirectory() as folder:
+        run = build_run(resolve(trial, "a timing recipe"), RunFiles(Path(folder)), device, resume=False)
+    times = []
+    for step in range(4):
+        started = time.perf_counter()
+        train_step(run, step)
+        times.append(time.perf_counter() - started)
+    return statistics.fmean(times[1:])
+
+
+def choose_width(raw_for, classes: int, channels: int, train_images: int, budget_s: float,
+                 device: torch.device) -> tuple[int, list[Measured]]:
+    """The widest first-stage width that still gives MIN_EPOCHS passes inside the budget (the narrowest if
+    none does), from timed steps of each candidate; wider candidates are only timed while they fit."""
+    measured: list[Measured] = []
+    for width in FIRST_WIDTHS:
+        raw = raw_for(width)
+        seconds = step_seconds(raw, classes, channels, device)
+        measured.append(Measured(width, seconds, 0.9 * budget_s / seconds * raw["data"]["batch"]["unlabeled"] / train_images))
+        if measured[-1].epochs < MIN_EPOCHS:
+            break
+    fitting = [m for m in measured if m.epochs >= MIN_EPOCHS]
+    return (fitting[-1] if fitting else measured[0]).width, measured
+
+
+def labels_spec(dataset: Dataset, per_class: int | None, fraction: float | None) -> tuple[dict, int]:
+    """The recipe's data.labels and the labeled images it gives (every label of a labels list by default)."""
+    if per_class is not None:
+        return {"per_class": per_class}, per_class * dataset.num_classes
+    labeled = int((dataset.train.labels >= 0).sum())
+    if fraction is not None:
+        return {"fraction": fraction}, max(dataset.num_classes, round(fraction * labeled))
+    return {"fraction": 1.0}, labeled
+
+
+def init_recipe(data: Path, budget: str, labels: Path | None = None, evaluation: Path | None = None,
+                method: str = "suave", per_class: int | None = None, fraction: float | None = None,
+                name: str | None = None, device: str = "cpu") -> InitResult:
+    """A recipe for the images in `data`, fitted to `budget` on this machine (module docstring)."""
+    try:
+        budget_s = duration_seconds(budget)
+    except ValueError as err:
+        raise SemiclustError(f"--budget: {err}.") from None
+    dataset_name, options = describe_data(data, labels, evaluation)
+    dataset = build_dataset(dataset_name, options)
+    if dataset.problems:
+        raise SemiclustError(f"the data in '{data}' have {len(dataset.problems)} problem(s), e.g. {dataset.problems[0]}; "
+                             "fix them first (`semiclust data check` on the written recipe lists them all).")
+    spec, labeled = labels_spec(dataset, per_class, fraction)
+    side = typical_size(dataset)
+    sizes = crop_sizes(side)
+    batch = (min(256, len(dataset.train) // 4), max(1, min(100, labeled)))
+    name = name or f"{Path(data).resolve().name}_{method}"
+
+    def raw_for(width: int) -> dict:
+        return template(name, dataset_name, options, spec, method, sizes, width, batch)
+
+    width, measured = choose_width(raw_for, dataset.num_classes, dataset.channels, len(dataset.train), budget_s,
+                                   torch.device(device))
+    raw = raw_for(width)
+    raw["schedule"]["budget"] = budget
+    chosen = next(m for m in measured if m.width == width)
+    raw["eval"] = {"every_epochs": max(1, round(chosen.epochs / 6))}
+    choices = [
+        Choice("data", f"{dataset_name} {options}", f"{len(dataset.train):,} training images, {dataset.num_classes} "
+               f"classes, {labeled:,} labeled"),
+        Choice("crops", f"{sizes[0]} and {sizes[1]} px", f"the images' median short side is {side} px"),
+        Choice("model.backbone", raw["model"]["backbone"], f"the widest of {[m.width for m in measured]} whose steps "
+               f"give {MIN_EPOCHS}+ epochs in {budget} here: " + ", ".join(
+                   f"width {m.width}: {m.step_s:.3f}s a step, {m.epochs:.1f} epochs" for m in measured)),
+        Choice("data.batch", raw["data"]["batch"], "256 unlabeled (or a quarter of the set), up to 100 labeled"),
+    ]
+    recipe = resolve(raw, "the recipe written by `semiclust recipe init`")
+    return InitResult(recipe, render_recipe(raw, choices), choices, measured)
+
+
+def render_recipe(raw: dict, choices: list[Choice]) -> str:
+    """The recipe as YAML under a header saying what `recipe init` measured and chose."""
+    header = [f"# Written by `semiclust recipe init` for {raw['data']['dataset']}: budget {raw['schedule']['budget']}.",
+              "# Every value below can be changed; `semiclust recipe show` prints the defaults filled in.",
+              "# What was measured and chosen:"]
+    header += [f"#   {c.key}: {c.why}" for c in choices]
+    return "\n".join(header) + "\n" + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None, width=110)

@@ -1,0 +1,237 @@
+"""A wall-time budget: durations parse, the calibration fixes the steps (recorded, reused on resume), the plan leaves
+room for evaluations and checkpoints, the command ends inside its budget, and a budgeted run resumes bit-identically.
+
+The timed runs use one CPU thread: with two threads on a shared 2-core machine a step can take 50 times longer
+whenever another process holds a core, and these tests are about the budget, not about that contention."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from semiclust.cli import main
+from semiclust.engine import budget as budget_module
+from semiclust.engine.budget import BudgetPlan, planned_steps
+from semiclust.engine.checkpoint import load_checkpoint
+from semiclust.engine.trainer import train
+from semiclust.errors import SemiclustError
+from semiclust.recipe import resolve
+from semiclust.schema import duration_seconds
+from tests.helpers import TINY_RECIPE
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def budgeted(budget: str = "20s", **changes) -> dict:
+    raw = copy.deepcopy(TINY_RECIPE)
+    raw["schedule"] = {"budget": budget}
+    raw["checkpoint"] = {"every_steps": 5, "every_epochs": 0, "keep_last": 10}
+    for key, value in changes.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    return raw
+
+
+@pytest.fixture
+def restore_threads():
+    """The runs below set one torch thread (runtime.threads); the tests after them get the count back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def same(a, b, where: str = "checkpoint") -> None:
+    """Equal nested checkpoint contents: tensors bit for bit (torch.equal), everything else with ==."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_durations_parse_and_bad_ones_are_named():
+    """'90s', '10m', '1h30m' and friends are seconds; anything else is a ValueError naming it and showing the form."""
+    assert [duration_seconds(t) for t in ("90s", "10m", "1h30m", "30m", "2h", "1.5h", " 1m30s ")] == [
+        90, 600, 5400, 1800, 7200, 5400, 90]
+    for bad in ("30 minutes", "10", "m", "", "1x", "-5m", "1m30h", "1h 2d"):
+        with pytest.raises(ValueError, match=rf"'{re.escape(bad)}' is not a duration; write e\.g\. 30m"):
+            duration_seconds(bad)
+
+
+def test_recipes_take_epochs_or_a_budget_of_at_least_ten_seconds(capsys, tmp_path):
+    """The schedule has one length (epochs or budget); a bad or too short --budget is a one-paragraph exit 2."""
+    both = budgeted()
+    both["schedule"]["epochs"] = 3
+    with pytest.raises(SemiclustError, match="give schedule.epochs or schedule.budget"):
+        resolve(both)
+    with pytest.raises(SemiclustError, match="shorter than 10 seconds"):
+        resolve(budgeted("9s"))
+    assert resolve(budgeted("10m")).schedule.budget_seconds == 600
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(TINY_RECIPE))
+    for bad, says in (("ten minutes", "'ten minutes' is not a duration"), ("5s", "shorter than 10 seconds")):
+        with pytest.raises(SystemExit) as info:
+            main(["train", str(recipe), "--out", str(tmp_path / "run"), "--budget", bad])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and "'schedule.budget'" in err and says in err, err
+        assert "Traceback" not in err and err.strip().count("\n\n") == 0
+    assert not (tmp_path / "run").exists()
+
+
+def test_planned_steps_leave_room_for_evaluations_checkpoints_and_the_exit():
+    """The plan is the most steps that fit with their evaluations, checkpoints and the exit; none without room."""
+    # an independent count: 100 s left after 10 s of start-up, 0.1 s steps, 6 an epoch, an evaluation (2 s) every
+    # epoch, a checkpoint (1 s) every 2 epochs, steps planned 2% slower than measured
+    recipe = resolve({**budgeted(), "eval": {"every_epochs": 1}, "checkpoint": {"every_epochs": 2, "every_steps": 0}})
+
+    class Numbers:
+        steps_per_epoch = 6
+
+    run = type("R", (), {"recipe": recipe, "numbers": Numbers})()
+    steps, evaluations, checkpoints = planned_steps(110.0, 10.0, 0.1, 2.0, 1.0, run)
+
+    def total(n: int) -> float:
+        return n * 0.1 * 1.02 + (n // 6) * 2.0 + (n // 12) * 1.0 + 2.0 + 1.0 + budget_module.EXIT_S
+
+    assert total(steps) <= 100.0 < total(steps + 1)
+    assert (evaluations, checkpoints) == (steps // 6, steps // 12) and evaluations > 0 and checkpoints > 0
+    assert steps < (100.0 - 3.0 - budget_module.EXIT_S) / 0.1  # fewer than the steps alone would allow
+    assert planned_steps(110.0, 105.0, 0.1, 2.0, 1.0, run) == (0, 0, 0)  # 5 s left: only the final ones and the exit
+
+
+def test_planned_steps_count_step_and_minute_checkpoints():
+    """every_steps and every_minutes checkpoints are counted in the plan, so they cannot push it past the budget."""
+    recipe = resolve({**budgeted("10m"), "eval": {"every_epochs": 0},
+                      "checkpoint": {"every_steps": 50, "every_epochs": 0, "every_minutes": 2}})
+
+    class Numbers:
+        steps_per_epoch = 6
+
+    run = type("R", (), {"recipe": recipe, "numbers": Numbers})()
+    steps, evaluations, checkpoints = planned_steps(600.0, 20.0, 0.5, 0.0, 3.0, run)
+    assert evaluations == 0 and checkpoints == steps // 50 + 5
+
+    def total(n: int) -> float:
+        return n * 0.5 * 1.02 + (n // 50 + 5) * 3.0 + 3.0 + budget_module.EXIT_S
+
+    assert total(steps) <= 580.0 < total(steps + 1)
+
+
+def test_the_guard_ends_a_run_whose_steps_slow_down_with_time_for_the_final_work(monkeypatch):
+    """Steps 5x slower than planned: the guard stops with time left for the final work; at pace it never stops."""
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(budget_module, "time", type("Clock", (), {"time": staticmethod(lambda: clock["now"])}))
+    plan = BudgetPlan(100.0, 1000, 0.1, 1.0, 1.0, 0, 0, 0.0, 98.0)
+    guard = budget_module.BudgetGuard(plan, 1000.0, 0)
+    assert guard.every == 20 and not guard.due(19) and guard.due(20)
+    done, stopped_at = 0, None
+    while done < plan.total_steps:
+        done += 1
+        clock["now"] += 0.1 if done <= 20 else 0.5
+        if guard.due(done) and guard.over(done):
+            stopped_at = clock["now"] - 1000.0
+            break
+    final_work = plan.eval_s + plan.checkpoint_s + budget_module.EXIT_S
+    window = 1.05 * 0.5 * guard.every
+    assert stopped_at is not None and plan.budget_s - window - 10.0 < stopped_at <= plan.budget_s - final_work
+    clock["now"] = 1000.0
+    steady = budget_module.BudgetGuard(plan, 1000.0, 0)
+    for done in range(20, 900, 20):  # at the planned pace, up to 88 s of the 100 s budget
+        clock["now"] = 1000.0 + 0.1 * done
+        assert not steady.over(done), done
+
+
+@pytest.mark.slow
+def test_a_budgeted_command_ends_inside_its_budget(tmp_path):
+    """A `semiclust train --budget 20s` process ends inside its budget, by its own record and the clock around it."""
+    recipe = tmp_path / "small.yaml"
+    raw = copy.deepcopy(TINY_RECIPE)
+    raw["data"]["options"].update({"size": 16, "train_per_class": 100})
+    raw["data"]["unlabeled"]["crops"][0]["size"], raw["data"]["unlabeled"]["crops"][1]["size"] = 16, 8
+    raw["data"].update({"labeled": {"size": 16, "flip": 0.0}, "eval": {"size": 16},
+                        "batch": {"unlabeled": 64, "labeled": 8}})
+    raw["runtime"].update({"log_every_steps": 20, "threads": 1})
+    raw.update({"eval": {"every_epochs": 20}, "checkpoint": {"every_steps": 100, "every_epochs": 0}})
+    recipe.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "semiclust", "train", str(recipe), "--out", str(tmp_path / "run"),
+                           "--budget", "20s"], env=env, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-2000:]
+    plan = BudgetPlan.load(tmp_path / "run" / "budget.json")
+    assert plan.budget_s == 20 and plan.total_steps > 0 and plan.step_s > 0
+    used = re.search(r"budget: [\d.]+ of [\d.]+ minutes \(([\d.]+)%\)", done.stdout)
+    assert used and float(used.group(1)) <= 100.0, done.stdout[-1000:]  # the run's own clock, from the process start
+    # around the subprocess: the budget, plus 3% for what the process's own clock cannot see (fork and exec before
+    # its recorded start, the interpreter's exit after the last message; EXIT_S inside the budget is for those)
+    assert took <= 1.03 * plan.budget_s, (took, plan)
+    assert plan.planned_end_s >= 0.85 * plan.budget_s and plan.planned_end_s <= plan.budget_s, plan
+    final = load_checkpoint(tmp_path / "run" / "checkpoints" / "final.pt")["step"]
+    cut = "to stay inside its budget" in done.stdout + done.stderr
+    assert final == plan.total_steps or (cut and 0 < final < plan.total_steps), (final, plan, done.stdout[-1000:])
+
+
+def test_a_budgeted_run_resumes_bit_identically(tmp_path, monkeypatch, restore_threads):
+    """Stopped at step 12 and resumed, a budgeted run ends bit-identical to one run uninterrupted."""
+    # The uninterrupted run calibrates with real steps, the interrupted one takes none (its plan is given): equal
+    # weights, optimiser and generators also show that the calibration steps leave no trace.
+    recipe = resolve(budgeted("20s", runtime={"threads": 1}))
+    calibration_steps, decided = [], {}
+    real_step, real_plan = budget_module.train_step, budget_module.planned_steps
+
+    def counted_step(run, step):
+        calibration_steps.append(step)
+        return real_step(run, step)
+
+    def thirty_steps(*args):  # the real decision, then a fixed length: the test must not depend on the speed
+        decided["steps"] = real_plan(*args)[0]
+        return 30, 0, 0
+
+    monkeypatch.setattr(budget_module, "train_step", counted_step)
+    monkeypatch.setattr(budget_module, "planned_steps", thirty_steps)
+    full = train(recipe, tmp_path / "full")
+    plan = BudgetPlan.load(tmp_path / "full" / "budget.json")
+    assert plan.total_steps == 30 and decided["steps"] > 30 and len(calibration_steps) >= 13
+
+    from semiclust.engine import signals
+
+    calls = {"n": 0}
+    real = signals.StopRequest.requested
+
+    def stop_at_step_12(self):
+        calls["n"] += 1
+        return calls["n"] == 12 or real.fget(self)
+
+    monkeypatch.setattr(signals.StopRequest, "requested", property(stop_at_step_12))
+    monkeypatch.setattr(budget_module, "calibrate", lambda run, *a, **k: plan)  # the same length, decided again
+    with pytest.raises(SemiclustError, match="stopped by .* after step 12"):
+        train(recipe, tmp_path / "split")
+    assert load_checkpoint(tmp_path / "split" / "checkpoints" / "step_000000012.pt")["step"] == 12
+    assert BudgetPlan.load(tmp_path / "split" / "budget.json") == plan
+    monkeypatch.setattr(signals.StopRequest, "requested", real)
+    monkeypatch.setattr(budget_module, "calibrate", lambda *a, **k: pytest.fail("a resume must not calibrate again"))
+    resumed = train(recipe, tmp_path / "split", resume=True)
+    a, b = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
+    assert a["step"] == b["step"] == plan.total_steps and resumed.steps == plan.total_steps - 12
+    assert a["method"].keys() == b["method"].keys() and len(a["method"]) > 0
+    for key, value in a["method"].items():
+        assert torch.equal(value, b["method"][key]), key
+    for key in ("optimizer", "augment_rng", "per_rank", "eval"):
+        same(a[key], b[key], key)
+    assert json.loads((tmp_path / "split" / "budget.json").read_text())["total_steps"] == 30

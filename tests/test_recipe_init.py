@@ -1,0 +1,162 @@
+"""`semiclust recipe init` (semiclust/recipe_init.py), through the CLI in-process: the recipe it writes for an
+ImageFolder of 16-px images and for a folder of 64-px images with a labels list validates, names the data and
+the budget, and crops as the images' size asks; a folder it cannot use is a one-paragraph error, not a traceback;
+and the 64-px recipe trains inside a short budget."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from semiclust import api
+from semiclust.cli import app, main
+from semiclust.recipe import load_recipe
+from semiclust.recipe_init import crop_sizes
+from tests.data.files import image_tree, save, stripes
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread for the timed steps: on a shared 2-core machine two threads wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    captured = capsys.readouterr()
+    return info.value.code or 0, captured.out, captured.err
+
+
+@pytest.fixture
+def small_folder(tmp_path) -> Path:
+    """An ImageFolder of 16-px PNGs: train/ and val/ with 3 class folders."""
+    image_tree(tmp_path / "small" / "train", ["ant", "bee", "cat"], per_class=6, size=16)
+    image_tree(tmp_path / "small" / "val", ["ant", "bee", "cat"], per_class=2, size=16, start_seed=70)
+    return tmp_path / "small"
+
+
+def large_images(root: Path) -> tuple[Path, Path]:
+    """40 generated 64-px PNGs in one folder, 12 of them labeled in a 'path,label' list beside it."""
+    lines = ["path,label"]
+    for i in range(40):
+        save(root / "pool" / f"img_{i:02d}.png", stripes(i % 4, i, size=64))
+        if i < 12:
+            lines.append(f"pool/img_{i:02d}.png,c{i % 4}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root / "pool", root / "labels.csv"
+
+
+@pytest.fixture(scope="module")
+def large(tmp_path_factory) -> dict:
+    """`recipe init` run once on the 64-px folder (its candidates' timing is the slow part), for two tests."""
+    root = tmp_path_factory.mktemp("large")
+    pool, labels = large_images(root)
+    out = root / "large.yaml"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        done = CliRunner().invoke(app, ["recipe", "init", "--data", str(pool), "--labels", str(labels), "--out",
+                                        str(out), "--budget", "1m"])
+    finally:
+        torch.set_num_threads(threads)
+    assert done.exit_code == 0, done.output
+    return {"pool": pool, "labels": labels, "out": out, "stdout": " ".join(done.stdout.split()), "root": root}
+
+
+def written(capsys, out: Path, *argv: str):
+    """Run `recipe init` to `out`; the validated recipe, the file's text and the command's output."""
+    code, stdout, err = cli(capsys, "recipe", "init", "--out", str(out), *argv)
+    assert code == 0, err
+    stdout = " ".join(stdout.split())  # the console wraps long lines at its width
+    assert f"wrote {out}; train with: semiclust train {out}" in stdout
+    text = out.read_text()
+    assert "&id" not in text and "*id" not in text  # no YAML anchors: each view's settings are edited on their own
+    return load_recipe(out), text, stdout
+
+
+def test_crop_sizes_follow_the_images_short_side():
+    """Crops keep small images' size, follow the release (224 / 96) for large ones, never shrink as images grow."""
+    assert crop_sizes(8) == (8, 8, 3) and crop_sizes(16) == (16, 8, 3) and crop_sizes(28) == (28, 14, 3)
+    assert crop_sizes(64) == (64, 32, 4) and crop_sizes(96) == (96, 41, 5) and crop_sizes(500) == (224, 96, 6)
+    sides = [8, 12, 16, 28, 32, 48, 64, 96, 128, 224, 500]
+    for smaller, larger in zip(sides, sides[1:]):
+        assert all(a <= b for a, b in zip(crop_sizes(smaller), crop_sizes(larger))), (smaller, larger)
+
+
+def test_an_imagefolder_of_16_px_images_gets_a_valid_16_px_recipe(capsys, small_folder, tmp_path):
+    """A 16-px ImageFolder gets a valid recipe naming the folder and the 1m budget, with 16- and 8-px crops."""
+    out = tmp_path / "small.yaml"
+    recipe, text, stdout = written(capsys, out, "--data", str(small_folder), "--budget", "1m")
+    assert recipe.data.dataset == "imagefolder" and recipe.data.options["root"] == str(small_folder)
+    assert recipe.data.options["eval_dir"] == "val"
+    assert recipe.schedule.budget == "1m" and recipe.schedule.budget_seconds == 60 and recipe.schedule.epochs is None
+    assert [c.size for c in recipe.data.unlabeled.crops] == [16, 8]
+    assert recipe.data.labeled.size == recipe.data.eval.size == 16
+    assert len(recipe.model.backbone.kwargs["widths"]) == crop_sizes(16)[2]
+    assert text.startswith("# Written by `semiclust recipe init` for imagefolder: budget 1m.")
+    assert "crops: the images' median short side is 16 px" in stdout and "18 training images, 3 classes" in stdout
+    code, shown, err = cli(capsys, "recipe", "show", str(out))
+    assert code == 0, err
+    assert yaml.safe_load(shown)["schedule"]["budget"] == "1m"
+
+
+def test_a_folder_of_64_px_images_gets_larger_crops(large):
+    """40 64-px images with a labels list get a valid labeled_list recipe with larger (64 / 32 px) crops."""
+    pool, labels, out, stdout = large["pool"], large["labels"], large["out"], large["stdout"]
+    assert f"wrote {out}; train with: semiclust train {out}" in stdout
+    assert "&id" not in out.read_text() and "*id" not in out.read_text()
+    recipe = load_recipe(out)
+    assert recipe.data.dataset == "labeled_list"
+    assert recipe.data.options == {"labeled": str(labels.resolve()), "unlabeled": [str(pool.resolve())]}
+    assert recipe.schedule.budget == "1m" and "40 training images, 4 classes, 12 labeled" in stdout
+    sizes = [c.size for c in recipe.data.unlabeled.crops]
+    assert sizes == [64, 32] and recipe.data.labeled.size == recipe.data.eval.size == 64
+    assert sizes[0] > crop_sizes(16)[0] and sizes[1] > crop_sizes(16)[1]
+    assert len(recipe.model.backbone.kwargs["widths"]) == crop_sizes(64)[2] == 4
+    assert recipe.data.batch.unlabeled == 10 and recipe.data.batch.labeled == 12  # a quarter of 40; every label
+
+
+def test_a_folder_it_cannot_use_is_a_one_paragraph_error(capsys, tmp_path):
+    """A folder init cannot use, or a bad --budget, is a one-paragraph exit 2 with no traceback and no file."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "no_images" / "train" / "ant").mkdir(parents=True)
+    for i in range(3):
+        save(tmp_path / "flat" / f"img_{i}.png", stripes(0, i, size=16))
+    image_tree(tmp_path / "ok" / "train", ["ant", "bee"], per_class=2, size=16)
+    cases = [
+        (tmp_path / "nowhere", [], "is not a folder; give an ImageFolder"),
+        (tmp_path / "empty", [], "has no train/<class>/ folders"),
+        (tmp_path / "flat", [], "has no train/<class>/ folders"),
+        (tmp_path / "no_images", [], "class 'ant' has no images"),
+        (tmp_path / "ok", ["--budget", "1minute"], "--budget: '1minute' is not a duration; write e.g. 30m"),
+    ]
+    out = tmp_path / "recipe.yaml"
+    for folder, extra, says in cases:
+        code, _, err = cli(capsys, "recipe", "init", "--data", str(folder), "--out", str(out), *extra)
+        assert code == 2 and says in err, (folder, err)
+        assert "Traceback" not in err and err.strip().count("\n\n") == 0 and err.startswith("error: ")
+        assert not out.exists()
+
+
+@pytest.mark.slow
+def test_the_64_px_recipe_trains_inside_a_20_s_budget(large, capsys):
+    """The written 64-px recipe trains (its images cached) and ends inside a 20 s budget counted from the call."""
+    out, tmp_path = large["out"], large["root"]
+    started = time.time()
+    summary = api.train(out, tmp_path / "run", overrides=["schedule.budget=20s", "runtime.threads=1",
+                                                          "runtime.device=cpu"], started=started)
+    took = time.time() - started
+    assert "training images decoded into memory once (40 images" in " ".join(capsys.readouterr().out.split())
+    plan = json.loads((tmp_path / "run" / "budget.json").read_text())
+    assert plan["budget_s"] == 20 and summary.steps > 0 and summary.checkpoint.is_file()
+    assert summary.budget_used is not None and float(summary.budget_used.rsplit("(", 1)[1].rstrip("%)")) <= 100.0
+    assert took <= 1.03 * 20, (took, plan)
