@@ -13,8 +13,10 @@ case and exits 1 if any case differs.
 
 Cases: digits_suave, digits_daino and digits_swav at `--epochs` epochs (seed 0, one process, 2
 threads), and digits_suave under `torchrun --standalone --nproc_per_node 2` (gloo, 1 thread per
-process) at the same global batch as one process (64 + 25 images per process). The default base is
-the last commit before the layered redesign (docs/architecture.md).
+process) at the same global batch as one process: the recipe unchanged for this checkout (its batches are global,
+128 + 50, so 64 + 25 per process), `--set data.batch.unlabeled=64 data.batch.labeled=25` for a base from before
+batches were global (they were per process then). Recipes are compared with their batches said per process. The
+default base is the last commit before the layered redesign (docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -29,12 +31,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BEFORE_REDESIGN = "ba2516a"
-TWO_PROCESS_BATCH = ["--set", "data.batch.unlabeled=64", "--set", "data.batch.labeled=25"]
-CASES = {
-    "digits_suave": ("digits_suave", 1, []),
-    "digits_daino": ("digits_daino", 1, []),
-    "digits_swav": ("digits_swav", 1, []),
-    "digits_suave_2proc": ("digits_suave", 2, TWO_PROCESS_BATCH),
+PER_PROCESS_BATCH = ["--set", "data.batch.unlabeled=64", "--set", "data.batch.labeled=25"]  # a base of per-process batches
+CASES = {  # recipe, processes, extra arguments for the base, for this checkout
+    "digits_suave": ("digits_suave", 1, [], []),
+    "digits_daino": ("digits_daino", 1, [], []),
+    "digits_swav": ("digits_swav", 1, [], []),
+    "digits_suave_2proc": ("digits_suave", 2, PER_PROCESS_BATCH, []),
 }
 SKIPPED_VALUES = ("semiclust_version",)  # what a release bump may change without changing the training
 
@@ -69,11 +71,22 @@ def flatten(value, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def per_process_batches(state: dict) -> dict:
+    """The checkpoint with its recipe's batches said per process and micro-batch (a recipe saved before batches were
+    global has no `per`: it meant that already)."""
+    batch = state["recipe"]["data"]["batch"]
+    if batch.get("per", "process") == "global":
+        shares = state.get("world_size", 1) * state["recipe"]["optim"]["accumulate_steps"]
+        batch.update(unlabeled=batch["unlabeled"] // shares, labeled=batch["labeled"] // shares)
+    batch["per"] = "process"
+    return state
+
+
 def compare(reference: Path, candidate: Path) -> tuple[int, list[str], list[str]]:
     """The number of tensors compared, every difference between two checkpoints, and the recipe keys this
     checkout added (a new key with its default changes nothing that was trained: reported, not failed)."""
-    a = flatten(torch.load(reference, weights_only=True))
-    b = flatten(torch.load(candidate, weights_only=True))
+    a = flatten(per_process_batches(torch.load(reference, weights_only=True)))
+    b = flatten(per_process_batches(torch.load(candidate, weights_only=True)))
     added = sorted(k for k in b.keys() - a.keys() if k.startswith("recipe."))
     differences = [f"only in the reference: {k}" for k in sorted(a.keys() - b.keys())]
     differences += [f"only in this checkout: {k}" for k in sorted(b.keys() - a.keys()) if k not in added]
@@ -113,10 +126,10 @@ def main() -> None:
     print(f"{'case':<22} {'tensors':>8}  result")
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.cases:
-            recipe, processes, extra = CASES[name]
+            recipe, processes, base_extra, extra = CASES[name]
             reference = tree.parent / "runs" / f"{name}-{args.epochs}"
             if not (reference / "checkpoints" / "final.pt").is_file():
-                train(tree, recipe, processes, extra, args.epochs, reference)
+                train(tree, recipe, processes, base_extra, args.epochs, reference)
             candidate = Path(scratch) / name
             train(ROOT, recipe, processes, extra, args.epochs, candidate)
             tensors, differences, added = compare(reference / "checkpoints" / "final.pt",
