@@ -25,10 +25,11 @@ def validate(raw: dict[str, Any], source: str = "recipe", context: dict | None =
         raise SemiclustError(invalid_recipe_message(source, describe_errors(err))) from None
 
 
-def validate_saved(raw: dict[str, Any], source: str) -> Recipe:
+def validate_saved(raw: dict[str, Any], source: str, context: dict | None = None) -> Recipe:
     """A recipe saved by semiclust (a run directory's recipe.yaml, a checkpoint's): as `validate`, and one saved
-    before batches were global (its data.batch has no `per`) keeps meaning what it meant, batches per process."""
-    return validate(with_legacy_batches(raw), source)
+    before batches were global (its data.batch has no `per`) keeps meaning what it meant, batches per process.
+    `context` (the registered assignment sections) fills the keys an assignment gained since with their defaults."""
+    return validate(with_legacy_batches(raw), source, context)
 
 
 def with_legacy_batches(raw: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from semiclust.assign import ASSIGNMENTS
 from semiclust.engine import dist
 from semiclust.engine.checkpoint import periodic_checkpoints
 from semiclust.errors import SemiclustError, examples
@@ -144,7 +145,8 @@ def decide_resume(files: RunFiles, recipe: Recipe) -> Claim:
     if not isinstance(saved, dict):
         raise SemiclustError(f"--resume: '{files.recipe}' is missing or unreadable, so the run cannot be checked; "
                              "start a new run in another --out.")
-    saved = validate_saved(saved, f"'{files.recipe}'").model_dump(mode="json")  # a recipe saved before new keys gains defaults
+    sections = {"assignment_specs": ASSIGNMENTS.specs()}  # a recipe saved before new keys gains their defaults
+    saved = validate_saved(saved, f"'{files.recipe}'", sections).model_dump(mode="json")
     recipe = same_batches_as_saved(recipe, saved)
     changes = recipe_differences(saved, recipe.model_dump(mode="json"))
     refused = [f"{key}: {old!r} vs {new!r}" for key, (old, new) in changes.items() if not resumable(key)]

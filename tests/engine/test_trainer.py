@@ -189,3 +189,24 @@ def test_resume_accepts_a_saved_recipe_from_before_a_key_was_added(tmp_path):
     files.recipe.write_text(yaml.safe_dump({**old, "seed": 7}))
     with pytest.raises(SemiclustError, match="the recipe differs.*seed: 7 vs 0"):
         decide_resume(files, recipe)
+
+
+def test_resume_accepts_a_saved_recipe_whose_assignment_section_predates_its_prior_keys(tmp_path):
+    """A run directory written before method.assignment gained prior, prior_floor, ... (a section checked by the
+    registered assignment) means the same recipe: the saved section takes the new keys' defaults, as live ones do."""
+    import yaml
+
+    from semiclust.engine.run_dir import RunFiles, decide_resume
+    from semiclust.validation import dump_yaml
+
+    recipe = make_recipe()
+    files = RunFiles(tmp_path)
+    old = yaml.safe_load(dump_yaml(recipe))
+    for key in ("prior", "prior_floor", "prior_momentum", "prior_temperature"):
+        del old["method"]["assignment"][key]
+    files.recipe.write_text(yaml.safe_dump(old))
+    assert decide_resume(files, recipe).changes == {}
+    old["method"]["assignment"]["epsilon"] = 0.5
+    files.recipe.write_text(yaml.safe_dump(old))
+    with pytest.raises(SemiclustError, match="method.assignment.epsilon: 0.5 vs 0.05"):
+        decide_resume(files, recipe)
