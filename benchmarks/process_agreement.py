@@ -117,7 +117,7 @@ def worker(recipe_path: str, out: str, target_steps: int, local_assignment: bool
             return tensor
 
         plain_sinkhorn, plain_center = sinkhorn.__wrapped__, updated_center.__wrapped__  # under torch.no_grad
-        plain_sinkhorn.__defaults__ = plain_sinkhorn.__defaults__[:2] + (local, local)  # epsilon, iterations, sum, max
+        plain_sinkhorn.__defaults__ = plain_sinkhorn.__defaults__[:2] + (local, local) + plain_sinkhorn.__defaults__[4:]
         plain_center.__defaults__ = (local,)
     train(recipe, Path(out), Console(quiet=True))
     gathered = dist.gather_objects(records)
