@@ -184,6 +184,12 @@ class Data(Strict):
         "(a decompression bomb); Pillow's default; null = no limit")
 
 
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _off_as_yaml_reads_it(cls, value: object) -> object:
+        """YAML 1.1 reads a bare `off` (in a file or a --set) as false: it means "off" here."""
+        return "off" if value is False else value
+
     @field_validator("labeled")
     @classmethod
     def _one_labeled_view(cls, group: CropGroup) -> CropGroup:

@@ -127,3 +127,11 @@ def test_shipped_recipes_validate():
     assert {"digits_suave", "digits_daino", "digits_supervised"} <= set(shipped)
     for path in shipped.values():
         load_recipe(path)
+
+
+def test_a_bare_off_for_data_cache_means_off_as_yaml_reads_it():
+    """`--set data.cache=off` and `cache: off` in YAML arrive as False (YAML 1.1); they mean "off", not an error."""
+    from semiclust.recipe import load_recipe
+
+    assert load_recipe("digits_suave", ["data.cache=off"]).data.cache == "off"
+    assert load_recipe("digits_suave", ["data.cache=auto"]).data.cache == "auto"
