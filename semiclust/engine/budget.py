@@ -98,8 +98,9 @@ def put_back(run: Run, state: dict) -> None:
 
 
 def seconds_per_step(run: Run, budget_s: float) -> float:
-    """The mean time of real steps after three warm-up ones: at least 10 of them and 1% of the budget (25 for
-    steps so short that their time varies most), at most 3% of it (or 200 steps)."""
+    """The median time of real steps after three warm-up ones (the median: loader workers still filling their
+    queue make a few early steps slow): at least 10 of them and 1% of the budget (25 for steps so short that
+    their time varies most), at most 3% of it (or 200 steps)."""
     times: list[float] = []
     for step in range(203):
         started = time.perf_counter()
@@ -112,7 +113,7 @@ def seconds_per_step(run: Run, budget_s: float) -> float:
         enough = 25 if statistics.fmean(times or [1.0]) < 0.05 else 10
         if (len(times) >= enough and spent > 0.01 * budget_s) or (len(times) >= 3 and spent > CALIBRATION_SHARE * budget_s):
             break
-    return statistics.fmean(times)
+    return statistics.median(times)
 
 
 def seconds_per_evaluation(run: Run) -> float:
