@@ -75,6 +75,9 @@ def run_semiclust(entry: str, seed: int, budget: str, out: Path, sets: list[str]
 
     final = torch.load(out / "checkpoints" / "final.pt", weights_only=True, map_location="cpu")
     curve, speed = eval_curve(out)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    if any(r["type"] == "eval" and r["step"] == final["step"] for r in records):
+        curve.pop()  # the final evaluation, drawn at the run's whole wall time below
     curve.append((wall, final["eval"]["top1"]))
     return {"final": final["eval"]["top1"], "best": max(top1 for _, top1 in curve), "wall_s": wall,
             "img_s": speed, "steps": final["step"], "curve": curve}
@@ -103,6 +106,9 @@ def run_usb(seed: int, budget: str, out: Path) -> dict | str:
     """USB's FixMatch through the peer harness, or why it cannot run here."""
     if not PEER_PYTHON.exists() or not (PEER / "train_usb.py").exists():
         return f"the USB peer is not set up ({PEER_PYTHON} missing): bash {PEER / 'setup.sh'}, then prep_data.py"
+    data = Path(os.environ.get("USB_WORK", Path.home() / ".cache" / "peers-usb")) / "fmnist.npz"
+    if not data.exists():
+        return f"the USB peer's data is not prepared ({data} missing): {PEER_PYTHON} {PEER / 'prep_data.py'}"
     name = f"bench_{budget}_s{seed}"
     args = [str(PEER_PYTHON), "train_usb.py", "--alg", "fixmatch", "--net", "small_cnn_d32", "--budget",
             str(int(seconds_of(budget))), "--seed", str(seed), "--name", name]

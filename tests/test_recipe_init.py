@@ -14,7 +14,8 @@ import yaml
 from typer.testing import CliRunner
 
 from semiclust import api
-from semiclust.cli import app, main
+from semiclust.cli import app
+from tests.test_cli import run as cli
 from semiclust.recipe import load_recipe
 from semiclust.recipe_init import crop_sizes
 from tests.data.files import image_tree, save, stripes
@@ -27,13 +28,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    captured = capsys.readouterr()
-    return info.value.code or 0, captured.out, captured.err
 
 
 @pytest.fixture
