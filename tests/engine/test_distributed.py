@@ -206,3 +206,54 @@ def test_sigkill_then_resume_is_bit_identical_two_processes(two_process_run, tmp
                           env=environment(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert_same_weights(run / "checkpoints" / "final.pt", two_process_run / "run" / "checkpoints" / "final.pt")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def node_agents(recipe: Path, run: Path, *extra: str) -> list[subprocess.Popen]:
+    """Two torchrun agents as two nodes of one process each (c10d rendezvous on this machine, gloo), sharing the
+    run directory as nodes share a file system."""
+    port = free_port()
+    return [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+                              "--nproc_per_node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+                              "--rdzv-id", f"semiclust-test-{port}", "-m", "semiclust", "train", str(recipe), "--out",
+                              str(run), *extra], env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+            for rank in (0, 1)]
+
+
+def finished(agents: list[subprocess.Popen], timeout: float = 300) -> list[tuple[int, str]]:
+    return [(agent.wait(timeout=timeout), agent.stdout.read()) for agent in agents]
+
+
+def test_two_nodes_train_what_two_processes_train_and_resume_bit_identically_after_sigterm(two_process_run, tmp_path):
+    """Two torchrun agents as two nodes (--nnodes 2, c10d rendezvous) give the weights and losses of the one-node
+    2-process run (itself checked against one process above); SIGTERM to one node's agent stops both with a
+    checkpoint, and --resume on both nodes ends with the same weights, bit for bit."""
+    recipe = two_process_run / "recipe.yaml"
+    outcomes = finished(node_agents(recipe, tmp_path / "nodes"))
+    assert all(code == 0 for code, _ in outcomes), outcomes[0][1][-3000:] + outcomes[1][1][-3000:]
+    assert_same_weights(tmp_path / "nodes" / "checkpoints" / "final.pt",
+                        two_process_run / "run" / "checkpoints" / "final.pt")
+    for a, b in zip(train_losses(tmp_path / "nodes"), train_losses(two_process_run / "run")):
+        assert (a["step"], a["loss"], a["loss_labeled"]) == (b["step"], b["loss"], b["loss_labeled"])
+
+    run = tmp_path / "stopped"
+    agents = node_agents(recipe, run)
+    wait_for_checkpoint(run / "checkpoints", agents[0], minimum_step=4)
+    agents[1].send_signal(signal.SIGTERM)  # the second node only
+    outcomes = finished(agents)
+    if (run / "checkpoints" / "final.pt").exists():
+        pytest.skip("the run finished before the signal arrived")
+    # the main process (node 0) reports the stop that node 1's signal asked for, after a checkpoint both agreed on
+    assert "stopped by a signal on another process" in outcomes[0][1], outcomes[0][1][-3000:]
+    assert all(code != 0 for code, _ in outcomes) and periodic_checkpoints(run / "checkpoints")
+    outcomes = finished(node_agents(recipe, run, "--resume"))
+    assert all(code == 0 for code, _ in outcomes), outcomes[0][1][-3000:] + outcomes[1][1][-3000:]
+    assert_same_weights(run / "checkpoints" / "final.pt", two_process_run / "run" / "checkpoints" / "final.pt")
