@@ -27,7 +27,7 @@ from semiclust.engine.metrics import MetricsLog
 from semiclust.engine.numbers import Schedules
 from semiclust.engine.run import Run
 from semiclust.engine.run_dir import RunFiles
-from semiclust.engine.state import process_state, training_state
+from semiclust.engine.state import process_state, restore, training_state
 from semiclust.engine.step import train_step
 from semiclust.errors import SemiclustError
 from semiclust.evaluate import predict_scores
@@ -71,30 +71,17 @@ class BudgetPlan:
 
 
 def snapshot(run: Run) -> dict:
-    """Everything a step changes, to put back after the calibration."""
-    state = {"method": copy.deepcopy(run.method.state_dict()), "optimizer": copy.deepcopy(run.optimizer.state_dict()),
-             "augment": run.batches.generator.get_state(), "host": run.batches.host_generator.get_state(),
-             "torch": torch.get_rng_state(),
-             "corrupt": run.batches.corrupt_images}
-    if run.scaler is not None:
-        state["scaler"] = copy.deepcopy(run.scaler.state_dict())
-    if run.device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(run.device)
-    return state
+    """Everything a step changes, as a checkpoint holds it (this process's own entry of per_rank only), copied so
+    that the calibration steps cannot reach it."""
+    per_rank: list = [None] * dist.world_size()
+    per_rank[dist.rank()] = process_state(run.method, run.device)
+    return copy.deepcopy(training_state(run, 0, None, per_rank, 0))
 
 
 def put_back(run: Run, state: dict) -> None:
-    run.method.load_state_dict(state["method"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.batches.generator.set_state(state["augment"])
-    run.batches.host_generator.set_state(state["host"])  # the same generator on a CPU: set twice, harmlessly
-    torch.set_rng_state(state["torch"])
-    run.batches.corrupt_images = state["corrupt"]
+    """The snapshot back into the live objects, as a resume puts a checkpoint back, and the batches restarted."""
+    restore(state, run)
     run.batches.restart()
-    if "scaler" in state:
-        run.scaler.load_state_dict(state["scaler"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], run.device)
 
 
 def seconds_per_step(run: Run, budget_s: float) -> float:
