@@ -82,3 +82,20 @@ def wandb_records(path) -> list:
             records.append(record)
             pending = b""
     return records
+
+
+def poison_loss_at(monkeypatch, bad_step: int) -> None:
+    """Make every method's loss (and its logged `loss` part) NaN at `bad_step`, as a diverging step would."""
+    import torch
+
+    from semiclust.methods.base import Method, StepResult
+
+    original = Method.training_step
+
+    def poisoned(self, batch, step, student=None):
+        out = original(self, batch, step, student)
+        if step == bad_step:
+            return StepResult(out.loss * float("nan"), {**out.parts, "loss": torch.tensor(float("nan"))})
+        return out
+
+    monkeypatch.setattr(Method, "training_step", poisoned)

@@ -28,7 +28,7 @@ from semiclust.engine.finite import NONE, FiniteWatch
 from semiclust.errors import SemiclustError
 from semiclust.schema import ColorJitter, CropGroup
 from tests.data.files import save
-from tests.helpers import TINY_RECIPE, make_recipe
+from tests.helpers import TINY_RECIPE, make_recipe, poison_loss_at
 
 CPU = torch.device("cpu")
 GROUPS = [CropGroup(count=2, size=16, scale=(0.3, 1.0), flip=0.5),  # mostly downscaling (antialias vs averaging)
@@ -126,27 +126,13 @@ def test_all_reduce_max_is_the_identity_for_one_process_without_a_process_group(
     assert dist.all_reduce_max(value) is value and int(value) == -5
 
 
-def _poison_step_2(monkeypatch):
-    from semiclust.methods.base import Method, StepResult
-
-    original = Method.training_step
-
-    def poisoned(self, batch, step, student=None):
-        out = original(self, batch, step, student)
-        if step == 2:
-            return StepResult(out.loss * float("nan"), {**out.parts, "loss": torch.tensor(float("nan"))})
-        return out
-
-    monkeypatch.setattr(Method, "training_step", poisoned)
-
-
 def test_the_device_watch_stops_a_run_with_the_per_step_checks_message(tmp_path, monkeypatch):
     """With the CUDA-only FiniteWatch forced on a CPU run, a NaN loss at step 2 ends the run (at the end of the log
     window, after step 3) naming step 2 and the same checkpoint and advice as the per-step check, which stops at once
     (the loss parts may differ: they are those of the window's last step)."""
     from semiclust.engine import trainer
 
-    _poison_step_2(monkeypatch)
+    poison_loss_at(monkeypatch, 2)
     raw = copy.deepcopy(TINY_RECIPE)
     raw["checkpoint"] = {"every_epochs": 0, "every_steps": 2}  # step_000000002.pt, written before the bad step
     assert raw["runtime"]["log_every_steps"] == 2

@@ -12,7 +12,7 @@ from semiclust.errors import SemiclustError
 from semiclust.storage.atomic import WriteFailed
 from semiclust.methods.base import Method, StepResult
 from semiclust.recipe import resolve as validate
-from tests.helpers import TINY_RECIPE, make_recipe
+from tests.helpers import TINY_RECIPE, make_recipe, poison_loss_at
 
 
 def recipe_for(method_name: str, **changes):
@@ -71,15 +71,7 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_non_finite_loss_stops_with_step_parts_and_last_checkpoint(tmp_path, monkeypatch):
-    original = Method.training_step
-
-    def poisoned(self, batch, step, student=None):
-        out = original(self, batch, step, student)
-        if step == 8:
-            return StepResult(out.loss * float("nan"), {**out.parts, "loss": torch.tensor(float("nan"))})
-        return out
-
-    monkeypatch.setattr(Method, "training_step", poisoned)
+    poison_loss_at(monkeypatch, 8)
     with pytest.raises(SemiclustError) as info:
         train(recipe_for("suave", schedule={"epochs": 3}), tmp_path / "run")
     message = str(info.value)
