@@ -5,6 +5,11 @@ schedules stay pure functions of the step and a budgeted run resumes exactly.
 
 The calibration steps are real steps on the real data, taken from a snapshot of the run that is put back
 afterwards (weights, optimiser, buffers, generators): training then starts from where it would have.
+A few seconds of steps just after start-up are an unsteady sample of a run's pace (measured here: 3-4%
+off either way), so the length is decided once more, from the pace of the run's own first steps, at
+`replan_at` (about 4% into the run, before its first evaluation). budget.json records both lengths: a resume
+from a checkpoint before `replan_at` runs the first one up to it and then takes the recorded re-plan (or makes it,
+if the run stopped before it did), so that it repeats what the first run did; a later resume takes the second.
 """
 from __future__ import annotations
 
@@ -34,6 +39,8 @@ from semiclust.evaluate import predict_scores
 from semiclust.storage.atomic import write_text
 
 DRIFT = 0.02  # steps are planned 2% slower than measured, so that a slower stretch still ends inside the budget
+REPLAN_DRIFT = 0.01  # the re-plan's margin: its pace comes from the run's own steps, and the guard catches the rest
+REPLAN_SHARE = 0.04  # the re-plan comes this far into the planned steps (at least 20 steps after the first 5)
 EXIT_S = 2.0  # the final messages, closing trackers and the process exit
 CALIBRATION_SHARE = 0.03  # at most this share of the budget is spent measuring steps
 
@@ -61,6 +68,13 @@ class BudgetPlan:
     checkpoints: int
     started_s: float  # seconds after the process started at which the steps began
     planned_end_s: float
+    replan_at: int | None = None  # the step after which the length is decided again (None: never, e.g. older plans)
+    replanned: bool = False  # whether it was; total_steps is then the re-plan's decision
+    first_total_steps: int | None = None  # the calibration's decision, the length before `replan_at`
+
+    def length_from(self, step: int) -> int:
+        """The length in force for a run at `step`: the calibration's before the re-plan, then the re-plan's."""
+        return self.first_total_steps if self.replan_at is not None and step < self.replan_at else self.total_steps
 
     def save(self, path: Path) -> None:
         write_text(path, json.dumps(dataclasses.asdict(self), indent=1) + "\n")
@@ -138,20 +152,22 @@ def seconds_of_bookkeeping(run: Run, files: RunFiles) -> float:
     return (time.perf_counter() - started) / 3 / run.recipe.runtime.log_every_steps
 
 
-def planned_steps(budget_s: float, now_s: float, step_s: float, eval_s: float, checkpoint_s: float, run: Run) -> tuple:
-    """The most steps whose time, with the periodic evaluations and checkpoints they bring, the final ones and
-    the exit, fits what is left of the budget (steps planned 2% slower than measured); and how many periodic
-    evaluations and checkpoints that makes. The time grows with the steps, so a bisection finds it."""
+def planned_steps(budget_s: float, now_s: float, step_s: float, eval_s: float, checkpoint_s: float, run: Run,
+                  done: int = 0, drift: float = DRIFT) -> tuple:
+    """The most steps after step `done` whose time, with the periodic evaluations and checkpoints they bring, the
+    final ones and the exit, fits what is left of the budget (steps planned `drift` slower than measured); and how
+    many periodic evaluations and checkpoints that makes. The time grows with the steps, so a bisection finds it."""
     recipe, spe = run.recipe, run.numbers.steps_per_epoch
     left = budget_s - now_s - eval_s - checkpoint_s - EXIT_S
+    every = spe * recipe.eval.every_epochs
 
     def counts(steps: int) -> tuple[int, int]:
-        evaluations = steps // (spe * recipe.eval.every_epochs) if recipe.eval.every_epochs else 0
+        evaluations = (done + steps) // every - done // every if recipe.eval.every_epochs else 0
         return evaluations, periodic_checkpoints(steps, spe, recipe, budget_s)
 
     def fits(steps: int) -> bool:
         evaluations, checkpoints = counts(steps)
-        return steps * step_s * (1 + DRIFT) + evaluations * eval_s + checkpoints * checkpoint_s <= left
+        return steps * step_s * (1 + drift) + evaluations * eval_s + checkpoints * checkpoint_s <= left
 
     low, high = 0, max(int(left / step_s) + 1, 1)
     while low < high:
@@ -179,7 +195,8 @@ def calibrate(run: Run, files: RunFiles, budget_s: float, started: float, start_
     now_s = time.time() - started
     steps, evaluations, checkpoints = planned_steps(budget_s, now_s, step_s, eval_s, checkpoint_s, run)
     plan = BudgetPlan(budget_s, start_step + steps, step_s, eval_s, checkpoint_s, evaluations, checkpoints, now_s,
-                      now_s + steps * step_s + (evaluations + 1) * eval_s + (checkpoints + 1) * checkpoint_s + EXIT_S)
+                      now_s + steps * step_s + (evaluations + 1) * eval_s + (checkpoints + 1) * checkpoint_s + EXIT_S,
+                      replan_step(run, start_step, steps), False, start_step + steps)
     plan = dist.broadcast_object(plan)
     if plan.total_steps <= start_step:
         raise SemiclustError(
@@ -187,6 +204,28 @@ def calibrate(run: Run, files: RunFiles, budget_s: float, started: float, start_
             f"measuring, a step takes {step_s:.2f}s and an evaluation {eval_s:.1f}s. Give a longer schedule.budget, "
             "or make steps cheaper (smaller crops or batches, a narrower backbone).")
     return plan
+
+
+def replan_step(run: Run, start_step: int, steps: int) -> int | None:
+    """Where the length is decided again: REPLAN_SHARE into the planned steps (at least 25 steps in), and before
+    the first periodic evaluation, whose time would spoil the measured pace; None where that leaves no room."""
+    every = run.numbers.steps_per_epoch * run.recipe.eval.every_epochs
+    first_evaluation = (start_step // every + 1) * every if run.recipe.eval.every_epochs else start_step + steps
+    at = min(start_step + max(25, round(REPLAN_SHARE * steps)), first_evaluation - 1)
+    return at if start_step + 15 <= at < start_step + steps - 1 else None
+
+
+def replanned(plan: BudgetPlan, run: Run, done: int, pace_s: float, started: float) -> BudgetPlan:
+    """The plan decided again after step `done` from the run's own pace (seconds a step, bookkeeping included),
+    rank 0's decision on all processes."""
+    now_s = time.time() - started
+    steps, evaluations, checkpoints = planned_steps(plan.budget_s, now_s, pace_s, plan.eval_s, plan.checkpoint_s, run,
+                                                    done=done, drift=REPLAN_DRIFT)
+    steps = max(steps, 1, run.numbers.warmup_steps + 1 - done)  # the guard ends a run that is still too slow
+    end_s = now_s + steps * pace_s + (evaluations + 1) * plan.eval_s + (checkpoints + 1) * plan.checkpoint_s + EXIT_S
+    decided = dataclasses.replace(plan, total_steps=done + steps, step_s=pace_s, evaluations=evaluations,
+                                  checkpoints=checkpoints, planned_end_s=end_s, replanned=True)
+    return dist.broadcast_object(decided)
 
 
 def retarget(run: Run, total_steps: int) -> None:
@@ -214,7 +253,7 @@ def plan_budget(run: Run, files: RunFiles, resumed: bool, started: float, start_
         plan = calibrate(run, files, budget_s, started, start_step)
         if dist.is_main():
             plan.save(files.budget)
-    retarget(run, plan.total_steps)
+    retarget(run, plan.length_from(start_step))
     return plan
 
 
@@ -226,6 +265,33 @@ class BudgetGuard:
         self.plan, self.started = plan, started
         self.every = max(1, round(2.0 / max(plan.step_s, 1e-6)))  # a check about every 2 seconds
         self.last_time, self.last_done = time.time(), start_step
+        self.pace_from = (start_step + 5, None)  # the re-plan's pace is timed from the end of this step
+
+    def step_done(self, done: int) -> None:
+        """Called after every step: notes when the re-plan's timed stretch begins."""
+        if self.pace_from[1] is None and done >= self.pace_from[0]:
+            self.pace_from = (done, time.perf_counter())
+
+    def replan_due(self, done: int) -> bool:
+        """Whether the length is to be decided again (or the recorded re-plan taken) after this step."""
+        return self.plan.replan_at is not None and done == self.plan.replan_at
+
+    def replan(self, run: Run, files: RunFiles, done: int) -> BudgetPlan:
+        """The length from here on: the recorded re-plan on a resume, else decided from the pace of the steps since
+        `pace_from` (unchanged when fewer than 3 of them were timed) and recorded in budget.json."""
+        first, at = self.pace_from
+        if self.plan.replanned:
+            decided = self.plan
+        elif at is None or done - first < 3:
+            decided = dataclasses.replace(self.plan, replanned=True)
+        else:
+            decided = replanned(self.plan, run, done, (time.perf_counter() - at) / (done - first), self.started)
+        if dist.is_main() and decided is not self.plan:
+            decided.save(files.budget)
+        if decided.total_steps != run.numbers.total_steps:
+            retarget(run, decided.total_steps)
+        self.plan = decided
+        return decided
 
     def due(self, done: int) -> bool:
         return done % self.every == 0

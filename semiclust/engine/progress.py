@@ -37,6 +37,12 @@ class TrainingProgress:
                                             epoch=start_step // steps_per_epoch, stats="")
             self._bar.start()
 
+    def retarget(self, total_steps: int) -> None:
+        """The run's new length (a budget's re-plan)."""
+        self.total_steps = total_steps
+        if self._bar is not None:
+            self._bar.update(self._task, total=total_steps)
+
     def advance(self, step: int) -> None:
         """Called after every step (cheap)."""
         if self._bar is not None:

@@ -44,6 +44,11 @@ class Reporter:
         self.started = time.perf_counter()
         self.window_start, self.window_steps, self.data_seconds = self.started, 0, 0.0
 
+    def retarget(self, numbers: RunNumbers) -> None:
+        """A new length for the run (a budget's re-plan): the records and the display count to it."""
+        self.numbers = numbers
+        self.progress.retarget(numbers.total_steps)
+
     def __enter__(self) -> "Reporter":
         return self
 

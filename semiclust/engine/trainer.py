@@ -88,8 +88,7 @@ def run_training(claim: Claim, files: RunFiles, device: torch.device, console: C
     best = BestSoFar.of(files.best, claim.resume) if run.validation_views is not None else None
     with Reporter(files, claim.recipe, console, run.numbers, start_step, claim.resume) as reporter:
         announce(run, reporter, start_step, claim.notes + budget_notes(plan, run))
-        skipped, end = run_steps(run, files, reporter, range(start_step, run.numbers.total_steps), skipped, hint, guard,
-                                 best)
+        skipped, end = run_steps(run, files, reporter, start_step, skipped, hint, guard, best)
         evaluation = evaluate_run(run, end, reporter)
         keep_if_best(run, files, best, evaluation, end, skipped)
         seconds = reporter.elapsed()
@@ -130,34 +129,37 @@ def final_figures(run: Run, files: RunFiles, result: EvalResult | None, confusio
     return paths
 
 
-def run_steps(run: Run, files: RunFiles, reporter: Reporter, steps: range, skipped: int, hint: str,
+def run_steps(run: Run, files: RunFiles, reporter: Reporter, start_step: int, skipped: int, hint: str,
               guard: BudgetGuard | None = None, best: BestSoFar | None = None) -> tuple[int, int]:
-    """The optimiser steps, each followed by what the policy says is due (evaluation, a periodic
-    checkpoint, the stop a signal asked for); returns the number of non-finite steps skipped and the step
-    the run ended at (earlier than planned only if a budget would otherwise be overrun)."""
+    """The optimiser steps from `start_step` to the run's length (which a budget's re-plan may change on the way),
+    each followed by what the policy says is due (evaluation, a periodic checkpoint, the stop a signal asked for);
+    returns the number of non-finite steps skipped and the step the run ended at (earlier than planned only if a
+    budget would otherwise be overrun)."""
     policy = Policy(run.recipe, run.numbers, run.eval_views is not None, run.device)
     unreadable = UnreadableImages(run, reporter)
     run.batches.on_corrupt = unreadable.add
     run.method.train()
+    step = start_step
     with StopRequest() as stop:
         try:
-            for step in steps:
+            while step < run.numbers.total_steps:
                 outcome = train_step(run, step)
+                step += 1
                 if not outcome.finite:
-                    skipped = skip_or_stop(run, outcome, step, skipped, files, reporter, hint)
+                    skipped = skip_or_stop(run, outcome, step - 1, skipped, files, reporter, hint)
                     continue  # the next step starts by zeroing the discarded gradients
-                reporter.step_done(step, outcome, run.schedules.lr(step), run.schedules.weight_decay(step),
+                reporter.step_done(step - 1, outcome, run.schedules.lr(step - 1), run.schedules.weight_decay(step - 1),
                                    file_counts(run))
-                if run.finite_watch is not None and ((step + 1) % run.recipe.runtime.log_every_steps == 0
-                                                     or policy.evaluates_after(step + 1) or step + 1 == steps.stop):
+                if run.finite_watch is not None and (step % run.recipe.runtime.log_every_steps == 0
+                                                     or policy.evaluates_after(step) or step == run.numbers.total_steps):
                     check_finite_watch(run, outcome, files, skipped, hint)
-                unreadable.report(step + 1)
-                after_step(run, step + 1, policy, stop, reporter, files, skipped, hint, best)
-                if guard is not None and out_of_time(guard, step + 1, run, reporter):
-                    return skipped, step + 1
+                unreadable.report(step)
+                after_step(run, step, policy, stop, reporter, files, skipped, hint, best, guard)
+                if guard is not None and out_of_time(guard, step, run, reporter):
+                    return skipped, step
         finally:
             reporter.stop_display()
-    return skipped, steps.stop
+    return skipped, step
 
 
 def check_finite_watch(run: Run, outcome: StepOutcome, files: RunFiles, skipped: int, hint: str) -> None:
@@ -178,9 +180,9 @@ def out_of_time(guard: BudgetGuard, done: int, run: Run, reporter: Reporter) -> 
 
 
 def after_step(run: Run, done: int, policy: Policy, stop: StopRequest, reporter: Reporter, files: RunFiles,
-               skipped: int, hint: str, best: BestSoFar | None = None) -> None:
+               skipped: int, hint: str, best: BestSoFar | None = None, guard: BudgetGuard | None = None) -> None:
     """Evaluation (and best.pt) and periodic checkpoints when due; after a signal (on any process), a checkpoint
-    and the stop."""
+    and the stop. A budget's re-plan, when due, comes before the checkpoint, which then records the new length."""
     if policy.evaluates_after(done):
         evaluation = evaluate_run(run, done, reporter)
         keep_if_best(run, files, best, evaluation, done, skipped)
@@ -188,11 +190,26 @@ def after_step(run: Run, done: int, policy: Policy, stop: StopRequest, reporter:
         reporter.message(f"epoch {done // run.numbers.steps_per_epoch}: {what}top-1 {shown.top1:.2f}%  "
                          f"top-5 {shown.top5:.2f}%" + (evaluation.line() if evaluation.result else ""))
     stopping = stop_agreed(run, done, stop)
+    if guard is not None:
+        guard.step_done(done)
+        if guard.replan_due(done):
+            replan(guard, run, files, done, policy, reporter)
     if policy.saves_after(done, stopping):
         path = save_periodic_checkpoint(run, done, files, skipped)
         policy.saved()
         if stopping:
             raise stopped(stop, done, path or files.last_periodic(), hint)
+
+
+def replan(guard: BudgetGuard, run: Run, files: RunFiles, done: int, policy: Policy, reporter: Reporter) -> None:
+    """The budget's length decided again from the run's own pace; the loop, the policy and the display follow."""
+    before = run.numbers.total_steps
+    plan = guard.replan(run, files, done)
+    policy.numbers = run.numbers
+    reporter.retarget(run.numbers)
+    if plan.total_steps != before:
+        reporter.message(f"budget {run.recipe.schedule.budget}: re-planned at step {done} from the run's own pace "
+                         f"({plan.step_s:.3f}s a step): {plan.total_steps} steps instead of {before} (budget.json)")
 
 
 def stop_agreed(run: Run, done: int, stop: StopRequest) -> bool:

@@ -6,6 +6,7 @@ whenever another process holds a core, and these tests are about the budget, not
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -188,10 +189,12 @@ def test_a_budgeted_command_ends_inside_its_budget(tmp_path):
 
 
 def test_a_budgeted_run_resumes_bit_identically(tmp_path, monkeypatch, restore_threads):
-    """Stopped at step 12 and resumed, a budgeted run ends bit-identical to one run uninterrupted."""
-    # The uninterrupted run calibrates with real steps, the interrupted one takes none (its plan is given): equal
+    """Stopped at step 12 (before its re-plan at step 25) and at step 30 (after it) and resumed, a budgeted run ends
+    bit-identical to one run uninterrupted: both resumes run the calibration's length up to step 25 and the
+    re-plan's after it."""
+    # The uninterrupted run calibrates with real steps, the interrupted ones take none (their plan is given): equal
     # weights, optimiser and generators also show that the calibration steps leave no trace.
-    recipe = resolve(budgeted("20s", runtime={"threads": 1}))
+    recipe = resolve(budgeted("20s", runtime={"threads": 1}, checkpoint={"every_steps": 0}))
     calibration_steps, decided = [], {}
     real_step, real_plan = budget_module.train_step, budget_module.planned_steps
 
@@ -199,39 +202,94 @@ def test_a_budgeted_run_resumes_bit_identically(tmp_path, monkeypatch, restore_t
         calibration_steps.append(step)
         return real_step(run, step)
 
-    def thirty_steps(*args):  # the real decision, then a fixed length: the test must not depend on the speed
-        decided["steps"] = real_plan(*args)[0]
-        return 30, 0, 0
+    def fixed_lengths(*args, **kwargs):  # the real decisions, then fixed lengths: the test must not depend on the speed
+        done = kwargs.get("done", 0)
+        decided[done] = real_plan(*args, **kwargs)[0]
+        return (30 if done == 0 else 40 - done), 0, 0
 
     monkeypatch.setattr(budget_module, "train_step", counted_step)
-    monkeypatch.setattr(budget_module, "planned_steps", thirty_steps)
+    monkeypatch.setattr(budget_module, "planned_steps", fixed_lengths)
     full = train(recipe, tmp_path / "full")
     plan = BudgetPlan.load(tmp_path / "full" / "budget.json")
-    assert plan.total_steps == 30 and decided["steps"] > 30 and len(calibration_steps) >= 13
+    assert (plan.first_total_steps, plan.replan_at, plan.replanned, plan.total_steps) == (30, 25, True, 40)
+    assert decided[0] > 30 and decided[25] > 15 and len(calibration_steps) >= 13
+    first_plan = dataclasses.replace(plan, total_steps=30, replanned=False)
 
     from semiclust.engine import signals
 
-    calls = {"n": 0}
     real = signals.StopRequest.requested
+    for stop_at in (12, 30):
+        calls = {"n": 0}
 
-    def stop_at_step_12(self):
-        calls["n"] += 1
-        return calls["n"] == 12 or real.fget(self)
+        def stop_here(self, stop_at=stop_at):
+            calls["n"] += 1
+            return calls["n"] == stop_at or real.fget(self)
 
-    monkeypatch.setattr(signals.StopRequest, "requested", property(stop_at_step_12))
-    monkeypatch.setattr(budget_module, "calibrate", lambda run, *a, **k: plan)  # the same length, decided again
-    with pytest.raises(SemiclustError, match="stopped by .* after step 12"):
-        train(recipe, tmp_path / "split")
-    assert load_checkpoint(tmp_path / "split" / "checkpoints" / "step_000000012.pt")["step"] == 12
-    assert BudgetPlan.load(tmp_path / "split" / "budget.json") == plan
-    monkeypatch.setattr(signals.StopRequest, "requested", real)
-    monkeypatch.setattr(budget_module, "calibrate", lambda *a, **k: pytest.fail("a resume must not calibrate again"))
-    resumed = train(recipe, tmp_path / "split", resume=True)
-    a, b = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
-    assert a["step"] == b["step"] == plan.total_steps and resumed.steps == plan.total_steps - 12
-    assert a["method"].keys() == b["method"].keys() and len(a["method"]) > 0
-    for key, value in a["method"].items():
-        assert torch.equal(value, b["method"][key]), key
-    for key in ("optimizer", "augment_rng", "per_rank", "eval"):
-        same(a[key], b[key], key)
-    assert json.loads((tmp_path / "split" / "budget.json").read_text())["total_steps"] == 30
+        monkeypatch.setattr(signals.StopRequest, "requested", property(stop_here))
+        monkeypatch.setattr(budget_module, "calibrate", lambda run, *a, **k: first_plan)  # the same length, again
+        split = tmp_path / f"split{stop_at}"
+        with pytest.raises(SemiclustError, match=f"stopped by .* after step {stop_at}"):
+            train(recipe, split)
+        assert load_checkpoint(split / "checkpoints" / f"step_{stop_at:09d}.pt")["step"] == stop_at
+        before = BudgetPlan.load(split / "budget.json")
+        assert (before.total_steps, before.replanned) == ((30, False) if stop_at < 25 else (40, True))
+        monkeypatch.setattr(signals.StopRequest, "requested", real)
+        monkeypatch.setattr(budget_module, "calibrate", lambda *a, **k: pytest.fail("a resume must not calibrate again"))
+        resumed = train(recipe, split, resume=True)
+        a, b = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
+        assert a["step"] == b["step"] == 40 and resumed.steps == 40 - stop_at
+        assert a["method"].keys() == b["method"].keys() and len(a["method"]) > 0
+        for key, value in a["method"].items():
+            assert torch.equal(value, b["method"][key]), key
+        for key in ("optimizer", "augment_rng", "per_rank", "eval"):
+            same(a[key], b[key], key)
+        after = BudgetPlan.load(split / "budget.json")  # stopped before the re-plan: made by the resume, else reused
+        assert (after.total_steps, after.replanned) == (40, True) and (stop_at < 25 or after == before)
+
+
+def fake_run(total_steps: int, steps_per_epoch: int = 1000, every_epochs: int = 0):
+    """The parts of a Run that planning reads: recipe.eval/checkpoint and numbers (no evaluations, no checkpoints)."""
+    from types import SimpleNamespace
+
+    recipe = SimpleNamespace(eval=SimpleNamespace(every_epochs=every_epochs),
+                             checkpoint=SimpleNamespace(every_epochs=0, every_steps=0, every_minutes=0))
+    numbers = SimpleNamespace(steps_per_epoch=steps_per_epoch, total_steps=total_steps, warmup_steps=0)
+    return SimpleNamespace(recipe=recipe, numbers=numbers)
+
+
+def test_the_re_plan_fits_the_steps_to_the_runs_own_pace(monkeypatch, tmp_path):
+    """The calibration measured 0.2 s a step, the run takes 0.1: after `replan_at` the length is decided again from
+    the run's own pace and fills the budget (within REPLAN_DRIFT), budget.json records both lengths."""
+    clock = {"now": 1000.0}
+    fake_time = type("Clock", (), {"time": staticmethod(lambda: clock["now"]),
+                                   "perf_counter": staticmethod(lambda: clock["now"])})
+    monkeypatch.setattr(budget_module, "time", fake_time)
+    retargeted = []
+    monkeypatch.setattr(budget_module, "retarget", lambda run, total: retargeted.append(total))
+    run = fake_run(total_steps=480)
+    plan = BudgetPlan(100.0, 480, 0.2, 0.0, 0.0, 0, 0, 2.0, 100.0, replan_at=budget_module.replan_step(run, 0, 480),
+                      first_total_steps=480)
+    assert plan.replan_at == 25 and plan.length_from(0) == 480
+    guard = budget_module.BudgetGuard(plan, 1000.0, 0)
+    clock["now"] = 1002.0
+    for done in range(1, plan.replan_at + 1):
+        clock["now"] += 0.1
+        guard.step_done(done)
+        assert guard.replan_due(done) == (done == 25)
+    files = type("Files", (), {"budget": tmp_path / "budget.json"})()
+    decided = guard.replan(run, files, 25)
+    left = 100.0 - (clock["now"] - 1000.0) - budget_module.EXIT_S
+    assert decided.replanned and decided.first_total_steps == 480 and retargeted == [decided.total_steps]
+    assert decided.step_s == pytest.approx(0.1)
+    assert (decided.total_steps - 25) == int(left / (0.1 * (1 + budget_module.REPLAN_DRIFT)))
+    recorded = BudgetPlan.load(tmp_path / "budget.json")
+    assert recorded == decided and recorded.length_from(10) == 480 and recorded.length_from(25) == decided.total_steps
+
+
+def test_the_re_plan_comes_before_the_first_evaluation_and_not_in_tiny_runs():
+    every_epoch = fake_run(total_steps=2000, steps_per_epoch=100, every_epochs=1)
+    assert budget_module.replan_step(every_epoch, 0, 2000) == 80  # 4% would be step 80, before the evaluation at 100
+    assert budget_module.replan_step(fake_run(2000, 30, 1), 0, 2000) == 29  # the step before the evaluation at 30
+    assert budget_module.replan_step(fake_run(2000, 10, 1), 0, 2000) is None  # an evaluation at step 10: no room
+    assert budget_module.replan_step(fake_run(2000, 30, 1), 300, 2000) == 329  # resumed at 300: 4% capped by 330
+    assert budget_module.replan_step(fake_run(20), 0, 20) is None  # 25 steps in would be past the end
