@@ -42,6 +42,40 @@ class Blur(Strict):
     sigma: Range = Field((0.1, 2.0), description="blur sigma range in pixels, drawn uniformly")
 
 
+def ordered_positive(value: Range) -> Range:
+    """A range with 0 < low <= high (crop and erase scales and ratios)."""
+    low, high = value
+    if not 0 < low <= high:
+        raise ValueError(f"expected 0 < low <= high, got {list(value)}")
+    return value
+
+
+def area_fraction(value: Range) -> Range:
+    """A range of areas as fractions of an image: at most 1."""
+    if value[1] > 1.0:
+        raise ValueError(f"an area scale cannot exceed 1.0, got {list(value)}")
+    return value
+
+
+class Erase(Strict):
+    """Random erasing (cutout): with probability p a rectangle of the crop, of area ~ U(scale) of it and log
+    aspect ~ U(log ratio), is set to the dataset mean; a strong augmentation for crops that only predict."""
+
+    p: Probability = Field(0.0, description="probability of erasing a rectangle of the crop")
+    scale: Range = Field((0.02, 0.25), description="range of the erased area as a fraction of the crop")
+    ratio: Range = Field((0.3, 3.3), description="range of the erased rectangle's aspect ratio, drawn log-uniformly")
+
+    @field_validator("scale", "ratio")
+    @classmethod
+    def _ordered_positive(cls, value: Range) -> Range:
+        return ordered_positive(value)
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_at_most_one(cls, value: Range) -> Range:
+        return area_fraction(value)
+
+
 class CropGroup(Strict):
     """`count` random resized crops of `size` px with their own augmentation."""
 
@@ -57,21 +91,17 @@ class CropGroup(Strict):
     grayscale: Probability = Field(0.0, description="probability of converting to grayscale")
     blur: Blur = Field(Blur(), description="Gaussian blur")
     solarize: Probability = Field(0.0, description="probability of solarizing (inverting pixels >= 0.5)")
+    erase: Erase = Field(Erase(), description="random erasing (cutout) of a rectangle, after the colour ops")
 
     @field_validator("scale", "ratio")
     @classmethod
     def _ordered_positive(cls, value: Range) -> Range:
-        low, high = value
-        if not 0 < low <= high:
-            raise ValueError(f"expected 0 < low <= high, got {list(value)}")
-        return value
+        return ordered_positive(value)
 
     @field_validator("scale")
     @classmethod
     def _scale_at_most_one(cls, value: Range) -> Range:
-        if value[1] > 1.0:
-            raise ValueError(f"a crop's area scale cannot exceed 1.0, got {list(value)}")
-        return value
+        return area_fraction(value)
 
 
 class SubsetDraw(Strict):

@@ -1,4 +1,4 @@
-"""Batched augmentation on tensors: random resized crops, flips, colour, grayscale, blur, solarize.
+"""Batched augmentation on tensors: random resized crops, flips, colour, grayscale, blur, solarize, erasing.
 
 Every image in a batch gets its own random parameters, but the work is done as a handful of tensor
 ops on the whole batch (one `grid_sample` for all crops), on the training device. For the small
@@ -209,11 +209,12 @@ class CropParams:
     gray: torch.Tensor | None
     blur_sigma: torch.Tensor | None
     solarize: torch.Tensor | None
+    erase: torch.Tensor | None = None  # N x 4 relative boxes (x0, y0, w, h); zero width where nothing is erased
 
     def select(self, rows: torch.Tensor) -> "CropParams":
         pick = lambda t: None if t is None else t[rows]  # noqa: E731
         return CropParams(pick(self.boxes), pick(self.flips), self.jitter.select(rows) if self.jitter else None,
-                          pick(self.gray), pick(self.blur_sigma), pick(self.solarize))
+                          pick(self.gray), pick(self.blur_sigma), pick(self.solarize), pick(self.erase))
 
 
 class CropAugment:
@@ -243,7 +244,11 @@ class CropAugment:
             chosen = _bernoulli(n, g.blur.p, generator, device)
             blur_sigma = _uniform(n, g.blur.sigma[0], g.blur.sigma[1], generator, device) * chosen
         solarize = _bernoulli(n, g.solarize, generator, device) if g.solarize > 0 else None
-        return CropParams(boxes, flips, jitter, gray, blur_sigma, solarize)
+        erase = None
+        if g.erase.p > 0:  # drawn last and only when on, so that recipes without it draw what they always drew
+            chosen = _bernoulli(n, g.erase.p, generator, device)
+            erase = crop_boxes(n, g.erase.scale, g.erase.ratio, generator, device) * chosen.view(-1, 1)
+        return CropParams(boxes, flips, jitter, gray, blur_sigma, solarize, erase)
 
     def apply(self, images: torch.Tensor, params: CropParams) -> torch.Tensor:
         """Crop, resize and flip uint8 `images`, then the photometric ops and normalisation."""
@@ -263,7 +268,8 @@ class CropAugment:
             x = on_chosen(x, sigma > 0, lambda part, rows: gaussian_blur(part, sigma[rows], largest))
         if params.solarize is not None:
             x = torch.where(params.solarize.view(n, 1, 1, 1) & (x >= 0.5), 1 - x, x)
-        return normalize_(x, self.mean, self.std)
+        x = normalize_(x, self.mean, self.std)
+        return x if params.erase is None else erase_boxes(x, params.erase)
 
     def finish(self, crops: torch.Tensor, generator: torch.Generator, rows: torch.Tensor | None = None,
                total: int | None = None, host: torch.Generator | None = None) -> torch.Tensor:
@@ -278,6 +284,17 @@ class CropAugment:
         that decide control flow (default `generator`)."""
         params = self.draw(total or len(images), generator, images.device, images.shape[-2] / images.shape[-1], host)
         return self.apply(images, params if rows is None else params.select(rows))
+
+
+def erase_boxes(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Set each image's relative box (x0, y0, w, h) to 0, the dataset mean once normalised (torchvision's
+    RandomErasing with value 0); a pixel is erased when its centre lies inside the box."""
+    height, width = x.shape[-2:]
+    x0, y0, w, h = (v.view(-1, 1, 1, 1) for v in boxes.unbind(1))
+    cols = ((torch.arange(width, device=x.device, dtype=x.dtype) + 0.5) / width).view(1, 1, 1, width)
+    rows = ((torch.arange(height, device=x.device, dtype=x.dtype) + 0.5) / height).view(1, 1, height, 1)
+    inside = (cols >= x0) & (cols < x0 + w) & (rows >= y0) & (rows < y0 + h)
+    return x.masked_fill_(inside, 0.0)
 
 
 def normalize_(x: torch.Tensor, mean, std) -> torch.Tensor:

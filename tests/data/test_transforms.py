@@ -101,3 +101,33 @@ def test_the_cuda_and_cpu_ways_of_touching_only_chosen_images_agree():
         a, b = masked(images.clone(), chosen, op), rows_only(images.clone(), chosen, op)
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
         assert torch.equal(a[~chosen], images[~chosen])  # the others untouched
+
+
+def test_erasing_sets_one_rectangle_per_chosen_image_to_the_mean_and_leaves_the_draws_of_recipes_without_it():
+    """Erase p=1: each crop's erased pixels (value = the mean, 0 once normalised) form one rectangle whose area is
+    within the range (up to a pixel's rounding per side); p=0 draws nothing extra, so older recipes are unchanged."""
+    group = CropGroup(size=16, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=0.0,
+                      erase={"p": 1.0, "scale": (0.1, 0.3), "ratio": (0.5, 2.0)})
+    augment = CropAugment(group, mean=(0.25,), std=(0.5,))
+    raw = torch.full((64, 1, 20, 20), 255, dtype=torch.uint8)  # white: 1.5 once normalised, never 0 by chance
+    out = augment(raw, torch.Generator().manual_seed(3))
+    for crop in out[:, 0]:
+        rows, cols = torch.nonzero(crop == 0, as_tuple=True)
+        assert len(rows) > 0 and torch.all(crop[crop != 0] == 1.5)
+        height, width = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+        assert len(rows) == height * width  # one full rectangle
+        assert (0.1 ** 0.5 * 16 - 1) ** 2 <= height * width <= (0.3 ** 0.5 * 16 + 1) ** 2 * 2
+    plain = CropGroup(size=16, color={"p": 1.0}, solarize=0.3)
+    with_off = plain.model_copy(update={"erase": plain.erase.model_copy(update={"p": 0.0})})
+    generators = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    a = CropAugment(plain, (0.5,), (0.5,))(raw, generators[0])
+    b = CropAugment(with_off, (0.5,), (0.5,))(raw, generators[1])
+    assert torch.equal(a, b) and torch.equal(generators[0].get_state(), generators[1].get_state())
+
+
+def test_erasing_half_the_crops_chooses_about_half():
+    group = CropGroup(size=8, scale=(1.0, 1.0), flip=0.0, erase={"p": 0.5, "scale": (0.2, 0.2)})
+    out = CropAugment(group, (0.0,), (1.0,))(torch.full((400, 1, 8, 8), 200, dtype=torch.uint8),
+                                           torch.Generator().manual_seed(0))
+    erased = (out == 0).flatten(1).any(dim=1).float().mean()
+    assert 0.4 < float(erased) < 0.6
