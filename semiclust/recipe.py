@@ -43,24 +43,44 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set each dotted path in a copy of the raw recipe; creates intermediate sections."""
+    """Set each dotted path in a copy of the raw recipe; creates intermediate sections. A number indexes a
+    list (`data.unlabeled.crops.1.count=2` is the second crop group's count)."""
     result = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
         node = result
         for depth, key in enumerate(path[:-1]):
-            child = node.get(key)
-            if child is None:
-                child = node[key] = {}
-            if not isinstance(child, dict):
-                where = ".".join(path[: depth + 1])
-                raise SemiclustError(
-                    f"--set '{text}': '{where}' holds a value ({child!r}), not a section, so it has no "
-                    f"key '{path[depth + 1]}'. Set '{where}' itself instead."
-                )
-            node = child
-        node[path[-1]] = value
+            node = child_section(node, key, text, ".".join(path[: depth + 1]), path[depth + 1])
+        if isinstance(node, list):
+            node[list_index(node, path[-1], text, ".".join(path[:-1]))] = value
+        else:
+            node[path[-1]] = value
     return result
+
+
+def child_section(node: dict | list, key: str, text: str, where: str, next_key: str) -> dict | list:
+    """The section (or list) at `key` of `node`, created when missing from a section."""
+    if isinstance(node, list):
+        child = node[list_index(node, key, text, where.rpartition(".")[0])]
+    else:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+    if not isinstance(child, (dict, list)):
+        raise SemiclustError(
+            f"--set '{text}': '{where}' holds a value ({child!r}), not a section, so it has no "
+            f"key '{next_key}'. Set '{where}' itself instead."
+        )
+    return child
+
+
+def list_index(items: list, key: str, text: str, where: str) -> int:
+    """`key` as an index into the list at `where`, with an error naming the valid ones."""
+    if not key.isdigit() or int(key) >= len(items):
+        raise SemiclustError(
+            f"--set '{text}': '{where}' is a list of {len(items)} item(s), so its keys are the indices "
+            f"0 to {len(items) - 1}, not '{key}'.")
+    return int(key)
 
 
 def load_raw(path: Path) -> dict[str, Any]:

@@ -102,6 +102,21 @@ def test_overrides_apply_before_validation_and_are_type_checked(tmp_path):
         apply_overrides(TINY_RECIPE, ["seed.value=3"])
 
 
+def test_a_number_in_an_override_indexes_a_list():
+    """`data.unlabeled.crops.1.count=2` changes the second crop group only; a bad index names the valid ones."""
+    changed = apply_overrides(TINY_RECIPE, ["data.unlabeled.crops.1.count=3", "data.unlabeled.crops.0.erase.p=0.5"])
+    crops, before = changed["data"]["unlabeled"]["crops"], TINY_RECIPE["data"]["unlabeled"]["crops"]
+    assert crops[1]["count"] == 3 and crops[0]["erase"] == {"p": 0.5} and crops[0]["size"] == before[0]["size"]
+    assert "erase" not in before[0] and before[1]["count"] != 3  # the recipe given is left as it was
+    assert validate(changed).data.unlabeled.crops[0].erase.p == 0.5
+    with pytest.raises(SemiclustError, match=r"is a list of 2 item\(s\), so its keys are the indices 0 to 1, not '2'"):
+        apply_overrides(TINY_RECIPE, ["data.unlabeled.crops.2.count=3"])
+    with pytest.raises(SemiclustError, match="not 'first'"):
+        apply_overrides(TINY_RECIPE, ["data.unlabeled.crops.first.count=3"])
+    with pytest.raises(SemiclustError, match="not 'x'"):
+        apply_overrides(TINY_RECIPE, ["data.unlabeled.crops.x=3"])
+
+
 def test_file_errors(tmp_path):
     with pytest.raises(SemiclustError, match="does not exist"):
         load_recipe(tmp_path / "missing.yaml")
