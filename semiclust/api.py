@@ -160,12 +160,14 @@ def compare(run_dirs: Sequence[Path | str], out: Path | str | None = None) -> Co
     return compare_runs([Path(p) for p in run_dirs], Path(out) if out else None)
 
 
-def init_recipe(data: Path | str, budget: str = "30m", labels: Path | str | None = None,
+def init_recipe(data: Path | str | None, budget: str = "30m", labels: Path | str | None = None,
                 evaluation: Path | str | None = None, method: str = "suave", per_class: int | None = None,
-                fraction: float | None = None) -> InitResult:
-    """A recipe for a folder of images and a time budget, fitted on this machine (`semiclust recipe init`)."""
-    return write_new_recipe(Path(data), budget, Path(labels) if labels else None,
-                            Path(evaluation) if evaluation else None, method, per_class, fraction)
+                fraction: float | None = None, registered: tuple[str, Path | str | None] | None = None) -> InitResult:
+    """A recipe for a folder of images (or a registered dataset: `registered` = (name, root)) and a time budget,
+    fitted on this machine (`semiclust recipe init`)."""
+    return write_new_recipe(Path(data) if data is not None else None, budget, Path(labels) if labels else None,
+                            Path(evaluation) if evaluation else None, method, per_class, fraction,
+                            registered=registered)
 
 
 def catalogue() -> dict:

@@ -186,7 +186,11 @@ def recipe_show(recipe: str = RecipeArgument, overrides: Optional[list[str]] = S
 
 @recipe_app.command("init")
 def recipe_init(
-    data: Path = typer.Option(..., "--data", help="An ImageFolder (train/<class>/, val/<class>/) or a folder of images."),
+    data: Optional[Path] = typer.Option(None, "--data", help="An ImageFolder (train/<class>/, val/<class>/) or a folder "
+                                        "of images."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Instead of --data: a registered dataset "
+                                          "(`semiclust list datasets`), e.g. fashion_mnist."),
+    root: Optional[Path] = typer.Option(None, "--root", help="With --dataset: the folder of its files."),
     out: Path = typer.Option(..., "--out", "-o", help="The recipe file to write."),
     budget: str = typer.Option("30m", "--budget", help="Wall time of `semiclust train` with it, e.g. 30m or 2h."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="A 'path,label' list of the labeled images (the "
@@ -202,7 +206,8 @@ def recipe_init(
     from semiclust.storage.atomic import check_writable, write_text
 
     check_writable(out, "--out", "Choose a writable path for the recipe.")
-    result = api.init_recipe(data, budget, labels, evaluation, method, per_class, fraction)
+    result = api.init_recipe(data, budget, labels, evaluation, method, per_class, fraction,
+                             registered=(dataset, root) if dataset is not None else None)
     write_text(out, result.text)
     for choice in result.choices:
         console.print(f"{choice.key}: {choice.why}", highlight=False, soft_wrap=True)

@@ -57,8 +57,16 @@ class InitResult:
     measured: list[Measured] = field(default_factory=list)
 
 
-def describe_data(data: Path, labels: Path | None, evaluation: Path | None) -> tuple[str, dict]:
-    """The dataset registry entry and options for a folder: an ImageFolder tree, or images and a labels list."""
+def describe_data(data: Path | None, labels: Path | None, evaluation: Path | None,
+                  registered: tuple[str, Path | None] | None = None) -> tuple[str, dict]:
+    """The dataset registry entry and options for a folder (an ImageFolder tree, or images and a labels list),
+    or a registered dataset (`registered`: its name and its root, e.g. fashion_mnist and its idx files' folder)."""
+    if (data is None) == (registered is None):
+        raise SemiclustError("give either --data FOLDER (your own images) or --dataset NAME (a registered dataset, "
+                             "`semiclust list datasets`, with --root for its files), not both or neither.")
+    if registered is not None:
+        name, root = registered
+        return name, ({"root": str(Path(root).expanduser())} if root is not None else {})
     data = Path(data).expanduser()
     if not data.is_dir():
         raise SemiclustError(f"--data '{data}' is not a folder; give an ImageFolder (train/<class>/..., val/<class>/...) "
@@ -186,15 +194,17 @@ def labels_spec(dataset: Dataset, per_class: int | None, fraction: float | None)
     return {"fraction": 1.0}, labeled
 
 
-def init_recipe(data: Path, budget: str, labels: Path | None = None, evaluation: Path | None = None,
+def init_recipe(data: Path | None, budget: str, labels: Path | None = None, evaluation: Path | None = None,
                 method: str = "suave", per_class: int | None = None, fraction: float | None = None,
-                name: str | None = None, device: str = "cpu") -> InitResult:
-    """A recipe for the images in `data`, fitted to `budget` on this machine (module docstring)."""
+                name: str | None = None, device: str = "cpu",
+                registered: tuple[str, Path | None] | None = None) -> InitResult:
+    """A recipe for the images in `data` (or the registered dataset `registered`: name and root), fitted to
+    `budget` on this machine (module docstring)."""
     try:
         budget_s = duration_seconds(budget)
     except ValueError as err:
         raise SemiclustError(f"--budget: {err}.") from None
-    dataset_name, options = describe_data(data, labels, evaluation)
+    dataset_name, options = describe_data(data, labels, evaluation, registered)
     dataset = build_dataset(dataset_name, options)
     if dataset.problems:
         raise SemiclustError(f"the data in '{data}' have {len(dataset.problems)} problem(s), e.g. {dataset.problems[0]}; "
@@ -203,7 +213,7 @@ def init_recipe(data: Path, budget: str, labels: Path | None = None, evaluation:
     side = typical_size(dataset)
     sizes = crop_sizes(side)
     batch = (min(256, len(dataset.train) // 4), max(1, min(100, labeled)))
-    name = name or f"{Path(data).resolve().name}_{method}"
+    name = name or f"{Path(data).resolve().name if data is not None else dataset_name}_{method}"
 
     def raw_for(width: int) -> dict:
         return template(name, dataset_name, options, spec, method, sizes, width, batch)

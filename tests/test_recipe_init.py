@@ -154,3 +154,19 @@ def test_the_64_px_recipe_trains_inside_a_20_s_budget(large, capsys):
     assert plan["budget_s"] == 20 and summary.steps > 0 and summary.checkpoint.is_file()
     assert summary.budget_used is not None and float(summary.budget_used.rsplit("(", 1)[1].rstrip("%)")) <= 100.0
     assert took <= 1.03 * 20, (took, plan)
+
+
+def test_a_registered_dataset_gets_a_recipe_that_names_it(capsys, tmp_path):
+    """`--dataset NAME` (here the generated `synthetic`; fashion_mnist with --root is the same path) writes a recipe
+    for that registry entry; --data and --dataset together, or neither, is a one-paragraph error."""
+    recipe, text, stdout = written(capsys, tmp_path / "synthetic.yaml", "--dataset", "synthetic", "--per-class", "2",
+                                   "--budget", "1m")
+    assert recipe.data.dataset == "synthetic" and recipe.data.options == {} and recipe.name == "synthetic_suave"
+    assert recipe.data.labels.per_class == 2 and recipe.schedule.budget == "1m"
+    assert "# Written by `semiclust recipe init` for synthetic: budget 1m." in text
+    folder = tmp_path / "ok"
+    image_tree(folder / "train", ["ant", "bee"], per_class=2, size=16)
+    for argv in (["--dataset", "synthetic", "--data", str(folder)], []):
+        code, _, err = cli(capsys, "recipe", "init", "--out", str(tmp_path / "x.yaml"), *argv)
+        assert code == 2 and "give either --data FOLDER (your own images) or --dataset NAME" in err, err
+        assert "Traceback" not in err and not (tmp_path / "x.yaml").exists()
