@@ -12,6 +12,9 @@ the same budget, run one at a time (two jobs on 2 cores would halve both):
   fixes the number of steps after a calibration; the run ends inside B including its final evaluation);
 - supervised: the Suave recipe with `method.name: supervised` (the labeled images only, same network);
 - logreg: scikit-learn's logistic regression on the raw pixels of the same 100 labeled images;
+- suave_folder, daino_folder: the same recipes on the same images written as a PNG ImageFolder (--folder, written
+  once: class folders named so that they sort in the idx files' class order and files in the idx order, so the seed
+  draws the same 100 labeled images), the path a user's own images take (decoded once into memory, data.cache auto);
 - usb: USB's FixMatch run by its own library (`../shared/peers/usb`, read its README; needs its venv and
   `prep_data.py` once), with the same budget. Skipped with a reason when the peer is not set up.
 
@@ -36,9 +39,32 @@ ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT.parent / "shared" / "peers" / "usb"
 PEER_PYTHON = Path(os.environ.get("USB_VENV", Path.home() / ".cache" / "peers-usb" / "venv")) / "bin" / "python"
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
-ENTRIES = ("suave", "daino", "supervised", "logreg", "usb")
+ENTRIES = ("suave", "daino", "supervised", "logreg", "usb", "suave_folder", "daino_folder")
 RECIPE_OF = {"suave": ("fashion_mnist_suave", []), "daino": ("fashion_mnist_daino", []),
-             "supervised": ("fashion_mnist_suave", ["method={name: supervised}"])}
+             "supervised": ("fashion_mnist_suave", ["method={name: supervised}"]),
+             "suave_folder": ("fashion_mnist_suave", ["data.dataset=imagefolder"]),
+             "daino_folder": ("fashion_mnist_daino", ["data.dataset=imagefolder"])}
+
+
+def write_folder(folder: Path) -> Path:
+    """The idx images as ROOT/train/<class>/<index>.png and ROOT/val/<class>/<index>.png (grey PNGs), once:
+    `NN_name` class folders sort in the idx class order and zero-padded indices in the idx order."""
+    if (folder / "complete").is_file():
+        return folder
+    from PIL import Image
+
+    from semiclust.data.arrays import fashion_mnist
+
+    data = fashion_mnist(str(FMNIST))
+    slug = lambda name: "".join(c if c.isalnum() else "_" for c in name.lower())  # noqa: E731
+    for split, images, labels in (("train", data.train.images, data.train.labels),
+                                  ("val", data.test.images, data.test.labels)):
+        for index, (image, label) in enumerate(zip(images, labels.tolist())):
+            target = folder / split / f"{label:02d}_{slug(data.classes[label])}" / f"{index:05d}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image[0].numpy()).save(target)
+    (folder / "complete").write_text("written from the idx files by benchmarks/small_images.py\n")
+    return folder
 
 
 def seconds_of(budget: str) -> float:
@@ -60,8 +86,10 @@ def eval_curve(run: Path) -> tuple[list[tuple[float, float]], float | None]:
     return curve, speeds[len(speeds) // 2] if speeds else None
 
 
-def run_semiclust(entry: str, seed: int, budget: str, out: Path, sets: list[str]) -> dict:
+def run_semiclust(entry: str, seed: int, budget: str, out: Path, sets: list[str], folder: Path) -> dict:
     recipe, extra = RECIPE_OF[entry]
+    if entry.endswith("_folder"):
+        extra = extra + [f"data.options={{root: {write_folder(folder)}}}"]
     args = [sys.executable, "-m", "semiclust", "train", recipe, "--out", str(out), "--overwrite", "--budget", budget,
             "--set", f"seed={seed}", "--set", "runtime.progress=none"]
     for item in extra + sets:
@@ -176,6 +204,8 @@ def main() -> None:
     parser.add_argument("--entries", nargs="+", default=list(ENTRIES), choices=ENTRIES)
     parser.add_argument("--results", type=Path, default=ROOT / "runs" / "small_images" / "results.jsonl")
     parser.add_argument("--png", type=Path, default=ROOT / "runs" / "small_images" / "accuracy_vs_time.png")
+    parser.add_argument("--folder", type=Path, default=ROOT / "runs" / "small_images" / "fashion_mnist_png",
+                        help="where the *_folder entries' PNG ImageFolder is written (once, about 60 MB)")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="recipe override for semiclust runs")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
@@ -194,7 +224,7 @@ def main() -> None:
             elif entry == "usb":
                 row = run_usb(seed, args.budget, out)
             else:
-                row = run_semiclust(entry, seed, args.budget, out, args.sets)
+                row = run_semiclust(entry, seed, args.budget, out, args.sets, args.folder)
             if isinstance(row, str):
                 print(f"usb skipped: {row}", flush=True)
                 continue
