@@ -7,7 +7,7 @@ The calibration steps are real steps on the real data, taken from a snapshot of 
 afterwards (weights, optimiser, buffers, generators): training then starts from where it would have.
 A few seconds of steps just after start-up are an unsteady sample of a run's pace (measured here: 3-4%
 off either way), so the length is decided once more, from the pace of the run's own first steps, at
-`replan_at` (about 4% into the run, before its first evaluation). budget.json records both lengths: a resume
+`replan_at` (about 6% into the run, before its first evaluation). budget.json records both lengths: a resume
 from a checkpoint before `replan_at` runs the first one up to it and then takes the recorded re-plan (or makes it,
 if the run stopped before it did), so that it repeats what the first run did; a later resume takes the second.
 """
@@ -40,7 +40,9 @@ from semiclust.storage.atomic import write_text
 
 DRIFT = 0.02  # steps are planned 2% slower than measured, so that a slower stretch still ends inside the budget
 REPLAN_DRIFT = 0.01  # the re-plan's margin: its pace comes from the run's own steps, and the guard catches the rest
-REPLAN_SHARE = 0.04  # the re-plan comes this far into the planned steps (at least 20 steps after the first 5)
+REPLAN_SHARE = 0.06  # the re-plan comes this far into the planned steps, at least REPLAN_MIN steps in
+REPLAN_MIN = 40
+PACE_FROM = 10  # the re-plan times the steps after the first 10 (allocations and loader queues still settle there)
 EXIT_S = 2.0  # the final messages, closing trackers and the process exit
 CALIBRATION_SHARE = 0.03  # at most this share of the budget is spent measuring steps
 
@@ -207,12 +209,12 @@ def calibrate(run: Run, files: RunFiles, budget_s: float, started: float, start_
 
 
 def replan_step(run: Run, start_step: int, steps: int) -> int | None:
-    """Where the length is decided again: REPLAN_SHARE into the planned steps (at least 25 steps in), and before
+    """Where the length is decided again: REPLAN_SHARE into the planned steps (at least REPLAN_MIN in), and before
     the first periodic evaluation, whose time would spoil the measured pace; None where that leaves no room."""
     every = run.numbers.steps_per_epoch * run.recipe.eval.every_epochs
     first_evaluation = (start_step // every + 1) * every if run.recipe.eval.every_epochs else start_step + steps
-    at = min(start_step + max(25, round(REPLAN_SHARE * steps)), first_evaluation - 1)
-    return at if start_step + 15 <= at < start_step + steps - 1 else None
+    at = min(start_step + max(REPLAN_MIN, round(REPLAN_SHARE * steps)), first_evaluation - 1)
+    return at if start_step + PACE_FROM + 10 <= at < start_step + steps - 1 else None
 
 
 def replanned(plan: BudgetPlan, run: Run, done: int, pace_s: float, started: float) -> BudgetPlan:
@@ -265,7 +267,7 @@ class BudgetGuard:
         self.plan, self.started = plan, started
         self.every = max(1, round(2.0 / max(plan.step_s, 1e-6)))  # a check about every 2 seconds
         self.last_time, self.last_done = time.time(), start_step
-        self.pace_from = (start_step + 5, None)  # the re-plan's pace is timed from the end of this step
+        self.pace_from = (start_step + PACE_FROM, None)  # the re-plan's pace is timed from the end of this step
 
     def step_done(self, done: int) -> None:
         """Called after every step: notes when the re-plan's timed stretch begins."""

@@ -189,8 +189,8 @@ def test_a_budgeted_command_ends_inside_its_budget(tmp_path):
 
 
 def test_a_budgeted_run_resumes_bit_identically(tmp_path, monkeypatch, restore_threads):
-    """Stopped at step 12 (before its re-plan at step 25) and at step 30 (after it) and resumed, a budgeted run ends
-    bit-identical to one run uninterrupted: both resumes run the calibration's length up to step 25 and the
+    """Stopped at step 12 (before its re-plan at step 40) and at step 50 (after it) and resumed, a budgeted run ends
+    bit-identical to one run uninterrupted: both resumes run the calibration's length up to step 40 and the
     re-plan's after it."""
     # The uninterrupted run calibrates with real steps, the interrupted ones take none (their plan is given): equal
     # weights, optimiser and generators also show that the calibration steps leave no trace.
@@ -205,20 +205,20 @@ def test_a_budgeted_run_resumes_bit_identically(tmp_path, monkeypatch, restore_t
     def fixed_lengths(*args, **kwargs):  # the real decisions, then fixed lengths: the test must not depend on the speed
         done = kwargs.get("done", 0)
         decided[done] = real_plan(*args, **kwargs)[0]
-        return (30 if done == 0 else 40 - done), 0, 0
+        return (60 if done == 0 else 80 - done), 0, 0
 
     monkeypatch.setattr(budget_module, "train_step", counted_step)
     monkeypatch.setattr(budget_module, "planned_steps", fixed_lengths)
     full = train(recipe, tmp_path / "full")
     plan = BudgetPlan.load(tmp_path / "full" / "budget.json")
-    assert (plan.first_total_steps, plan.replan_at, plan.replanned, plan.total_steps) == (30, 25, True, 40)
-    assert decided[0] > 30 and decided[25] > 15 and len(calibration_steps) >= 13
-    first_plan = dataclasses.replace(plan, total_steps=30, replanned=False)
+    assert (plan.first_total_steps, plan.replan_at, plan.replanned, plan.total_steps) == (60, 40, True, 80)
+    assert decided[0] > 60 and decided[40] > 40 and len(calibration_steps) >= 13
+    first_plan = dataclasses.replace(plan, total_steps=60, replanned=False)
 
     from semiclust.engine import signals
 
     real = signals.StopRequest.requested
-    for stop_at in (12, 30):
+    for stop_at in (12, 50):
         calls = {"n": 0}
 
         def stop_here(self, stop_at=stop_at):
@@ -232,19 +232,19 @@ def test_a_budgeted_run_resumes_bit_identically(tmp_path, monkeypatch, restore_t
             train(recipe, split)
         assert load_checkpoint(split / "checkpoints" / f"step_{stop_at:09d}.pt")["step"] == stop_at
         before = BudgetPlan.load(split / "budget.json")
-        assert (before.total_steps, before.replanned) == ((30, False) if stop_at < 25 else (40, True))
+        assert (before.total_steps, before.replanned) == ((60, False) if stop_at < 40 else (80, True))
         monkeypatch.setattr(signals.StopRequest, "requested", real)
         monkeypatch.setattr(budget_module, "calibrate", lambda *a, **k: pytest.fail("a resume must not calibrate again"))
         resumed = train(recipe, split, resume=True)
         a, b = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
-        assert a["step"] == b["step"] == 40 and resumed.steps == 40 - stop_at
+        assert a["step"] == b["step"] == 80 and resumed.steps == 80 - stop_at
         assert a["method"].keys() == b["method"].keys() and len(a["method"]) > 0
         for key, value in a["method"].items():
             assert torch.equal(value, b["method"][key]), key
         for key in ("optimizer", "augment_rng", "per_rank", "eval"):
             same(a[key], b[key], key)
         after = BudgetPlan.load(split / "budget.json")  # stopped before the re-plan: made by the resume, else reused
-        assert (after.total_steps, after.replanned) == (40, True) and (stop_at < 25 or after == before)
+        assert (after.total_steps, after.replanned) == (80, True) and (stop_at < 40 or after == before)
 
 
 def fake_run(total_steps: int, steps_per_epoch: int = 1000, every_epochs: int = 0):
@@ -269,26 +269,26 @@ def test_the_re_plan_fits_the_steps_to_the_runs_own_pace(monkeypatch, tmp_path):
     run = fake_run(total_steps=480)
     plan = BudgetPlan(100.0, 480, 0.2, 0.0, 0.0, 0, 0, 2.0, 100.0, replan_at=budget_module.replan_step(run, 0, 480),
                       first_total_steps=480)
-    assert plan.replan_at == 25 and plan.length_from(0) == 480
+    assert plan.replan_at == 40 and plan.length_from(0) == 480
     guard = budget_module.BudgetGuard(plan, 1000.0, 0)
     clock["now"] = 1002.0
     for done in range(1, plan.replan_at + 1):
         clock["now"] += 0.1
         guard.step_done(done)
-        assert guard.replan_due(done) == (done == 25)
+        assert guard.replan_due(done) == (done == 40)
     files = type("Files", (), {"budget": tmp_path / "budget.json"})()
-    decided = guard.replan(run, files, 25)
+    decided = guard.replan(run, files, 40)
     left = 100.0 - (clock["now"] - 1000.0) - budget_module.EXIT_S
     assert decided.replanned and decided.first_total_steps == 480 and retargeted == [decided.total_steps]
     assert decided.step_s == pytest.approx(0.1)
-    assert (decided.total_steps - 25) == int(left / (0.1 * (1 + budget_module.REPLAN_DRIFT)))
+    assert (decided.total_steps - 40) == int(left / (0.1 * (1 + budget_module.REPLAN_DRIFT)))
     recorded = BudgetPlan.load(tmp_path / "budget.json")
-    assert recorded == decided and recorded.length_from(10) == 480 and recorded.length_from(25) == decided.total_steps
+    assert recorded == decided and recorded.length_from(10) == 480 and recorded.length_from(40) == decided.total_steps
 
 
 def test_the_re_plan_comes_before_the_first_evaluation_and_not_in_tiny_runs():
     every_epoch = fake_run(total_steps=2000, steps_per_epoch=100, every_epochs=1)
-    assert budget_module.replan_step(every_epoch, 0, 2000) == 80  # 4% would be step 80, before the evaluation at 100
+    assert budget_module.replan_step(every_epoch, 0, 2000) == 99  # 6% would be step 120: the evaluation at 100 first
     assert budget_module.replan_step(fake_run(2000, 30, 1), 0, 2000) == 29  # the step before the evaluation at 30
     assert budget_module.replan_step(fake_run(2000, 10, 1), 0, 2000) is None  # an evaluation at step 10: no room
     assert budget_module.replan_step(fake_run(2000, 30, 1), 300, 2000) == 329  # resumed at 300: 4% capped by 330
