@@ -170,3 +170,37 @@ def test_a_registered_dataset_gets_a_recipe_that_names_it(capsys, tmp_path):
         code, _, err = cli(capsys, "recipe", "init", "--out", str(tmp_path / "x.yaml"), *argv)
         assert code == 2 and "give either --data FOLDER (your own images) or --dataset NAME" in err, err
         assert "Traceback" not in err and not (tmp_path / "x.yaml").exists()
+
+
+@pytest.mark.parametrize("method", ["suave", "daino"])
+def test_the_shipped_fashion_mnist_recipes_are_what_init_writes(tmp_path, monkeypatch, method):
+    """recipes/fashion_mnist_{suave,daino}.yaml are `recipe init --dataset fashion_mnist --per-class 10 --budget 30m`
+    output: on stand-in idx files of the same shape (1,040 images of 28 px, 10 classes) and with the widths' timing
+    read back from the shipped file's own header (the machine-dependent part), init writes the same recipe."""
+    import re
+
+    import numpy as np
+
+    from semiclust import recipe_init
+    from semiclust.recipes_dir import find_recipe
+    from tests.data.test_array_datasets import idx_bytes, pixels
+
+    shipped = find_recipe(f"fashion_mnist_{method}")
+    text = shipped.read_text()
+    timings = [recipe_init.Measured(int(w), float(s), float(e))
+               for w, s, e in re.findall(r"width (\d+): ([\d.]+)s a step, ([\d.]+) epochs", text)]
+    assert timings, "the shipped recipe lost the header that init writes"
+    chosen = yaml.safe_load(text)["model"]["backbone"]["kwargs"]["widths"][0]
+    monkeypatch.setattr(recipe_init, "choose_width", lambda *args: (chosen, timings))
+    folder = tmp_path / "FashionMNIST" / "raw"
+    folder.mkdir(parents=True)
+    for split, count in (("train", 1040), ("t10k", 20)):
+        (folder / f"{split}-images-idx3-ubyte").write_bytes(idx_bytes(pixels(count, 1, 28)[:, 0]))
+        (folder / f"{split}-labels-idx1-ubyte").write_bytes(idx_bytes(np.arange(count) % 10))
+    written = api.init_recipe(None, "30m", method=method, per_class=10, registered=("fashion_mnist", tmp_path))
+    ours, theirs = yaml.safe_load(written.text), yaml.safe_load(text)
+    assert ours["data"].pop("options") == {"root": str(tmp_path)}
+    assert theirs["data"].pop("options") == {"root": "/usr/share/datasets/fashion-mnist"}
+    assert ours == theirs
+    header = [line for line in written.text.splitlines() if line.startswith("#") and "training images" not in line]
+    assert len(header) >= 5 and all(line in text for line in header)
