@@ -42,22 +42,27 @@ class Blur(Strict):
     sigma: Range = Field((0.1, 2.0), description="blur sigma range in pixels, drawn uniformly")
 
 
-def ordered_positive(value: Range) -> Range:
-    """A range with 0 < low <= high (crop and erase scales and ratios)."""
-    low, high = value
-    if not 0 < low <= high:
-        raise ValueError(f"expected 0 < low <= high, got {list(value)}")
-    return value
+class AreaAndAspect(Strict):
+    """Base of the sections drawn as a box: an area `scale` (a fraction of the image, at most 1) and an aspect
+    `ratio`, each a range with 0 < low <= high (crops and erased rectangles)."""
+
+    @field_validator("scale", "ratio", check_fields=False)
+    @classmethod
+    def _ordered_positive(cls, value: Range) -> Range:
+        low, high = value
+        if not 0 < low <= high:
+            raise ValueError(f"expected 0 < low <= high, got {list(value)}")
+        return value
+
+    @field_validator("scale", check_fields=False)
+    @classmethod
+    def _scale_at_most_one(cls, value: Range) -> Range:
+        if value[1] > 1.0:
+            raise ValueError(f"an area scale cannot exceed 1.0, got {list(value)}")
+        return value
 
 
-def area_fraction(value: Range) -> Range:
-    """A range of areas as fractions of an image: at most 1."""
-    if value[1] > 1.0:
-        raise ValueError(f"an area scale cannot exceed 1.0, got {list(value)}")
-    return value
-
-
-class Erase(Strict):
+class Erase(AreaAndAspect):
     """Random erasing (cutout): with probability p a rectangle of the crop, of area ~ U(scale) of it and log
     aspect ~ U(log ratio), is set to the dataset mean; a strong augmentation for crops that only predict."""
 
@@ -65,18 +70,8 @@ class Erase(Strict):
     scale: Range = Field((0.02, 0.25), description="range of the erased area as a fraction of the crop")
     ratio: Range = Field((0.3, 3.3), description="range of the erased rectangle's aspect ratio, drawn log-uniformly")
 
-    @field_validator("scale", "ratio")
-    @classmethod
-    def _ordered_positive(cls, value: Range) -> Range:
-        return ordered_positive(value)
 
-    @field_validator("scale")
-    @classmethod
-    def _scale_at_most_one(cls, value: Range) -> Range:
-        return area_fraction(value)
-
-
-class CropGroup(Strict):
+class CropGroup(AreaAndAspect):
     """`count` random resized crops of `size` px with their own augmentation."""
 
     count: PositiveInt = Field(1, description="number of crops of this kind per image")
@@ -92,16 +87,6 @@ class CropGroup(Strict):
     blur: Blur = Field(Blur(), description="Gaussian blur")
     solarize: Probability = Field(0.0, description="probability of solarizing (inverting pixels >= 0.5)")
     erase: Erase = Field(Erase(), description="random erasing (cutout) of a rectangle, after the colour ops")
-
-    @field_validator("scale", "ratio")
-    @classmethod
-    def _ordered_positive(cls, value: Range) -> Range:
-        return ordered_positive(value)
-
-    @field_validator("scale")
-    @classmethod
-    def _scale_at_most_one(cls, value: Range) -> Range:
-        return area_fraction(value)
 
 
 class SubsetDraw(Strict):
