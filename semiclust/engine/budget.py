@@ -268,6 +268,7 @@ class BudgetGuard:
         self.every = max(1, round(2.0 / max(plan.step_s, 1e-6)))  # a check about every 2 seconds
         self.last_time, self.last_done = time.time(), start_step
         self.pace_from = (start_step + PACE_FROM, None)  # the re-plan's pace is timed from the end of this step
+        self.replan_done = plan.replan_at is None or start_step >= plan.replan_at  # a resume after it has its length
 
     def step_done(self, done: int) -> None:
         """Called after every step: notes when the re-plan's timed stretch begins."""
@@ -275,8 +276,9 @@ class BudgetGuard:
             self.pace_from = (done, time.perf_counter())
 
     def replan_due(self, done: int) -> bool:
-        """Whether the length is to be decided again (or the recorded re-plan taken) after this step."""
-        return self.plan.replan_at is not None and done == self.plan.replan_at
+        """Whether the length is to be decided again (or the recorded re-plan taken) after this step: at `replan_at`,
+        or at the next finite step if that one was skipped."""
+        return not self.replan_done and done >= self.plan.replan_at
 
     def replan(self, run: Run, files: RunFiles, done: int) -> BudgetPlan:
         """The length from here on: the recorded re-plan on a resume, else decided from the pace of the steps since
@@ -292,7 +294,7 @@ class BudgetGuard:
             decided.save(files.budget)
         if decided.total_steps != run.numbers.total_steps:
             retarget(run, decided.total_steps)
-        self.plan = decided
+        self.plan, self.replan_done = decided, True
         return decided
 
     def due(self, done: int) -> bool:

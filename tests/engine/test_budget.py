@@ -274,9 +274,10 @@ def test_the_re_plan_fits_the_steps_to_the_runs_own_pace(monkeypatch, tmp_path):
     for done in range(1, plan.replan_at + 1):
         clock["now"] += 0.1
         guard.step_done(done)
-        assert guard.replan_due(done) == (done == 40)
+        assert guard.replan_due(done) == (done >= 40)
     files = type("Files", (), {"budget": tmp_path / "budget.json"})()
     decided = guard.replan(run, files, 40)
+    assert not guard.replan_due(41)  # once
     left = 100.0 - (clock["now"] - 1000.0) - budget_module.EXIT_S
     assert decided.replanned and decided.first_total_steps == 480 and retargeted == [decided.total_steps]
     assert decided.step_s == pytest.approx(0.1)
