@@ -197,7 +197,7 @@ def calibrate(run: Run, files: RunFiles, budget_s: float, started: float, start_
     now_s = time.time() - started
     steps, evaluations, checkpoints = planned_steps(budget_s, now_s, step_s, eval_s, checkpoint_s, run)
     plan = BudgetPlan(budget_s, start_step + steps, step_s, eval_s, checkpoint_s, evaluations, checkpoints, now_s,
-                      now_s + steps * step_s + (evaluations + 1) * eval_s + (checkpoints + 1) * checkpoint_s + EXIT_S,
+                      planned_end(now_s, steps, step_s, evaluations, eval_s, checkpoints, checkpoint_s),
                       replan_step(start_step, steps), False, start_step + steps)
     plan = dist.broadcast_object(plan)
     if plan.total_steps <= start_step:
@@ -206,6 +206,13 @@ def calibrate(run: Run, files: RunFiles, budget_s: float, started: float, start_
             f"measuring, a step takes {step_s:.2f}s and an evaluation {eval_s:.1f}s. Give a longer schedule.budget, "
             "or make steps cheaper (smaller crops or batches, a narrower backbone).")
     return plan
+
+
+def planned_end(now_s: float, steps: int, step_s: float, evaluations: int, eval_s: float, checkpoints: int,
+                checkpoint_s: float) -> float:
+    """When a plan's run ends (seconds after the process start): its steps, its periodic and final evaluations and
+    checkpoints, and the exit."""
+    return now_s + steps * step_s + (evaluations + 1) * eval_s + (checkpoints + 1) * checkpoint_s + EXIT_S
 
 
 def replan_step(start_step: int, steps: int) -> int | None:
@@ -223,7 +230,7 @@ def replanned(plan: BudgetPlan, run: Run, done: int, pace_s: float, started: flo
     steps, evaluations, checkpoints = planned_steps(plan.budget_s, now_s, pace_s, plan.eval_s, plan.checkpoint_s, run,
                                                     done=done, drift=REPLAN_DRIFT)
     steps = max(steps, 1, run.numbers.warmup_steps + 1 - done)  # the guard ends a run that is still too slow
-    end_s = now_s + steps * pace_s + (evaluations + 1) * plan.eval_s + (checkpoints + 1) * plan.checkpoint_s + EXIT_S
+    end_s = planned_end(now_s, steps, pace_s, evaluations, plan.eval_s, checkpoints, plan.checkpoint_s)
     decided = dataclasses.replace(plan, total_steps=done + steps, step_s=pace_s, evaluations=evaluations,
                                   checkpoints=checkpoints, planned_end_s=end_s, replanned=True)
     return dist.broadcast_object(decided)
