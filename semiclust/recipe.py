@@ -122,13 +122,17 @@ def utf8_text(path: Path) -> str:
 
 
 def with_method_defaults(raw: dict[str, Any]) -> dict[str, Any]:
-    """Fill the head shape, assignment and optimiser settings the chosen method uses unless the recipe sets them."""
+    """Fill the head shape, assignment and optimiser settings the chosen method uses unless the recipe sets them
+    (an assignment section without a name is the method's own: its keys change that one's defaults)."""
     method = raw.get("method")
     name = method.get("name") if isinstance(method, dict) else None
     if not isinstance(name, str) or name not in METHODS:
         return raw
     defaults = METHODS.get(name).defaults
-    filled = {**raw, "method": {"assignment": {"name": defaults.assignment}, **method}}
+    assignment = method.get("assignment", {})
+    if isinstance(assignment, dict) and "name" not in assignment:  # e.g. --set method.assignment.epsilon=0.1 alone
+        assignment = {"name": defaults.assignment, **assignment}
+    filled = {**raw, "method": {**method, "assignment": assignment}}
     model = raw.get("model")
     if isinstance(model, dict) and isinstance(model.get("head", {}), dict):
         filled["model"] = {**model, "head": {**defaults.head, **model.get("head", {})}}

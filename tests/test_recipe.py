@@ -117,6 +117,20 @@ def test_a_number_in_an_override_indexes_a_list():
         apply_overrides(TINY_RECIPE, ["data.unlabeled.crops.x=3"])
 
 
+def test_an_override_of_one_assignment_key_keeps_the_methods_assignment():
+    """`--set method.assignment.epsilon=0.1` on a recipe that names no assignment changes that key of the method's
+    own (Suave: sinkhorn) and keeps its other defaults; naming another assignment still works."""
+    raw = copy.deepcopy(TINY_RECIPE)
+    raw["method"] = {"name": "suave"}
+    recipe = validate(apply_overrides(raw, ["method.assignment.epsilon=0.1"]))
+    assert (recipe.method.assignment.name, recipe.method.assignment.epsilon, recipe.method.assignment.iterations) == (
+        "sinkhorn", 0.1, 3)
+    daino = validate(apply_overrides({**raw, "method": {"name": "daino"}}, ["method.assignment.temperature=0.05"]))
+    assert (daino.method.assignment.name, daino.method.assignment.temperature) == ("center_sharpen", 0.05)
+    other = validate(apply_overrides(raw, ["method.assignment.name=center_sharpen"]))
+    assert other.method.assignment.name == "center_sharpen"
+
+
 def test_file_errors(tmp_path):
     with pytest.raises(SemiclustError, match="does not exist"):
         load_recipe(tmp_path / "missing.yaml")
