@@ -6,10 +6,12 @@ schedules stay pure functions of the step and a budgeted run resumes exactly.
 The calibration steps are real steps on the real data, taken from a snapshot of the run that is put back
 afterwards (weights, optimiser, buffers, generators): training then starts from where it would have.
 A few seconds of steps just after start-up are an unsteady sample of a run's pace (measured here: 3-4%
-off either way), so the length is decided once more, from the pace of the run's own first steps, at
-`replan_at` (about 6% into the run, at least 40 steps in). budget.json records both lengths: a resume
-from a checkpoint before `replan_at` runs the first one up to it and then takes the recorded re-plan (or makes it,
-if the run stopped before it did), so that it repeats what the first run did; a later resume takes the second.
+off either way), and the pace of a run's first minute is not that of the rest (5-minute runs: up to 8%), so the
+length is decided again from the run's own steps at REPLAN_SHARES of it (6%, at least 40 steps in; 35%; 70%),
+each time from the median step since the previous decision. budget.json records every decision
+(`replans`: [step, length]) and the next point (`replan_at`): a resume from a checkpoint takes the length in force
+at its step, then the recorded decisions at their steps (and makes the ones the first run did not reach), so that
+it repeats what the first run did.
 """
 from __future__ import annotations
 
@@ -40,8 +42,8 @@ from semiclust.storage.atomic import write_text
 
 DRIFT = 0.02  # steps are planned 2% slower than measured, so that a slower stretch still ends inside the budget
 REPLAN_DRIFT = 0.01  # the re-plan's margin: its pace comes from the run's own steps, and the guard catches the rest
-REPLAN_SHARE = 0.06  # the re-plan comes this far into the planned steps, at least REPLAN_MIN steps in
-REPLAN_MIN = 40
+REPLAN_SHARES = (0.06, 0.35, 0.70)  # the length is decided again this far into the run, each time from the median
+REPLAN_MIN = 40                    # step since the previous decision, at least REPLAN_MIN steps after it (or in)
 PACE_FROM = 10  # the re-plan times the steps after the first 10 (allocations and loader queues still settle there)
 EXIT_S = 2.0  # the final messages, closing trackers and the process exit
 CALIBRATION_SHARE = 0.03  # at most this share of the budget is spent measuring steps
@@ -70,20 +72,36 @@ class BudgetPlan:
     checkpoints: int
     started_s: float  # seconds after the process started at which the steps began
     planned_end_s: float
-    replan_at: int | None = None  # the step after which the length is decided again (None: never, e.g. older plans)
-    replanned: bool = False  # whether it was; total_steps is then the re-plan's decision
-    first_total_steps: int | None = None  # the calibration's decision, the length before `replan_at`
+    replan_at: int | None = None  # the step after which the length is decided next (None: no more)
+    replanned: bool = False  # whether it was decided again at least once; total_steps is the latest decision
+    first_total_steps: int | None = None  # the calibration's decision, the length before the first re-plan
+    replans: list = dataclasses.field(default_factory=list)  # [step, length] of each re-plan, in order
+    start_step: int = 0  # the step the calibration counted from (a resume with a new budget starts later)
+    replan_share: int = 0  # the index in REPLAN_SHARES of `replan_at` (each share is used once)
 
     def length_from(self, step: int) -> int:
-        """The length in force for a run at `step`: the calibration's before the re-plan, then the re-plan's."""
-        return self.first_total_steps if self.replan_at is not None and step < self.replan_at else self.total_steps
+        """The length in force for a run at `step` (a checkpoint after it): the calibration's, then each re-plan's
+        from its step on."""
+        length = self.total_steps if self.first_total_steps is None else self.first_total_steps
+        for at, decided in self.replans:
+            if step >= at:
+                length = decided
+        return length
+
+    def upcoming(self, step: int) -> list[int]:
+        """The re-plan points still ahead of a run at `step`: recorded decisions after it, then the next one."""
+        points = [at for at, _ in self.replans if at > step]
+        return points + ([self.replan_at] if self.replan_at is not None and self.replan_at > step else [])
 
     def save(self, path: Path) -> None:
         write_text(path, json.dumps(dataclasses.asdict(self), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> "BudgetPlan":
-        return cls(**json.loads(path.read_text()))
+        fields = json.loads(path.read_text())
+        if fields.get("replanned") and "replans" not in fields and fields.get("replan_at") is not None:
+            fields["replans"], fields["replan_at"] = [[fields["replan_at"], fields["total_steps"]]], None  # one re-plan
+        return cls(**fields)
 
 
 def snapshot(run: Run) -> dict:
@@ -198,7 +216,7 @@ def calibrate(run: Run, files: RunFiles, budget_s: float, started: float, start_
     steps, evaluations, checkpoints = planned_steps(budget_s, now_s, step_s, eval_s, checkpoint_s, run)
     plan = BudgetPlan(budget_s, start_step + steps, step_s, eval_s, checkpoint_s, evaluations, checkpoints, now_s,
                       planned_end(now_s, steps, step_s, evaluations, eval_s, checkpoints, checkpoint_s),
-                      replan_step(start_step, steps), False, start_step + steps)
+                      replan_step(start_step, steps), False, start_step + steps, start_step=start_step)
     plan = dist.broadcast_object(plan)
     if plan.total_steps <= start_step:
         raise SemiclustError(
@@ -215,24 +233,43 @@ def planned_end(now_s: float, steps: int, step_s: float, evaluations: int, eval_
     return now_s + steps * step_s + (evaluations + 1) * eval_s + (checkpoints + 1) * checkpoint_s + EXIT_S
 
 
-def replan_step(start_step: int, steps: int) -> int | None:
-    """Where the length is decided again: REPLAN_SHARE into the planned steps, at least REPLAN_MIN in; None where
-    the run is shorter than that. (An evaluation inside the timed stretch is one slow step, which the median of
-    the step times leaves out.)"""
-    at = start_step + max(REPLAN_MIN, round(REPLAN_SHARE * steps))
-    return at if at < start_step + steps - 1 else None
+def replan_step(start_step: int, steps: int, after: int | None = None, shares_from: int = 0) -> int | None:
+    """Where the length is decided next (`next_replan` without the share's index)."""
+    return next_replan(start_step, steps, after, shares_from)[0]
 
 
-def replanned(plan: BudgetPlan, run: Run, done: int, pace_s: float, started: float) -> BudgetPlan:
-    """The plan decided again after step `done` from the run's own pace (seconds a step, bookkeeping included),
-    rank 0's decision on all processes."""
+def next_replan(start_step: int, steps: int, after: int | None = None, shares_from: int = 0) -> tuple[int | None, int]:
+    """The next re-plan point and the index of its share: the first of REPLAN_SHARES[shares_from:] of the run's
+    `steps` (counted from `start_step`) at least REPLAN_MIN steps after `after`, the previous decision (the first:
+    REPLAN_MIN steps in), before the end; (None, len) where none is. Each share is used once, however the length
+    moves. (An evaluation inside a timed stretch is one slow step, which the median leaves out.)"""
+    earliest = (start_step if after is None else after) + REPLAN_MIN
+    for index in range(shares_from, len(REPLAN_SHARES)):
+        at = start_step + round(REPLAN_SHARES[index] * steps)
+        at = max(at, earliest) if after is None else at  # the first comes at least REPLAN_MIN steps in
+        if at >= earliest:
+            return (at, index) if at < start_step + steps - 1 else (None, len(REPLAN_SHARES))
+    return None, len(REPLAN_SHARES)
+
+
+def replanned(plan: BudgetPlan, run: Run, done: int, pace_s: float | None, started: float) -> BudgetPlan:
+    """The plan decided again after step `done` from the run's own pace (seconds a step, bookkeeping included; None:
+    too few steps were timed, the length stays), recorded with the next point; rank 0's decision on all processes."""
+    length = plan.length_from(done)
     now_s = time.time() - started
-    steps, evaluations, checkpoints = planned_steps(plan.budget_s, now_s, pace_s, plan.eval_s, plan.checkpoint_s, run,
-                                                    done=done, drift=REPLAN_DRIFT)
-    steps = max(steps, 1, run.numbers.warmup_steps + 1 - done)  # the guard ends a run that is still too slow
-    end_s = planned_end(now_s, steps, pace_s, evaluations, plan.eval_s, checkpoints, plan.checkpoint_s)
-    decided = dataclasses.replace(plan, total_steps=done + steps, step_s=pace_s, evaluations=evaluations,
-                                  checkpoints=checkpoints, planned_end_s=end_s, replanned=True)
+    decided = plan
+    if pace_s is not None:
+        steps, evaluations, checkpoints = planned_steps(plan.budget_s, now_s, pace_s, plan.eval_s, plan.checkpoint_s,
+                                                        run, done=done, drift=REPLAN_DRIFT)
+        steps = max(steps, 1, run.numbers.warmup_steps + 1 - done)  # the guard ends a run that is still too slow
+        end_s = planned_end(now_s, steps, pace_s, evaluations, plan.eval_s, checkpoints, plan.checkpoint_s)
+        length = done + steps
+        decided = dataclasses.replace(plan, step_s=pace_s, evaluations=evaluations, checkpoints=checkpoints,
+                                      planned_end_s=end_s)
+    replans = [*plan.replans, [done, length]]
+    following, share = next_replan(plan.start_step, length - plan.start_step, done, plan.replan_share + 1)
+    decided = dataclasses.replace(decided, total_steps=length, replanned=True, replans=replans, replan_at=following,
+                                  replan_share=share)
     return dist.broadcast_object(decided)
 
 
@@ -273,15 +310,15 @@ class BudgetGuard:
         self.plan, self.started = plan, started
         self.every = max(1, round(2.0 / max(plan.step_s, 1e-6)))  # a check about every 2 seconds
         self.last_time, self.last_done = time.time(), start_step
-        self.pace_from = start_step + PACE_FROM  # the re-plan times the steps after this one
-        self.replan_done = plan.replan_at is None or start_step >= plan.replan_at  # a resume after it has its length
+        self.pace_from = start_step + PACE_FROM  # the re-plans time the steps after this one
+        self.ahead = plan.upcoming(start_step)  # a resume after a re-plan has its length
         self.step_times: list[float] = []
         self.last_step_at: float | None = None
 
     def step_done(self, done: int) -> None:
-        """Called after every step: the time of each step of the re-plan's timed stretch (the work between steps
+        """Called after every step: the time of each step since the previous re-plan (the work between steps
         included: records, checks)."""
-        if self.replan_done or done < self.pace_from:
+        if not self.ahead or done < self.pace_from:
             return
         now = time.perf_counter()
         if self.last_step_at is not None:
@@ -289,26 +326,31 @@ class BudgetGuard:
         self.last_step_at = now
 
     def replan_due(self, done: int) -> bool:
-        """Whether the length is to be decided again (or the recorded re-plan taken) after this step: at `replan_at`,
-        or at the next finite step if that one was skipped."""
-        return not self.replan_done and done >= self.plan.replan_at
+        """Whether the length is to be decided again (or a recorded re-plan taken) after this step: at the next
+        point, or at the next finite step if that one was skipped."""
+        return bool(self.ahead) and done >= self.ahead[0]
 
-    def replan(self, run: Run, files: RunFiles, done: int) -> BudgetPlan:
-        """The length from here on: the recorded re-plan on a resume, else decided from the pace of the steps since
-        `pace_from`: their median, as the calibration's (the mean of a 5-minute run's steps 10-46 was 7% above the
-        pace of the rest of it); unchanged when fewer than 3 were timed. Recorded in budget.json."""
-        if self.plan.replanned:
-            decided = self.plan
-        elif len(self.step_times) < 3:
-            decided = dataclasses.replace(self.plan, replanned=True)
+    def replan(self, run: Run, files: RunFiles, done: int) -> tuple[int, float | None]:
+        """The length from here on and the pace it was decided from (None: taken as recorded, or kept). A resume
+        takes the recorded decision; else it comes from the median of the steps timed since the previous one (the
+        mean of a 5-minute run's steps 10-46 was 7% above the pace of the rest of it), and is recorded in
+        budget.json with the next point. Fewer than 3 timed steps keep the length."""
+        recorded = [length for at, length in self.plan.replans if at >= self.ahead[0]]
+        pace = None
+        if recorded:
+            length = recorded[0]
         else:
-            decided = replanned(self.plan, run, done, statistics.median(self.step_times), self.started)
-        if dist.is_main() and decided is not self.plan:
-            decided.save(files.budget)
-        if decided.total_steps != run.numbers.total_steps:
-            retarget(run, decided.total_steps)
-        self.plan, self.replan_done = decided, True
-        return decided
+            pace = statistics.median(self.step_times) if len(self.step_times) >= 3 else None
+            self.plan = replanned(self.plan, run, done, pace, self.started)
+            length = self.plan.total_steps
+            if dist.is_main():
+                self.plan.save(files.budget)
+        if length != run.numbers.total_steps:
+            retarget(run, length)
+        self.ahead = self.plan.upcoming(done)
+        self.step_times, self.last_step_at = [], None
+        self.pace_from = done + PACE_FROM  # the next stretch is timed afresh (a retargeted loader refills first)
+        return length, pace
 
     def due(self, done: int) -> bool:
         return done % self.every == 0

@@ -204,12 +204,14 @@ def after_step(run: Run, done: int, policy: Policy, stop: StopRequest, reporter:
 def replan(guard: BudgetGuard, run: Run, files: RunFiles, done: int, policy: Policy, reporter: Reporter) -> None:
     """The budget's length decided again from the run's own pace; the loop, the policy and the display follow."""
     before = run.numbers.total_steps
-    plan = guard.replan(run, files, done)
+    length, pace = guard.replan(run, files, done)
     policy.numbers = run.numbers
     reporter.retarget(run.numbers)
-    if plan.total_steps != before:
-        reporter.message(f"budget {run.recipe.schedule.budget}: re-planned at step {done} from the run's own pace "
-                         f"({plan.step_s:.3f}s a step): {plan.total_steps} steps instead of {before} (budget.json)")
+    if length != before:
+        how = f"from the run's own pace ({guard.plan.step_s:.3f}s a step)" if pace is not None else \
+            "as budget.json recorded it"
+        reporter.message(f"budget {run.recipe.schedule.budget}: re-planned at step {done} {how}: {length} steps "
+                         f"instead of {before} (budget.json)")
 
 
 def stop_agreed(run: Run, done: int, stop: StopRequest) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -188,14 +189,16 @@ def test_a_budgeted_command_ends_inside_its_budget(tmp_path):
 
 
 def test_a_budgeted_run_resumes_bit_identically(tmp_path, monkeypatch, restore_threads):
-    """Stopped at step 12 (before its re-plan at step 40) and at step 50 (after it) and resumed, a budgeted run ends
-    bit-identical to one run uninterrupted: both resumes run the calibration's length up to step 40 and the
-    re-plan's after it."""
+    """Stopped at step 12 (before its first re-plan, at step 40), 60 (before the second, at 84) and 100 (before the
+    third, at 126) and resumed, a budgeted run ends bit-identical to one run uninterrupted: every resume runs the
+    length in force at its step and makes the decisions its run did not reach; a resume whose budget.json holds
+    decisions past its checkpoint (a run that stopped between a re-plan and its next checkpoint) takes them."""
     # The uninterrupted run calibrates with real steps, the interrupted ones take none (their plan is given): equal
     # weights, optimiser and generators also show that the calibration steps leave no trace.
     recipe = resolve(budgeted("20s", runtime={"threads": 1}, checkpoint={"every_steps": 0}))
     calibration_steps, decided = [], {}
     real_step, real_plan = budget_module.train_step, budget_module.planned_steps
+    lengths = {0: 60, 40: 240, 84: 180, 126: 180}  # 35% of 240, then 70% of 180; the third keeps the length
 
     def counted_step(run, step):
         calibration_steps.append(step)
@@ -204,20 +207,21 @@ def test_a_budgeted_run_resumes_bit_identically(tmp_path, monkeypatch, restore_t
     def fixed_lengths(*args, **kwargs):  # the real decisions, then fixed lengths: the test must not depend on the speed
         done = kwargs.get("done", 0)
         decided[done] = real_plan(*args, **kwargs)[0]
-        return (60 if done == 0 else 80 - done), 0, 0
+        return lengths[done] - done, 0, 0
 
     monkeypatch.setattr(budget_module, "train_step", counted_step)
     monkeypatch.setattr(budget_module, "planned_steps", fixed_lengths)
     full = train(recipe, tmp_path / "full")
     plan = BudgetPlan.load(tmp_path / "full" / "budget.json")
-    assert (plan.first_total_steps, plan.replan_at, plan.replanned, plan.total_steps) == (60, 40, True, 80)
-    assert decided[0] > 60 and decided[40] > 40 and len(calibration_steps) >= 13
-    first_plan = dataclasses.replace(plan, total_steps=60, replanned=False)
+    assert (plan.first_total_steps, plan.replans, plan.replan_at, plan.total_steps) == (
+        60, [[40, 240], [84, 180], [126, 180]], None, 180)
+    assert decided.keys() == lengths.keys() and decided[0] > 60 and len(calibration_steps) >= 13
+    first_plan = dataclasses.replace(plan, total_steps=60, replanned=False, replans=[], replan_at=40, replan_share=0)
 
     from semiclust.engine import signals
 
     real = signals.StopRequest.requested
-    for stop_at in (12, 50):
+    for stop_at in (12, 60, 100):
         calls = {"n": 0}
 
         def stop_here(self, stop_at=stop_at):
@@ -226,24 +230,29 @@ def test_a_budgeted_run_resumes_bit_identically(tmp_path, monkeypatch, restore_t
 
         monkeypatch.setattr(signals.StopRequest, "requested", property(stop_here))
         monkeypatch.setattr(budget_module, "calibrate", lambda run, *a, **k: first_plan)  # the same length, again
+        monkeypatch.setattr(budget_module, "planned_steps", fixed_lengths)
         split = tmp_path / f"split{stop_at}"
         with pytest.raises(SemiclustError, match=f"stopped by .* after step {stop_at}"):
             train(recipe, split)
         assert load_checkpoint(split / "checkpoints" / f"step_{stop_at:09d}.pt")["step"] == stop_at
         before = BudgetPlan.load(split / "budget.json")
-        assert (before.total_steps, before.replanned) == ((60, False) if stop_at < 40 else (80, True))
+        assert [at for at, _ in before.replans] == [at for at in (40, 84, 126) if at <= stop_at]
         monkeypatch.setattr(signals.StopRequest, "requested", real)
+        if stop_at == 12:  # the decisions are recorded past the checkpoint: taken as they are, never decided again
+            (split / "budget.json").write_text((tmp_path / "full" / "budget.json").read_text())
+            monkeypatch.setattr(budget_module, "planned_steps", lambda *a, **k: pytest.fail("recorded: not re-decided"))
         monkeypatch.setattr(budget_module, "calibrate", lambda *a, **k: pytest.fail("a resume must not calibrate again"))
         resumed = train(recipe, split, resume=True)
         a, b = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
-        assert a["step"] == b["step"] == 80 and resumed.steps == 80 - stop_at
+        assert a["step"] == b["step"] == 180 and resumed.steps == 180 - stop_at
         assert a["method"].keys() == b["method"].keys() and len(a["method"]) > 0
         for key, value in a["method"].items():
             assert torch.equal(value, b["method"][key]), key
         for key in ("optimizer", "augment_rng", "per_rank", "eval"):
             same(a[key], b[key], key)
-        after = BudgetPlan.load(split / "budget.json")  # stopped before the re-plan: made by the resume, else reused
-        assert (after.total_steps, after.replanned) == (80, True) and (stop_at < 40 or after == before)
+        after = BudgetPlan.load(split / "budget.json")  # the decisions not reached before the stop: made by the resume
+        assert after == plan or dataclasses.replace(after, step_s=plan.step_s, planned_end_s=plan.planned_end_s,
+                                                    started_s=plan.started_s) == plan
 
 
 def fake_run(total_steps: int, steps_per_epoch: int = 1000, every_epochs: int = 0):
@@ -277,17 +286,68 @@ def test_the_re_plan_fits_the_steps_to_the_runs_own_pace(monkeypatch, tmp_path):
         guard.step_done(done)
         assert guard.replan_due(done) == (done >= 40)
     files = type("Files", (), {"budget": tmp_path / "budget.json"})()
-    decided = guard.replan(run, files, 40)
-    assert not guard.replan_due(41)  # once
+    length, pace = guard.replan(run, files, 40)
+    assert not guard.replan_due(41)  # once here; the next point is 35% into the new length
     left = 100.0 - (clock["now"] - 1000.0) - budget_module.EXIT_S
-    assert decided.replanned and decided.first_total_steps == 480 and retargeted == [decided.total_steps]
-    assert decided.step_s == pytest.approx(0.1)
-    assert (decided.total_steps - 40) == int(left / (0.1 * (1 + budget_module.REPLAN_DRIFT)))
+    decided = guard.plan
+    assert decided.replanned and decided.first_total_steps == 480 and retargeted == [length] == [decided.total_steps]
+    assert pace == decided.step_s == pytest.approx(0.1)
+    assert (length - 40) == int(left / (0.1 * (1 + budget_module.REPLAN_DRIFT)))
+    assert decided.replans == [[40, length]] and decided.replan_at == round(0.35 * length)
     recorded = BudgetPlan.load(tmp_path / "budget.json")
-    assert recorded == decided and recorded.length_from(10) == 480 and recorded.length_from(40) == decided.total_steps
+    assert recorded == decided and recorded.length_from(10) == 480 and recorded.length_from(40) == length
 
 
-def test_the_re_plan_comes_6_percent_in_and_not_in_tiny_runs():
+def test_later_re_plans_follow_the_pace_since_the_previous_one(monkeypatch, tmp_path):
+    """The steps slow from 0.1 s to 0.12 s after the first re-plan and speed up again after the second: each re-plan
+    (6%, 35%, 70% in) fits the length to the pace since the previous one, and the run fills its budget; a re-plan
+    with too few timed steps keeps the length."""
+    clock = {"now": 1000.0}
+    fake_time = type("Clock", (), {"time": staticmethod(lambda: clock["now"]),
+                                   "perf_counter": staticmethod(lambda: clock["now"])})
+    monkeypatch.setattr(budget_module, "time", fake_time)
+    monkeypatch.setattr(budget_module, "retarget", lambda run, total: None)
+    run, files = fake_run(total_steps=900), type("Files", (), {"budget": tmp_path / "budget.json"})()
+    plan = BudgetPlan(100.0, 900, 0.1, 0.0, 0.0, 0, 0, 2.0, 100.0, replan_at=54, first_total_steps=900)
+    guard = budget_module.BudgetGuard(plan, 1000.0, 0)
+    clock["now"] = 1002.0
+    for done in range(1, 1000):
+        clock["now"] += 0.12 if 54 < done <= 333 else 0.1
+        guard.step_done(done)
+        if guard.replan_due(done):
+            run.numbers.total_steps, _ = guard.replan(run, files, done)
+        if done >= run.numbers.total_steps:
+            break
+    (first_at, first), (second_at, second), (third_at, third) = guard.plan.replans
+    assert (first_at, second_at, third_at) == (54, round(0.35 * first), round(0.70 * second)) == (54, 333, 563)
+    assert guard.plan.step_s == pytest.approx(0.1) and guard.plan.replan_at is None
+    slow_end = 2.0 + 54 * 0.1 + (333 - 54) * 0.12
+    assert second - 333 == int((100.0 - slow_end - budget_module.EXIT_S) / (0.12 * (1 + budget_module.REPLAN_DRIFT)))
+    fast_end = slow_end + (563 - 333) * 0.1
+    assert third - 563 == int((100.0 - fast_end - budget_module.EXIT_S) / (0.1 * (1 + budget_module.REPLAN_DRIFT)))
+    assert 98.0 <= fast_end + (third - 563) * 0.1 + budget_module.EXIT_S <= 100.0
+    run.numbers.total_steps = 900
+    untimed = budget_module.BudgetGuard(dataclasses.replace(plan, replans=[]), 1000.0, 50)  # resumed at 50, no step
+    assert untimed.replan_due(54) and untimed.replan(run, files, 54) == (900, None)
+    assert untimed.plan.replans == [[54, 900]] and untimed.plan.replan_at == round(0.35 * 900)
+
+
+def test_a_budget_json_of_one_re_plan_reads_as_its_record(tmp_path):
+    """budget.json written before later re-plans existed (`replan_at` + `replanned`) keeps its lengths on resume."""
+    old = {"budget_s": 300.0, "total_steps": 896, "step_s": 0.3, "eval_s": 0.8, "checkpoint_s": 0.01, "evaluations": 0,
+           "checkpoints": 0, "started_s": 9.0, "planned_end_s": 297.0, "replan_at": 42, "replanned": True,
+           "first_total_steps": 702}
+    (tmp_path / "budget.json").write_text(json.dumps(old))
+    plan = BudgetPlan.load(tmp_path / "budget.json")
+    assert (plan.replans, plan.replan_at, plan.length_from(41), plan.length_from(42)) == ([[42, 896]], None, 702, 896)
+    assert plan.upcoming(10) == [42] and plan.upcoming(42) == []
+
+
+def test_the_re_plans_come_6_35_and_70_percent_in_and_not_in_tiny_runs():
     assert budget_module.replan_step(0, 2000) == 120 and budget_module.replan_step(300, 2000) == 420
+    assert [budget_module.replan_step(0, 2000, after) for after in (120, 700, 1400)] == [700, 1400, None]
+    assert budget_module.replan_step(0, 2000, after=680) == 1400  # 35% in is too close after a decision at 680
+    assert budget_module.next_replan(0, 150, after=60, shares_from=1) == (105, 2)  # 35% of 150 is before 60 + 40
+    assert budget_module.replan_step(0, 900, after=563, shares_from=3) is None  # each share once: the run grew to 900
     assert budget_module.replan_step(0, 100) == 40  # at least 40 steps in
     assert budget_module.replan_step(0, 41) is None  # 40 steps in would leave no step to re-plan
