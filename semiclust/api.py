@@ -41,7 +41,7 @@ from semiclust.predict import Prediction, collect_images, predict_files
 from semiclust.recipe_init import InitResult, init_recipe as write_new_recipe
 from semiclust.recipe import apply_overrides, load_recipe as read_recipe, resolve
 from semiclust.recipes_dir import RECIPES
-from semiclust.report import checkpoint_report
+from semiclust.report import check_knn_memory, checkpoint_report
 from semiclust.schema import Recipe
 from semiclust.storage.atomic import WriteFailed, check_writable
 from semiclust.validation import validate, with_legacy_batches
@@ -90,15 +90,18 @@ class Evaluation:
     recipe: Recipe
     confusion_png: Path | None
     knn_skipped: str | None
+    knn_source: str = "labeled"  # the kNN memory: the labeled subset, or "all" labeled training images
     write_error: WriteFailed | None = None  # the PNG could not be written (the report itself is complete)
 
 
 def evaluate(checkpoint: Path | str, overrides: Sequence[str] = (), device: str = "auto", knn: int = 20,
              knn_temperature: float = 0.07, confusion: Path | str | None = None,
-             write_confusion: bool = True) -> Evaluation:
+             write_confusion: bool = True, knn_memory: str = "labeled") -> Evaluation:
     """Evaluate a checkpoint (or a run directory's final one) on its recipe's evaluation split; overrides
     change the checkpoint's recipe first (e.g. data.options.root=/new/place). Writes the confusion PNG
-    to `confusion` (default: beside the checkpoint) unless `write_confusion` is false."""
+    to `confusion` (default: beside the checkpoint) unless `write_confusion` is false. The kNN memory is the labeled
+    subset, or with `knn_memory="all"` every labeled training image (a diagnostic of the features, not a result)."""
+    check_knn_memory(knn_memory)
     evaluated = checkpoint_file(checkpoint)
     png = (Path(confusion) if confusion else evaluated.with_name(f"{evaluated.stem}_confusion.png")) if write_confusion else None
     if png is not None:
@@ -108,8 +111,8 @@ def evaluate(checkpoint: Path | str, overrides: Sequence[str] = (), device: str 
     saved = with_legacy_batches(state["recipe"])
     raw = apply_overrides(json.loads(json.dumps(saved)), list(overrides)) if overrides else saved
     recipe = validate(raw, "the checkpoint's recipe with --set overrides" if overrides else "the checkpoint's recipe")
-    report, skipped = checkpoint_report(state, recipe, resolve_device(device), knn, knn_temperature)
-    evaluation = Evaluation(report, Path(checkpoint), state["step"], recipe, png, skipped)
+    report, skipped = checkpoint_report(state, recipe, resolve_device(device), knn, knn_temperature, knn_memory)
+    evaluation = Evaluation(report, Path(checkpoint), state["step"], recipe, png, skipped, knn_memory)
     if png is not None:
         try:
             plot_confusion(report.confusion, report.classes, png, f"{recipe.name}, step {state['step']}: top-1 "

@@ -76,13 +76,17 @@ def evaluate_checkpoint(
     no_confusion: bool = typer.Option(False, "--no-confusion", help="Do not write the confusion-matrix PNG."),
     knn: int = typer.Option(20, "--knn-k", help="Neighbours of the kNN diagnostic (0 = skip it)."),
     knn_temperature: float = typer.Option(0.07, "--knn-temperature", help="Temperature of the kNN vote weights."),
+    knn_memory: str = typer.Option("labeled", "--knn-memory", help="The kNN's memory: 'labeled' (the run's labeled "
+                                   "subset) or 'all' (every labeled training image: do the features separate the "
+                                   "classes, whatever the labels made of them?)."),
 ) -> None:
     """Top-1/top-5 of the prototype classifier (the teacher for Daino), per-class accuracy, a confusion matrix
-    PNG and a weighted kNN on backbone features (labeled subset as memory), on the recipe's evaluation split."""
+    PNG and a weighted kNN on backbone features (labeled subset as memory, or all labeled training images), on the
+    recipe's evaluation split."""
     from semiclust import api, render
 
     evaluation = api.evaluate(checkpoint, overrides or [], device, knn, knn_temperature, confusion,
-                              write_confusion=not no_confusion)
+                              write_confusion=not no_confusion, knn_memory=knn_memory)
     if as_json:
         print(render.evaluation_json(evaluation))
     else:

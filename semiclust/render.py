@@ -103,7 +103,8 @@ def best_line(summary: TrainSummary) -> str:
 def evaluation_json(evaluation: Evaluation) -> str:
     report = evaluation.report
     return json.dumps({**report.as_dict(include_confusion=len(report.classes) <= MAX_JSON_CONFUSION),
-                       "checkpoint": str(evaluation.checkpoint), "step": evaluation.step,
+                       "knn_source": evaluation.knn_source, "checkpoint": str(evaluation.checkpoint),
+                       "step": evaluation.step,
                        "confusion_png": str(evaluation.confusion_png) if evaluation.confusion_png else None})
 
 
@@ -126,7 +127,8 @@ def show_evaluation(console: Console, evaluation: Evaluation, knn: int) -> None:
     table = Table(title=f"{recipe.name} ({recipe.method.name}), step {evaluation.step}")
     for column in ("split", "images", "top-1 %", "top-5 %", "matching", "kNN top-1 %"):
         table.add_column(column)
-    knn_cell = f"{report.knn_top1:.2f} (k {knn}, {report.knn_memory} labeled)" if report.knn_top1 is not None else "-"
+    memory = "labeled" if evaluation.knn_source == "labeled" else "training images, all labels"
+    knn_cell = f"{report.knn_top1:.2f} (k {knn}, {report.knn_memory} {memory})" if report.knn_top1 is not None else "-"
     table.add_row(r.split, str(r.n) + (f" ({r.unreadable} unreadable)" if r.unreadable else ""), f"{r.top1:.2f}",
                   f"{r.top5:.2f}", r.matching, knn_cell)
     console.print(table)

@@ -1,6 +1,7 @@
 """The report of `semiclust eval` for a checkpoint: its classifier rebuilt, the recipe's evaluation split
 loaded again, top-1/top-5, per class, the confusion matrix, and the kNN diagnostic whose memory is the
-labeled subset the checkpoint trained with."""
+labeled subset the checkpoint trained with, or every labeled training image (`knn_memory="all"`: how well the
+features separate the classes, beside what the labeled subset makes of them)."""
 from __future__ import annotations
 
 import torch
@@ -25,6 +26,28 @@ def labeled_memory(dataset: Dataset, state: dict) -> tuple[Split | None, str | N
     return split_rows(dataset.train, indices), None
 
 
+KNN_MEMORIES = ("labeled", "all")
+
+
+def check_knn_memory(memory: str) -> None:
+    """Refuse an unknown kNN memory before anything is loaded."""
+    if memory not in KNN_MEMORIES:
+        raise SemiclustError(f"--knn-memory must be 'labeled' (the run's labeled subset) or 'all' (every labeled "
+                             f"training image), not {memory!r}.")
+
+
+def knn_memory_split(dataset: Dataset, state: dict, memory: str) -> tuple[Split | None, str | None]:
+    """The kNN diagnostic's memory: the labeled subset ("labeled"), or every training image with a label ("all"),
+    or (None, why not)."""
+    check_knn_memory(memory)
+    if memory == "labeled":
+        return labeled_memory(dataset, state)
+    rows = torch.nonzero(dataset.train.labels >= 0).flatten()
+    if not len(rows):
+        return None, "no training image has a label (--knn-memory all needs them)"
+    return split_rows(dataset.train, rows), None
+
+
 def evaluation_data(recipe: Recipe, state: dict) -> Dataset:
     """The recipe's dataset, refused when it has no evaluation split or other classes than the checkpoint."""
     dataset = build_dataset(recipe.data.dataset, recipe.data.options)
@@ -38,7 +61,7 @@ def evaluation_data(recipe: Recipe, state: dict) -> Dataset:
 
 
 def checkpoint_report(state: dict, recipe: Recipe, device: torch.device, knn: int = 20,
-                      knn_temperature: float = 0.07) -> tuple[EvalReport, str | None]:
+                      knn_temperature: float = 0.07, knn_memory: str = "labeled") -> tuple[EvalReport, str | None]:
     """The evaluation report of a checkpoint on `recipe`'s data (the checkpoint's recipe, or it with
     overrides such as a moved dataset), and why the kNN diagnostic was skipped, if it was."""
     network, _ = classifier_network(state)
@@ -46,7 +69,7 @@ def checkpoint_report(state: dict, recipe: Recipe, device: torch.device, knn: in
     dataset = evaluation_data(recipe, state)
     mean, std, batch = tuple(state["mean"]), tuple(state["std"]), recipe.eval.batch_size
     views = EvalViews(dataset.test, recipe.data.eval, mean, std, batch, device, recipe.data.loader)
-    memory, skipped = (None, "--knn-k 0") if knn <= 0 else labeled_memory(dataset, state)
+    memory, skipped = (None, "--knn-k 0") if knn <= 0 else knn_memory_split(dataset, state, knn_memory)
     memory_views = None if memory is None else EvalViews(memory, recipe.data.eval, mean, std, batch, device,
                                                          recipe.data.loader)
     report = evaluation_report(network, views, dataset.test_split_name, list(state["classes"]),

@@ -94,6 +94,38 @@ def test_eval_reports_per_class_confusion_png_and_knn(trained_run, tmp_path, cap
     assert code == 0 and "per-class accuracy" in out and "kNN" in out
 
 
+def test_eval_knn_memory_all_votes_with_every_labeled_training_image(trained_run, capsys):
+    """`--knn-memory all`: the memory is all 96 training images with their labels (not the 8 labeled), and the
+    figure is the weighted kNN of the checkpoint's own features computed here; a bad value is named."""
+    from semiclust.data.eval_views import EvalViews
+    from semiclust.engine.checkpoint import classifier_network, load_checkpoint
+    from semiclust.evaluate import features_and_scores, topk_accuracy
+    from semiclust.validation import validate, with_legacy_batches
+
+    checkpoint = str(trained_run.checkpoint)
+    code, out, _ = run(capsys, "eval", "-c", checkpoint, "--json", "--no-confusion", "--knn-memory", "all",
+                       "--knn-k", "5")
+    report = json.loads(out)
+    assert code == 0 and report["knn_memory"] == 96 and report["knn_source"] == "all"
+    state = load_checkpoint(trained_run.checkpoint)
+    network, _ = classifier_network(state)
+    dataset = build_dataset("synthetic", {"num_classes": 4, "size": 16, "channels": 3, "train_per_class": 24,
+                                          "test_per_class": 8})
+    recipe = validate(with_legacy_batches(state["recipe"]))
+
+    def features(split):
+        views = EvalViews(split, recipe.data.eval, tuple(state["mean"]), tuple(state["std"]), 64,
+                          torch.device("cpu"), recipe.data.loader)
+        return features_and_scores(network, views)
+
+    memory, _, memory_labels = features(dataset.train)
+    queries, _, labels = features(dataset.test)
+    expected = topk_accuracy(knn_scores(memory, memory_labels, queries, 4, k=5), labels, 1)
+    assert report["knn_top1"] == pytest.approx(expected)
+    code, out, err = run(capsys, "eval", "-c", checkpoint, "--no-confusion", "--knn-memory", "every")
+    assert code != 0 and "--knn-memory must be 'labeled'" in " ".join((out + err).split())
+
+
 def test_top_k_accuracy_is_exact_for_round_fractions():
     from semiclust.evaluate import topk_accuracy
 
