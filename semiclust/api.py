@@ -66,10 +66,13 @@ def train(recipe: RecipeLike, out: Path | str | None = None, overrides: Sequence
     `started` (time.time(); the CLI gives its process's start; default: this call)."""
     resolved = load_recipe(recipe, overrides)
     try:
-        return run_training(resolved, Path(out or Path("runs") / resolved.name), console, resume=resume,
-                            overwrite=overwrite, resume_hint=resume_hint, started=started)
-    finally:
-        dist.shutdown()
+        summary = run_training(resolved, Path(out or Path("runs") / resolved.name), console, resume=resume,
+                               overwrite=overwrite, resume_hint=resume_hint, started=started)
+    except BaseException:
+        dist.shutdown(together=False)  # the others may be stopping too, or still in a step: do not wait for them
+        raise
+    dist.shutdown()
+    return summary
 
 
 def dry_run(recipe: RecipeLike, processes: int = 1, overrides: Sequence[str] = ()) -> DryRun:

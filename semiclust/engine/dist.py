@@ -5,6 +5,7 @@ GPUs, gloo on CPU). Everything else here works unchanged at world size 1.
 """
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -46,9 +47,19 @@ def init_from_env(use_cuda: bool) -> None:
     dist.init_process_group("nccl" if use_cuda else "gloo")
 
 
-def shutdown() -> None:
+def shutdown(together: bool = True) -> None:
+    """Leave the process group. `together` (a run that ended well on every process): wait for the others first,
+    so that none closes its connections while another still uses them. The group is then destroyed and its objects
+    freed now, while the interpreter is whole: a gloo group freed during interpreter exit can abort the process
+    ("terminate called without an active exception"), which torchrun reports as a failed run."""
     if is_distributed():
+        if together:
+            try:
+                dist.barrier()
+            except RuntimeError:  # another process left first (its own error stopped it): nobody to wait for
+                pass
         dist.destroy_process_group()
+        gc.collect()
 
 
 def _all_reduce(tensor: torch.Tensor, op) -> torch.Tensor:
