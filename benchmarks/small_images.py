@@ -147,9 +147,10 @@ def run_usb(seed: int, budget: str, out: Path) -> dict | str:
         return f"USB exited {done.returncode}: {done.stderr[-500:]}"
     runs = [p for p in (PEER / "runs" / name, Path.home() / ".cache" / "peers-usb" / "runs" / name) if p.exists()]
     lines = [json.loads(line) for line in (runs[0] / "curve.jsonl").read_text().splitlines()]
-    curve = [(r["t_s"], r["raw_top1"]) for r in lines]
-    return {"final": curve[-1][1], "best": max(t for _, t in curve), "wall_s": wall, "img_s": None,
-            "steps": lines[-1].get("step"), "curve": curve}
+    curve = [(r["t_s"], 100.0 * r["raw_top1"]) for r in lines]  # USB records fractions; the table is in percent
+    summary = json.loads((runs[0] / "summary.json").read_text()) if (runs[0] / "summary.json").exists() else {}
+    return {"final": curve[-1][1], "best": max(t for _, t in curve), "wall_s": wall,
+            "img_s": summary.get("train_images_per_s"), "steps": lines[-1].get("step"), "curve": curve}
 
 
 def recorded(results: Path) -> list[dict]:
