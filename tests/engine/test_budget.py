@@ -133,10 +133,17 @@ def test_planned_steps_count_step_and_minute_checkpoints():
     assert total(steps) <= 580.0 < total(steps + 1)
 
 
+def fake_clock(monkeypatch) -> dict:
+    """budget.py's time.time and time.perf_counter both read clock["now"] (from 1000 s), which the test moves."""
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(budget_module, "time", type("Clock", (), {"time": staticmethod(lambda: clock["now"]),
+                                                                  "perf_counter": staticmethod(lambda: clock["now"])}))
+    return clock
+
+
 def test_the_guard_ends_a_run_whose_steps_slow_down_with_time_for_the_final_work(monkeypatch):
     """Steps 5x slower than planned: the guard stops with time left for the final work; at pace it never stops."""
-    clock = {"now": 1000.0}
-    monkeypatch.setattr(budget_module, "time", type("Clock", (), {"time": staticmethod(lambda: clock["now"])}))
+    clock = fake_clock(monkeypatch)
     plan = BudgetPlan(100.0, 1000, 0.1, 1.0, 1.0, 0, 0, 0.0, 98.0)
     guard = budget_module.BudgetGuard(plan, 1000.0, 0)
     assert guard.every == 20 and not guard.due(19) and guard.due(20)
@@ -269,10 +276,7 @@ def test_the_re_plan_fits_the_steps_to_the_runs_own_pace(monkeypatch, tmp_path):
     """The calibration measured 0.2 s a step, the run takes 0.1 (and 1 s for three early steps): after `replan_at` the
     length is decided again from the run's own pace, the median step, and fills the budget (within REPLAN_DRIFT);
     budget.json records both lengths."""
-    clock = {"now": 1000.0}
-    fake_time = type("Clock", (), {"time": staticmethod(lambda: clock["now"]),
-                                   "perf_counter": staticmethod(lambda: clock["now"])})
-    monkeypatch.setattr(budget_module, "time", fake_time)
+    clock = fake_clock(monkeypatch)
     retargeted = []
     monkeypatch.setattr(budget_module, "retarget", lambda run, total: retargeted.append(total))
     run = fake_run(total_steps=480)
@@ -302,10 +306,7 @@ def test_later_re_plans_follow_the_pace_since_the_previous_one(monkeypatch, tmp_
     """The steps slow from 0.1 s to 0.12 s after the first re-plan and speed up again after the second: each re-plan
     (6%, 35%, 70% in) fits the length to the pace since the previous one, and the run fills its budget; a re-plan
     with too few timed steps keeps the length."""
-    clock = {"now": 1000.0}
-    fake_time = type("Clock", (), {"time": staticmethod(lambda: clock["now"]),
-                                   "perf_counter": staticmethod(lambda: clock["now"])})
-    monkeypatch.setattr(budget_module, "time", fake_time)
+    clock = fake_clock(monkeypatch)
     monkeypatch.setattr(budget_module, "retarget", lambda run, total: None)
     run, files = fake_run(total_steps=900), type("Files", (), {"budget": tmp_path / "budget.json"})()
     plan = BudgetPlan(100.0, 900, 0.1, 0.0, 0.0, 0, 0, 2.0, 100.0, replan_at=54, first_total_steps=900)
