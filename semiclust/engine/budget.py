@@ -73,11 +73,15 @@ class BudgetPlan:
     started_s: float  # seconds after the process started at which the steps began
     planned_end_s: float
     replan_at: int | None = None  # the step after which the length is decided next (None: no more)
-    replanned: bool = False  # whether it was decided again at least once; total_steps is the latest decision
     first_total_steps: int | None = None  # the calibration's decision, the length before the first re-plan
     replans: list = dataclasses.field(default_factory=list)  # [step, length] of each re-plan, in order
     start_step: int = 0  # the step the calibration counted from (a resume with a new budget starts later)
     replan_share: int = 0  # the index in REPLAN_SHARES of `replan_at` (each share is used once)
+
+    @property
+    def replanned(self) -> bool:
+        """Whether the length was decided again at least once (total_steps is then the latest decision)."""
+        return bool(self.replans)
 
     def length_from(self, step: int) -> int:
         """The length in force for a run at `step` (a checkpoint after it): the calibration's, then each re-plan's
@@ -99,7 +103,7 @@ class BudgetPlan:
     @classmethod
     def load(cls, path: Path) -> "BudgetPlan":
         fields = json.loads(path.read_text())
-        if fields.get("replanned") and "replans" not in fields and fields.get("replan_at") is not None:
+        if fields.pop("replanned", False) and "replans" not in fields and fields.get("replan_at") is not None:
             fields["replans"], fields["replan_at"] = [[fields["replan_at"], fields["total_steps"]]], None  # one re-plan
         return cls(**fields)
 
@@ -216,7 +220,7 @@ def calibrate(run: Run, files: RunFiles, budget_s: float, started: float, start_
     steps, evaluations, checkpoints = planned_steps(budget_s, now_s, step_s, eval_s, checkpoint_s, run)
     plan = BudgetPlan(budget_s, start_step + steps, step_s, eval_s, checkpoint_s, evaluations, checkpoints, now_s,
                       planned_end(now_s, steps, step_s, evaluations, eval_s, checkpoints, checkpoint_s),
-                      replan_step(start_step, steps), False, start_step + steps, start_step=start_step)
+                      replan_step(start_step, steps), start_step + steps, start_step=start_step)
     plan = dist.broadcast_object(plan)
     if plan.total_steps <= start_step:
         raise SemiclustError(
@@ -268,7 +272,7 @@ def replanned(plan: BudgetPlan, run: Run, done: int, pace_s: float | None, start
                                       planned_end_s=end_s)
     replans = [*plan.replans, [done, length]]
     following, share = next_replan(plan.start_step, length - plan.start_step, done, plan.replan_share + 1)
-    decided = dataclasses.replace(decided, total_steps=length, replanned=True, replans=replans, replan_at=following,
+    decided = dataclasses.replace(decided, total_steps=length, replans=replans, replan_at=following,
                                   replan_share=share)
     return dist.broadcast_object(decided)
 

@@ -223,7 +223,7 @@ def test_a_budgeted_run_resumes_bit_identically(tmp_path, monkeypatch, restore_t
     assert (plan.first_total_steps, plan.replans, plan.replan_at, plan.total_steps) == (
         60, [[40, 240], [84, 180], [126, 180]], None, 180)
     assert decided.keys() == lengths.keys() and decided[0] > 60 and len(calibration_steps) >= 13
-    first_plan = dataclasses.replace(plan, total_steps=60, replanned=False, replans=[], replan_at=40, replan_share=0)
+    first_plan = dataclasses.replace(plan, total_steps=60, replans=[], replan_at=40, replan_share=0)
 
     from semiclust.engine import signals
 
