@@ -164,7 +164,7 @@ def print_table(rows: list[dict]) -> None:
     table = Table(title="Fashion-MNIST, 10 labels per class, 10,000 test images: FINAL test top-1 (mean / min over "
                         "seeds); 'best seen' is the highest test top-1 during training (chosen by the test split)")
     for column in ("entry", "budget", "seeds", "final mean", "final min", "best seen (test)", "wall s", "img/s"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("entry", "budget", "seeds"))
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["entry"], row["budget"]), []).append(row)
@@ -175,7 +175,7 @@ def print_table(rows: list[dict]) -> None:
                       f"{min(finals):.2f}", f"{statistics.mean(r['best'] for r in runs):.2f}",
                       f"{statistics.mean(r['wall_s'] for r in runs):.0f}",
                       f"{statistics.mean(speeds):.0f}" if speeds else "-")
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 132).print(table)  # a log file gets whole entry names
 
 
 def draw(rows: list[dict], png: Path) -> None:

@@ -207,11 +207,16 @@ def replan(guard: BudgetGuard, run: Run, files: RunFiles, done: int, policy: Pol
     length, pace = guard.replan(run, files, done)
     policy.numbers = run.numbers
     reporter.retarget(run.numbers)
-    if length != before:
-        how = f"from the run's own pace ({guard.plan.step_s:.3f}s a step)" if pace is not None else \
-            "as budget.json recorded it"
-        reporter.message(f"budget {run.recipe.schedule.budget}: re-planned at step {done} {how}: {length} steps "
-                         f"instead of {before} (budget.json)")
+    reporter.warn(replan_note(run.recipe.schedule.budget, done, before, length, pace))
+
+
+def replan_note(budget: str, done: int, before: int, length: int, pace: float | None) -> str:
+    """The line each re-plan prints (whatever runtime.progress says, like the calibration's): the run's length
+    changes under the user's eyes, so every decision is shown, the ones that keep the length too."""
+    how = f"from the run's own pace ({pace:.3f}s a step)" if pace is not None else \
+        "as budget.json recorded it or with too few timed steps to measure a pace"
+    change = f"{length} steps instead of {before}" if length != before else f"keeps its {length} steps"
+    return f"budget {budget}: re-planned at step {done} {how}: {change} (budget.json)"
 
 
 def stop_agreed(run: Run, done: int, stop: StopRequest) -> bool:

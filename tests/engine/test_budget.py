@@ -166,7 +166,8 @@ def test_the_guard_ends_a_run_whose_steps_slow_down_with_time_for_the_final_work
 
 @pytest.mark.slow
 def test_a_budgeted_command_ends_inside_its_budget(tmp_path):
-    """A `semiclust train --budget 20s` process ends inside its budget, by its own record and the clock around it."""
+    """A `semiclust train --budget 20s` process ends inside its budget, by its own record and the clock around it, and
+    prints each re-plan."""
     recipe = tmp_path / "small.yaml"
     raw = copy.deepcopy(TINY_RECIPE)
     raw["data"]["options"].update({"size": 16, "train_per_class": 100})
@@ -190,6 +191,8 @@ def test_a_budgeted_command_ends_inside_its_budget(tmp_path):
     # its recorded start, the interpreter's exit after the last message; EXIT_S inside the budget is for those)
     assert took <= 1.03 * plan.budget_s, (took, plan)
     assert plan.planned_end_s >= 0.85 * plan.budget_s and plan.planned_end_s <= plan.budget_s, plan
+    # every decision is shown, with runtime.progress none too (the length changes under the user's eyes)
+    assert plan.replans and all(f"re-planned at step {at} " in done.stdout for at, _ in plan.replans), done.stdout
     final = load_checkpoint(tmp_path / "run" / "checkpoints" / "final.pt")["step"]
     cut = "to stay inside its budget" in done.stdout + done.stderr
     assert final == plan.total_steps or (cut and 0 < final < plan.total_steps), (final, plan, done.stdout[-1000:])
