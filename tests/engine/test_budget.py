@@ -336,6 +336,16 @@ def test_later_re_plans_follow_the_pace_since_the_previous_one(monkeypatch, tmp_
     assert untimed.plan.replans == [[54, 900]] and untimed.plan.replan_at == round(0.35 * 900)
 
 
+def test_each_re_plan_says_what_it_decided_and_from_what():
+    """The line of a re-plan: the new length or the kept one, and the pace it came from or why there was none."""
+    from semiclust.engine.trainer import replan_note
+
+    assert replan_note("5m", 49, 813, 855, 0.3456) == (
+        "budget 5m: re-planned at step 49 from the run's own pace (0.346s a step): 855 steps instead of 813 (budget.json)")
+    assert replan_note("30m", 1675, 4787, 4787, 0.301).endswith("(0.301s a step): keeps its 4787 steps (budget.json)")
+    assert "at step 54 as budget.json recorded it or with too few timed steps" in replan_note("1m", 54, 900, 900, None)
+
+
 def test_a_budget_json_of_one_re_plan_reads_as_its_record(tmp_path):
     """budget.json written before later re-plans existed (`replan_at` + `replanned`) keeps its lengths on resume."""
     old = {"budget_s": 300.0, "total_steps": 896, "step_s": 0.3, "eval_s": 0.8, "checkpoint_s": 0.01, "evaluations": 0,
