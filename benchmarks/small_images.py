@@ -89,7 +89,7 @@ def eval_curve(run: Path) -> tuple[list[tuple[float, float]], float | None]:
 def run_semiclust(entry: str, seed: int, budget: str, out: Path, sets: list[str], folder: Path) -> dict:
     recipe, extra = RECIPE_OF[entry]
     if entry.endswith("_folder"):
-        extra = extra + [f"data.options={{root: {write_folder(folder)}}}"]
+        extra = extra + [f"data.options={{root: {write_folder(folder)}, channels: 1}}"]  # as recipe init writes it
     args = [sys.executable, "-m", "semiclust", "train", recipe, "--out", str(out), "--overwrite", "--budget", budget,
             "--set", f"seed={seed}", "--set", "runtime.progress=none"]
     for item in extra + sets:

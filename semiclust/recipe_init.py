@@ -9,6 +9,7 @@ Fashion-MNIST (docs/method.md, "Small real images: levers measured so far").
 """
 from __future__ import annotations
 
+import inspect
 import math
 import statistics
 import tempfile
@@ -20,12 +21,13 @@ import torch
 import yaml
 
 from semiclust.data.datasets import Dataset, FileSplit, build_dataset
-from semiclust.data.decode import UnreadableImage, image_size, is_image_file
+from semiclust.data.decode import UnreadableImage, decode_rgb, image_size, is_image_file
 from semiclust.engine.run_dir import RunFiles
 from semiclust.engine.setup import build_run
 from semiclust.engine.step import train_step
 from semiclust.errors import SemiclustError
 from semiclust.recipe import resolve
+from semiclust.registry import DATASETS
 from semiclust.schema import Recipe, duration_seconds
 
 # Measured on Fashion-MNIST, 10 labels per class, 5 minutes on 2 cores (docs/method.md, "Small real images"):
@@ -36,6 +38,7 @@ CONVS_PER_STAGE = 3
 MIN_EPOCHS = 20  # a wider candidate is taken only while it still allows this many passes over the unlabeled set
 FIRST_WIDTHS = (16, 24, 32, 48, 64)  # the first stage's width of each candidate; each stage doubles it
 SAMPLE = 256  # image headers read to learn the sizes
+GREY_SAMPLE = 64  # images decoded to learn whether the folder is grey
 
 
 @dataclass
@@ -107,6 +110,25 @@ def typical_size(dataset: Dataset) -> int:
         raise SemiclustError(f"none of the {len(split)} training images of '{split.root}' could be read; run "
                              "`semiclust data check` on a recipe for it to see why.")
     return int(statistics.median(sides))
+
+
+def grey_images(dataset: Dataset) -> int:
+    """How many of an even sample of the training files were decoded, if every one is grey (R = G = B); 0 when
+    one is in colour, none could be read, or the data are not files. A grey folder trains a 1-channel network
+    (`data.options.channels: 1`): the same pixels, a third of the memory and of the first layer's work."""
+    split = dataset.train
+    if not isinstance(split, FileSplit) or split.channels == 1 or not len(split):
+        return 0
+    seen = 0
+    for index in range(0, len(split), max(1, len(split) // GREY_SAMPLE)):
+        try:
+            image = decode_rgb(split.path(index))
+        except UnreadableImage:
+            continue
+        if not (torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])):
+            return 0
+        seen += 1
+    return seen
 
 
 def crop_sizes(side: int) -> tuple[int, int, int]:
@@ -215,6 +237,10 @@ def init_recipe(data: Path | None, budget: str, labels: Path | None = None, eval
     if dataset.problems:
         raise SemiclustError(f"the data in '{data}' have {len(dataset.problems)} problem(s), e.g. {dataset.problems[0]}; "
                              "fix them first (`semiclust data check` on the written recipe lists them all).")
+    grey = grey_images(dataset) if "channels" in inspect.signature(DATASETS.get(dataset_name)).parameters else 0
+    if grey:
+        options = {**options, "channels": 1}
+        dataset = build_dataset(dataset_name, options)
     spec, labeled = labels_spec(dataset, per_class, fraction)
     side = typical_size(dataset)
     sizes = crop_sizes(side)
@@ -236,6 +262,8 @@ def init_recipe(data: Path | None, budget: str, labels: Path | None = None, eval
         Choice("data", f"{dataset_name} {options}", f"{len(dataset.train):,} training images, {dataset.num_classes} "
                f"classes, {labeled:,} labeled"),
         Choice("crops", f"{sizes[0]} and {sizes[1]} px", f"the images' median short side is {side} px"),
+        *([Choice("data.options.channels", 1, f"the {grey} training images sampled are all grey: a 1-channel "
+                  "network on their luma")] if grey else []),
         Choice("model.backbone", raw["model"]["backbone"], f"the widest of {[m.width for m in measured]} whose steps "
                f"give {MIN_EPOCHS}+ epochs in {budget} here: " + ", ".join(
                    f"width {m.width}: {m.step_s:.3f}s a step, {m.epochs:.1f} epochs" for m in measured)),

@@ -17,8 +17,9 @@ from semiclust import api
 from semiclust.cli import app
 from tests.test_cli import run as cli
 from semiclust.recipe import load_recipe
-from semiclust.recipe_init import crop_sizes
-from tests.data.files import image_tree, save, stripes
+from semiclust.data.datasets import build_dataset
+from semiclust.recipe_init import crop_sizes, grey_images
+from tests.data.files import grey_tree, image_tree, save, stripes
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +92,7 @@ def test_an_imagefolder_of_16_px_images_gets_a_valid_16_px_recipe(capsys, small_
     out = tmp_path / "small.yaml"
     recipe, text, stdout = written(capsys, out, "--data", str(small_folder), "--budget", "1m")
     assert recipe.data.dataset == "imagefolder" and recipe.data.options["root"] == str(small_folder)
-    assert recipe.data.options["eval_dir"] == "val"
+    assert recipe.data.options["eval_dir"] == "val" and "channels" not in recipe.data.options  # colour: RGB
     assert recipe.schedule.budget == "1m" and recipe.schedule.budget_seconds == 60 and recipe.schedule.epochs is None
     assert [c.size for c in recipe.data.unlabeled.crops] == [16, 8]
     assert recipe.data.labeled.size == recipe.data.eval.size == 16
@@ -101,6 +102,21 @@ def test_an_imagefolder_of_16_px_images_gets_a_valid_16_px_recipe(capsys, small_
     code, shown, err = cli(capsys, "recipe", "show", str(out))
     assert code == 0, err
     assert yaml.safe_load(shown)["schedule"]["budget"] == "1m"
+
+
+def test_a_folder_of_grey_images_gets_a_one_channel_recipe(capsys, tmp_path):
+    """Grey PNGs get `channels: 1` (a 1-channel network, said in the output); one colour image among them, or a
+    colour folder, keeps RGB."""
+    grey_tree(tmp_path / "grey" / "train", ["ant", "bee", "cat"], per_class=6, size=16)
+    grey_tree(tmp_path / "grey" / "val", ["ant", "bee", "cat"], per_class=2, size=16, start_seed=70)
+    recipe, text, stdout = written(capsys, tmp_path / "grey.yaml", "--data", str(tmp_path / "grey"), "--budget", "1m")
+    assert recipe.data.options["channels"] == 1 and "channels: 1" in text
+    assert "data.options.channels: the 18 training images sampled are all grey" in stdout
+    assert build_dataset(recipe.data.dataset, recipe.data.options).channels == 1
+    save(tmp_path / "grey" / "train" / "bee" / "bee_colour.png", stripes(1, 3, size=16))
+    assert grey_images(build_dataset("imagefolder", {"root": str(tmp_path / "grey")})) == 0
+    image_tree(tmp_path / "colour" / "train", ["ant", "bee"], per_class=2, size=16)
+    assert grey_images(build_dataset("imagefolder", {"root": str(tmp_path / "colour"), "eval_dir": None})) == 0
 
 
 def test_a_folder_of_64_px_images_gets_larger_crops(large):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from semiclust.data.datasets import Dataset, FileSplit
-from semiclust.data.decode import UnreadableImage, decode_rgb, image_size
+from semiclust.data.decode import UnreadableImage, decode_pixels, image_size
 from semiclust.data.loader import make_loader
 from semiclust.schema import Data
 
@@ -15,7 +15,7 @@ CHUNK = 256
 
 
 class DecodeChunk(torch.utils.data.Dataset):
-    """Item c = chunk c of a split's images decoded: (first index, uint8 n x 3 x H x W), or (first index,
+    """Item c = chunk c of a split's images decoded: (first index, uint8 n x C x H x W), or (first index,
     the reason it cannot be cached: an unreadable file, another size)."""
 
     def __init__(self, split: FileSplit, size: tuple[int, int], max_pixels: int | None):
@@ -27,10 +27,10 @@ class DecodeChunk(torch.utils.data.Dataset):
     def __getitem__(self, c: int) -> tuple[int, torch.Tensor | str]:
         start = c * CHUNK
         indices = range(start, min(start + CHUNK, len(self.split)))
-        out = torch.empty((len(indices), 3, *self.size), dtype=torch.uint8)
+        out = torch.empty((len(indices), self.split.channels, *self.size), dtype=torch.uint8)
         for j, index in enumerate(indices):
             try:
-                image = decode_rgb(self.split.path(index), self.max_pixels)
+                image = decode_pixels(self.split.path(index), self.max_pixels, self.split.channels)
             except UnreadableImage as err:
                 return start, f"'{err.path}' is unreadable ({err.reason})"
             if tuple(image.shape[-2:]) != self.size:
@@ -48,10 +48,10 @@ def decode_split(split: FileSplit, spec: Data, budget_bytes: float) -> tuple[tor
         width, height = image_size(split.path(0))
     except UnreadableImage as err:
         return None, f"'{err.path}' is unreadable ({err.reason})"
-    needed = len(split) * 3 * width * height
+    needed = len(split) * split.channels * width * height
     if needed > budget_bytes:
         return None, f"{needed / 2**30:.1f} GiB decoded, more than data.cache_gb {spec.cache_gb:g}"
-    pixels = torch.empty((len(split), 3, height, width), dtype=torch.uint8).share_memory_()
+    pixels = torch.empty((len(split), split.channels, height, width), dtype=torch.uint8).share_memory_()
     items = DecodeChunk(split, (height, width), spec.max_image_pixels)
     for start, chunk in make_loader(items, range(len(items)), spec.loader, torch.device("cpu")):
         if isinstance(chunk, str):

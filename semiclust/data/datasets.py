@@ -74,28 +74,28 @@ class ImageSplit:
 @dataclass
 class FileSplit:
     """Image files (paths relative to `root`, in a fixed sorted order) and labels (-1 = none).
-    Decoded to RGB by the loader; images may differ in size. `pixels` holds them all decoded (uint8,
-    N x 3 x H x W, in shared memory) when they were cached (data/cache.py): training and evaluation then
-    crop them in batches like an in-memory split, and everything else still sees the files."""
+    Decoded by the loader to RGB, or to grey when `channels` is 1 (`data.options.channels`); images may differ
+    in size. `pixels` holds them all decoded (uint8, N x channels x H x W, in shared memory) when they were
+    cached (data/cache.py): training and evaluation then crop them in batches like an in-memory split, and
+    everything else still sees the files."""
 
     root: Path
     files: list[str]
     labels: torch.Tensor
     pixels: torch.Tensor | None = None
+    channels: int = 3
 
     def __post_init__(self) -> None:
         if self.labels.shape != (len(self.files),):
             raise ValueError("labels must have one entry per file")
+        if self.channels not in (1, 3):
+            raise ValueError("a file split decodes to 3 channels (RGB) or 1 (grey)")
 
     def __len__(self) -> int:
         return len(self.files)
 
     def path(self, index: int) -> Path:
         return self.root / self.files[index]
-
-    @property
-    def channels(self) -> int:
-        return 3
 
 
 Split = ImageSplit | FileSplit
@@ -105,7 +105,8 @@ def split_rows(split: Split, indices: torch.Tensor) -> Split:
     """The images at `indices` as a split of their own (e.g. the labeled subset, for a kNN memory)."""
     if isinstance(split, FileSplit):
         pixels = split.pixels[indices] if split.pixels is not None else None
-        return FileSplit(split.root, [split.files[i] for i in indices.tolist()], split.labels[indices], pixels)
+        return FileSplit(split.root, [split.files[i] for i in indices.tolist()], split.labels[indices], pixels,
+                         split.channels)
     return ImageSplit(split.images[torch.as_tensor(indices)], split.labels[indices])
 
 

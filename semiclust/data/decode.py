@@ -1,4 +1,4 @@
-"""Reading image files: decode to RGB uint8 tensors once, and say plainly why a file is unreadable."""
+"""Reading image files: decode to RGB (or grey) uint8 tensors once, and say plainly why a file is unreadable."""
 from __future__ import annotations
 
 import re
@@ -7,6 +7,8 @@ import warnings
 from pathlib import Path
 
 import torch
+
+from semiclust.data.transforms import LUMA
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec, which is not one of our
 # dependencies; the pinned codecs work, so the per-call warning is silenced rather than repeated.
@@ -49,6 +51,22 @@ def decode_rgb(path: Path | str, max_pixels: int | None = MAX_IMAGE_PIXELS) -> t
             raise
         except Exception as err:  # noqa: BLE001 - any decoder failure is a property of the file
             raise UnreadableImage(path, f"{type(err).__name__}: {_short_reason(err)}") from None
+
+
+def decode_pixels(path: Path | str, max_pixels: int | None = MAX_IMAGE_PIXELS, channels: int = 3) -> torch.Tensor:
+    """The image at `path` as a `channels` x H x W uint8 tensor: RGB (3) or its luma (1, for folders of grey
+    images: `data.options.channels`), converted here once so that every path that reads the file sees the same
+    pixels. Raises UnreadableImage like `decode_rgb`."""
+    image = decode_rgb(path, max_pixels)
+    return image if channels == 3 else grey_uint8(image)
+
+
+def grey_uint8(images: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma of uint8 RGB images (3 x H x W or N x 3 x H x W) with one channel, in integers rounded half
+    up, so that every device gives the same pixels; a grey image (R = G = B) keeps its values exactly."""
+    weights = torch.tensor([round(1000 * w) for w in LUMA], dtype=torch.int32, device=images.device).view(3, 1, 1)
+    return ((images.to(torch.int32) * weights).sum(-3, keepdim=True) + 500).div_(1000, rounding_mode="floor").to(
+        torch.uint8)
 
 
 def _decode(path: Path | str, max_pixels: int | None) -> torch.Tensor:

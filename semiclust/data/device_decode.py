@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from semiclust.data.decode import _CODEC_DEPRECATION, UnreadableImage, check_pixels
+from semiclust.data.decode import _CODEC_DEPRECATION, UnreadableImage, check_pixels, grey_uint8
 from semiclust.data.transforms import crop_boxes
 from semiclust.schema import CropGroup
 
@@ -96,12 +96,12 @@ def decode_all(files: list[torch.Tensor], device: torch.device) -> list[torch.Te
 def cut_windows(images: list[torch.Tensor], windows: list[list[Window]], flips: list[list[bool]],
                 size: int) -> torch.Tensor:
     """Every window of every image resampled to size x size and flipped where asked, in one roi_align call over
-    the images padded to one size: (sum of windows) x 3 x size x size uint8, image-major, on the images' device."""
+    the images padded to one size: (sum of windows) x C x size x size uint8, image-major, on the images' device."""
     from torchvision.ops import roi_align
 
     height = max(image.shape[-2] for image in images)
     width = max(image.shape[-1] for image in images)
-    batch = images[0].new_zeros((len(images), 3, height, width), dtype=torch.float32)
+    batch = images[0].new_zeros((len(images), images[0].shape[0], height, width), dtype=torch.float32)
     for i, image in enumerate(images):
         h, w = image.shape[-2:]
         batch[i, :, :h, :w] = image
@@ -129,6 +129,8 @@ def fill_on_device(crops: list[torch.Tensor], jobs: list[DeviceJob], groups: lis
         return crops
     device = crops[0].device
     decoded = decode_all([job.jpeg.data for job in jobs], device)
+    if crops[0].shape[1] == 1:  # a grey split (data.options.channels: 1): the CPU path's luma of the RGB decode
+        decoded = [grey_uint8(image) if image is not None else None for image in decoded]
     done = [(job, image) for job, image in zip(jobs, decoded) if image is not None]
     for job, image in zip(jobs, decoded):
         if image is None:

@@ -19,12 +19,23 @@ from semiclust.errors import SemiclustError, examples
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+GREY_MEAN, GREY_STD = (0.449,), (0.226,)  # ImageNet's, averaged over the three channels
 
 
-def _stats(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    mean, std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise SemiclustError("data.options mean and std need three values each (RGB), std > 0.")
+def _channels(channels: int) -> int:
+    if type(channels) is not int or channels not in (1, 3):
+        raise SemiclustError(f"data.options.channels is {channels!r}: image files decode to 3 channels (RGB, the "
+                             "default) or 1 (grey: set channels: 1 for a folder of grey images, e.g. X-rays or scans).")
+    return channels
+
+
+def _stats(mean, std, channels: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    grey = _channels(channels) == 1
+    mean = tuple(mean or (GREY_MEAN if grey else IMAGENET_MEAN))
+    std = tuple(std or (GREY_STD if grey else IMAGENET_STD))
+    if len(mean) != channels or len(std) != channels or min(std) <= 0:
+        what = "one value each (grey, channels: 1)" if grey else "three values each (RGB)"
+        raise SemiclustError(f"data.options mean and std need {what}, std > 0; they are {list(mean)} and {list(std)}.")
     return mean, std
 
 
@@ -51,7 +62,8 @@ def _require_dir(path: Path, what: str, fix: str) -> None:
         raise SemiclustError(f"{what} '{path}' is not a directory. {MOVED} Otherwise: {fix}")
 
 
-def scan_class_tree(root: Path, classes: list[str] | None = None) -> tuple[FileSplit, list[str], list[str]]:
+def scan_class_tree(root: Path, classes: list[str] | None = None,
+                    channels: int = 3) -> tuple[FileSplit, list[str], list[str]]:
     """`root/<class>/**/image`: a FileSplit labelled by folder, the class names (sorted folder names,
     or the given `classes`), and problems (empty classes, folders whose class is not in `classes`,
     images lying directly in `root` outside any class folder)."""
@@ -73,35 +85,37 @@ def scan_class_tree(root: Path, classes: list[str] | None = None) -> tuple[FileS
             problems.append(f"class '{folder}' has no images in '{root / folder}' (an empty class)")
         files.extend(f"{folder}/{m}" for m in members)
         labels.extend([index[folder]] * len(members))
-    return FileSplit(root, files, torch.tensor(labels, dtype=torch.long)), names, problems
+    return FileSplit(root, files, torch.tensor(labels, dtype=torch.long), channels=channels), names, problems
 
 
-def _folder_dataset(name: str, train_root: Path, eval_root: Path | None, mean, std, fix: str) -> Dataset:
+def _folder_dataset(name: str, train_root: Path, eval_root: Path | None, mean, std, fix: str,
+                    channels: int = 3) -> Dataset:
+    mean, std = _stats(mean, std, channels)
     _require_dir(train_root, f"{name}: the training folder", fix)
-    train, classes, problems = scan_class_tree(train_root)
+    train, classes, problems = scan_class_tree(train_root, channels=channels)
     if not classes:
         raise SemiclustError(f"{name}: '{train_root}' has no class folders; it must hold one folder of images per "
                              f"class. {fix}")
     test = None
     if eval_root is not None:
         _require_dir(eval_root, f"{name}: the evaluation folder", fix)
-        test, _, eval_problems = scan_class_tree(eval_root, classes)
+        test, _, eval_problems = scan_class_tree(eval_root, classes, channels)
         problems += [p.replace("(an empty class)", "(no evaluation images)") for p in eval_problems]
-    mean, std = _stats(mean, std)
     return Dataset(name, train, test, classes, mean, std, test_split_name=eval_root.name if eval_root else "none",
                    problems=problems)
 
 
 @DATASETS.register("imagefolder")
 def imagefolder(root: str, train_dir: str = "train", eval_dir: str | None = "val", eval_root: str | None = None,
-                mean: list[float] | None = None, std: list[float] | None = None) -> Dataset:
+                mean: list[float] | None = None, std: list[float] | None = None, channels: int = 3) -> Dataset:
     """`root/<train_dir>/<class>/*` for training and `root/<eval_dir>/<class>/*` (or `eval_root/<class>/*`)
-    for evaluation; eval_dir null = no evaluation set. Normalisation defaults to ImageNet's."""
+    for evaluation; eval_dir null = no evaluation set. Normalisation defaults to ImageNet's (averaged for
+    grey images, `channels: 1`, which trains a 1-channel network on the images' luma)."""
     base = Path(root).expanduser()
     evaluation = Path(eval_root).expanduser() if eval_root else (base / eval_dir if eval_dir else None)
     fix = ("Lay the images out as ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (torchvision's "
            "ImageFolder layout), or set data.options train_dir / eval_dir / eval_root.")
-    return _folder_dataset("imagefolder", base / train_dir, evaluation, mean, std, fix)
+    return _folder_dataset("imagefolder", base / train_dir, evaluation, mean, std, fix, channels)
 
 
 @DATASETS.register("imagenet")
@@ -163,7 +177,8 @@ def _resolve(base: Path, file: str) -> Path:
     return Path(os.path.realpath(path if path.is_absolute() else base / path))
 
 
-def _listed_split(rows, base: Path, classes: dict[str, int], what: str, problems: list[str]) -> FileSplit:
+def _listed_split(rows, base: Path, classes: dict[str, int], what: str, problems: list[str],
+                  channels: int = 3) -> FileSplit:
     """The rows whose file exists and whose label is a known class; the others become problems."""
     files, labels, missing, unknown = [], [], [], []
     for file, label, number in rows:
@@ -180,26 +195,29 @@ def _listed_split(rows, base: Path, classes: dict[str, int], what: str, problems
     if unknown:
         problems.append(f"the {what} has {len(unknown)} label(s) outside the class set of the labeled list: "
                         f"{examples(unknown, quote=False)}")
-    return FileSplit(Path("/"), files, torch.tensor(labels, dtype=torch.long))
+    return FileSplit(Path("/"), files, torch.tensor(labels, dtype=torch.long), channels=channels)
 
 
 @DATASETS.register("labeled_list")
 def labeled_list(labeled: str, unlabeled: list[str] | str | None = None, eval: str | None = None,
-                 root: str | None = None, mean: list[float] | None = None, std: list[float] | None = None) -> Dataset:
+                 root: str | None = None, mean: list[float] | None = None, std: list[float] | None = None,
+                 channels: int = 3) -> Dataset:
     """A few labeled images named in a `path,label` file, many unlabeled images in one or more folders
     (any layout, searched recursively), and an optional labeled evaluation list. Relative paths are
     resolved against `root` (default: the list file's folder). Classes are the labels of the labeled list.
 
     The training split is the labeled images followed by the unlabeled ones (label -1); the whole of it
     feeds the unlabeled stream; use data.labels {fraction: 1.0} to train with every listed label.
+    `channels: 1` decodes every image to grey (its luma), as for `imagefolder`.
     """
+    mean, std = _stats(mean, std, channels)
     labeled_path = Path(labeled).expanduser()
     rows = read_label_file(labeled_path)
     base = Path(root).expanduser() if root else labeled_path.parent
     names = _class_names([label for _, label, _ in rows])
     classes = {name: i for i, name in enumerate(names)}
     problems: list[str] = []
-    train = _listed_split(rows, base, classes, f"labeled list '{labeled_path}'", problems)
+    train = _listed_split(rows, base, classes, f"labeled list '{labeled_path}'", problems, channels)
     folders = [unlabeled] if isinstance(unlabeled, str) else list(unlabeled or [])
     extra = []
     for folder in map(lambda f: _resolve(base, f), folders):
@@ -211,7 +229,8 @@ def labeled_list(labeled: str, unlabeled: list[str] | str | None = None, eval: s
     labeled_set = set(train.files)
     extra = [f for f in extra if f not in labeled_set]  # a labeled image inside an unlabeled folder counts once
     train = FileSplit(Path("/"), train.files + extra,
-                      torch.cat([train.labels, torch.full((len(extra),), UNLABELED, dtype=torch.long)]))
+                      torch.cat([train.labels, torch.full((len(extra),), UNLABELED, dtype=torch.long)]),
+                      channels=channels)
     present = torch.bincount(train.labels[train.labels >= 0], minlength=len(names))
     for name, count in zip(names, present.tolist()):
         if count == 0:
@@ -220,7 +239,7 @@ def labeled_list(labeled: str, unlabeled: list[str] | str | None = None, eval: s
     if eval is not None:
         eval_path = Path(eval).expanduser()
         eval_base = Path(root).expanduser() if root else eval_path.parent
-        test = _listed_split(read_label_file(eval_path), eval_base, classes, f"evaluation list '{eval_path}'", problems)
-    mean, std = _stats(mean, std)
+        test = _listed_split(read_label_file(eval_path), eval_base, classes, f"evaluation list '{eval_path}'", problems,
+                             channels)
     return Dataset("labeled_list", train, test, names, mean, std,
                    test_split_name="eval list" if test is not None else "none", problems=problems)

@@ -21,7 +21,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F2
 
 from semiclust.data.datasets import FileSplit
-from semiclust.data.decode import MAX_IMAGE_PIXELS, UnreadableImage, decode_rgb
+from semiclust.data.decode import MAX_IMAGE_PIXELS, UnreadableImage, decode_pixels, decode_rgb
 from semiclust.data.device_decode import DeviceJob, crop_windows, plain_jpeg
 from semiclust.data.streams import IndexStream
 from semiclust.data.transforms import center_view, to_uint8
@@ -71,7 +71,7 @@ def read_with_substitutes(split: FileSplit, index: int, pool: torch.Tensor,
     for attempt in range(MAX_SUBSTITUTES):
         candidate = index if attempt == 0 else int(pool[(start + attempt) % len(pool)])
         try:
-            return ReadResult(decode_rgb(split.path(candidate), max_pixels), candidate, corrupt)
+            return ReadResult(decode_pixels(split.path(candidate), max_pixels, split.channels), candidate, corrupt)
         except UnreadableImage as err:
             corrupt.append(Corrupt(err.path, err.reason))
     raise SemiclustError(
@@ -84,8 +84,8 @@ def read_with_substitutes(split: FileSplit, index: int, pool: torch.Tensor,
 class TrainFiles(torch.utils.data.Dataset):
     """Item p = this process's micro-batch at stream position p, as uint8 crops.
 
-    Returns {"position", "unlabeled": one (count x B_u) x 3 x s x s tensor per crop group (copy k of
-    image j at row k * B_u + j), "labeled": B_l x 3 x s x s, "labels": B_l (of the images actually
+    Returns {"position", "unlabeled": one (count x B_u) x C x s x s tensor per crop group (copy k of
+    image j at row k * B_u + j; C the split's channels), "labeled": B_l x C x s x s, "labels": B_l (of the images actually
     decoded), "corrupt": [Corrupt], "error": a message when the batch could not be made}. Errors are
     returned, not raised: a worker's exception would reach the user wrapped in a traceback.
 
@@ -132,7 +132,7 @@ class TrainFiles(torch.utils.data.Dataset):
         """The indices decoded (substitutes included), one crop tensor per group (copy-major) and the device's jobs."""
         indices = stream.indices(position).tolist()
         n = len(indices)
-        crops = [torch.zeros((g.count * n, 3, g.size, g.size), dtype=torch.uint8) for g in groups]
+        crops = [torch.zeros((g.count * n, self.split.channels, g.size, g.size), dtype=torch.uint8) for g in groups]
         used, jobs = [], []
         for j, index in enumerate(indices):
             job = self.device_job(stream, position, j, index, groups)
@@ -174,12 +174,13 @@ class EvalFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, batch: int) -> dict:
         indices = range(batch * self.batch_size, min((batch + 1) * self.batch_size, len(self.split)))
-        images = torch.zeros((len(indices), 3, self.view.size, self.view.size), dtype=torch.uint8)
+        images = torch.zeros((len(indices), self.split.channels, self.view.size, self.view.size), dtype=torch.uint8)
         keep = torch.ones(len(indices), dtype=torch.bool)
         corrupt = []
         for j, index in enumerate(indices):
             try:
-                images[j] = to_uint8(center_view(decode_rgb(self.split.path(index), self.max_pixels)[None], self.view)[0])
+                image = decode_pixels(self.split.path(index), self.max_pixels, self.split.channels)
+                images[j] = to_uint8(center_view(image[None], self.view)[0])
             except UnreadableImage as err:
                 keep[j] = False
                 corrupt.append(Corrupt(err.path, err.reason))

@@ -37,6 +37,16 @@ def image_tree(root: Path, classes: list[str], per_class: int, start_seed: int =
     return sorted(paths)
 
 
+def grey_tree(root: Path, classes: list[str], per_class: int, start_seed: int = 0, size: int = 12) -> list[Path]:
+    """root/<class>/<class>_<i>.png: one-channel (mode L) PNGs of the stripes' red plane; sorted paths."""
+    paths = []
+    for label, name in enumerate(classes):
+        for i in range(per_class):
+            plane = stripes(label, start_seed + label * 1000 + i, size, len(classes))[..., 0]
+            paths.append(save(root / name / f"{name}_{i}.png", np.ascontiguousarray(plane)))
+    return sorted(paths)
+
+
 def decoded(path: Path) -> torch.Tensor:
     """The file's pixels via PIL, 3 x H x W uint8: an independent reading to compare the loader with."""
     from PIL import Image

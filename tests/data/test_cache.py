@@ -16,11 +16,12 @@ import torch
 
 from semiclust.data.cache import cache_in_memory, decode_split
 from semiclust.data.datasets import Dataset, ImageSplit, build_dataset
+from semiclust.data.decode import decode_pixels
 from semiclust.engine import setup
 from semiclust.engine.run_dir import RunFiles
 from semiclust.engine.setup import build_run
 from semiclust.recipe import resolve
-from tests.data.files import corrupt, decoded, image_tree, save, stripes
+from tests.data.files import corrupt, decoded, grey_tree, image_tree, save, stripes
 from tests.helpers import TINY_RECIPE
 
 CLASSES = ["a", "b", "c", "d"]
@@ -35,9 +36,11 @@ def folder(tmp_path) -> Path:
     return tmp_path / "data"
 
 
-def recipe(root: Path, cache: str = "auto", cache_gb: float = 2.0, crops: dict | None = None, workers=0):
+def recipe(root: Path, cache: str = "auto", cache_gb: float = 2.0, crops: dict | None = None, workers=0,
+           channels: int = 3):
     raw = copy.deepcopy(TINY_RECIPE)
-    raw["data"].update({"dataset": "imagefolder", "options": {"root": str(root)}, "cache": cache, "cache_gb": cache_gb,
+    raw["data"].update({"dataset": "imagefolder", "options": {"root": str(root), "channels": channels},
+                        "cache": cache, "cache_gb": cache_gb,
                         "batch": {"unlabeled": 8, "labeled": 4}, "loader": {"workers": workers},
                         "eval": {"size": 8}})
     if crops is not None:
@@ -111,6 +114,29 @@ def test_a_cached_run_crops_as_an_in_memory_dataset_and_evaluates_as_the_files(f
         assert torch.allclose(a.unlabeled[0], b.unlabeled[0], atol=1e-5, rtol=0)
         assert torch.allclose(a.labeled[:labeled], b.labeled[:labeled], atol=1e-5, rtol=0)
         assert torch.equal(a.labeled_targets[:labeled], b.labeled_targets[:labeled])
+
+
+def test_a_grey_folder_trains_on_one_channel_alike_from_memory_and_from_its_files(tmp_path):
+    """channels 1: the cache holds N x 1 x H x W pixels (a third of the RGB bytes) equal to the files' grey decode;
+    crops, labeled views and evaluation views have one channel, and cached and file runs see the same images."""
+    grey = tmp_path / "grey"
+    grey_tree(grey / "train", CLASSES, per_class=6)
+    grey_tree(grey / "val", CLASSES, per_class=2, start_seed=50)
+    cached = build(tmp_path, recipe(grey, channels=1, crops=WHOLE), "cached")
+    assert cached.notes[0] == "training images decoded into memory once (24 images, 0 MiB)"
+    train = cached.dataset.train
+    first_conv = next(m for m in cached.method.student.modules() if isinstance(m, torch.nn.Conv2d))
+    assert train.pixels.shape == (24, 1, 12, 12) and first_conv.in_channels == 1
+    for index in range(len(train)):
+        assert torch.equal(train.pixels[index], decode_pixels(train.path(index), channels=1))
+    files = build(tmp_path, recipe(grey, cache="off", channels=1, crops=WHOLE), "files")
+    assert files.dataset.train.pixels is None
+    assert same_views(views(cached), views(files)) and views(files)[0][0].shape[1] == 1
+    for a, b in zip(batches(cached), batches(files)):
+        labeled = len(a.labeled) // 2
+        assert a.unlabeled[0].shape[1] == b.unlabeled[0].shape[1] == a.labeled.shape[1] == 1
+        assert torch.allclose(a.unlabeled[0], b.unlabeled[0], atol=1e-5, rtol=0)
+        assert torch.allclose(a.labeled[:labeled], b.labeled[:labeled], atol=1e-5, rtol=0)
 
 
 def test_a_cache_gb_too_small_reads_the_files_and_says_so(folder, tmp_path):

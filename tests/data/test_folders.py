@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from semiclust.data.datasets import UNLABELED, build_dataset
-from semiclust.data.decode import UnreadableImage, decode_rgb
+from semiclust.data.decode import UnreadableImage, decode_pixels, decode_rgb
 from semiclust.data.subsets import CANONICAL_LISTS, choose_labeled, match_list
 from semiclust.errors import SemiclustError
 from semiclust.schema import Labels
-from tests.data.files import corrupt, decoded, image_tree, labeled_list_dataset, save, stripes
+from tests.data.files import corrupt, decoded, grey_tree, image_tree, labeled_list_dataset, save, stripes
 
 SIMCLR = Path(__file__).resolve().parents[3] / "shared" / "data" / "simclr_subsets"
 
@@ -52,6 +52,46 @@ def test_imagefolder_lists_classes_files_and_eval_split(tmp_path):
     assert dataset.mean == (0.485, 0.456, 0.406)
     without_eval = build_dataset("imagefolder", {"root": str(tmp_path), "eval_dir": None})
     assert without_eval.test is None
+
+
+def test_grey_images_decode_to_one_channel_with_their_values_and_colour_ones_to_their_luma(tmp_path):
+    """channels 1: a grey PNG (mode L, or RGB with R = G = B) keeps its values exactly; a colour image becomes its
+    ITU-R 601 luma in thousandths, rounded half up (computed here with numpy from PIL's RGB decode)."""
+    import numpy as np
+    from PIL import Image
+
+    (grey_png,) = grey_tree(tmp_path / "grey", ["a"], per_class=1)
+    with Image.open(grey_png) as image:
+        assert image.mode == "L"
+        plane = torch.from_numpy(np.asarray(image).copy()).unsqueeze(0)
+    assert plane.shape == (1, 12, 12) and torch.equal(decode_pixels(grey_png, channels=1), plane)
+    triple = save(tmp_path / "triple.png", np.repeat(plane.permute(1, 2, 0).numpy(), 3, axis=-1))
+    assert torch.equal(decode_pixels(triple, channels=1), plane)
+    colour = save(tmp_path / "colour.png", stripes(2, 5))
+    rgb = decoded(colour).numpy().astype(np.int64)
+    luma = torch.from_numpy(((299 * rgb[0] + 587 * rgb[1] + 114 * rgb[2] + 500) // 1000).astype(np.uint8)).unsqueeze(0)
+    assert torch.equal(decode_pixels(colour, channels=1), luma) and not np.array_equal(luma[0].numpy(), rgb[0])
+    assert torch.equal(decode_pixels(colour), decode_rgb(colour))  # 3 channels: the RGB decode
+
+
+def test_a_grey_imagefolder_is_one_channel_with_grey_normalisation_and_bad_channels_are_named(tmp_path):
+    grey_tree(tmp_path / "train", ["a", "b"], per_class=2)
+    grey_tree(tmp_path / "val", ["a", "b"], per_class=1, start_seed=9)
+    dataset = build_dataset("imagefolder", {"root": str(tmp_path), "channels": 1})
+    assert dataset.channels == dataset.train.channels == dataset.test.channels == 1
+    assert (dataset.mean, dataset.std) == ((0.449,), (0.226,))
+    assert build_dataset("imagefolder", {"root": str(tmp_path)}).channels == 3  # the default stays RGB
+    own = build_dataset("imagefolder", {"root": str(tmp_path), "channels": 1, "mean": [0.3], "std": [0.4]})
+    assert (own.mean, own.std) == ((0.3,), (0.4,))
+    with pytest.raises(SemiclustError, match=r"channels is 2: .* 3 channels \(RGB, the default\) or 1 \(grey"):
+        build_dataset("imagefolder", {"root": str(tmp_path), "channels": 2})
+    for odd in (True, 1.0, "1"):  # YAML's `yes`, a float, a string: named, not a crash in the loader
+        with pytest.raises(SemiclustError, match="channels is"):
+            build_dataset("imagefolder", {"root": str(tmp_path), "channels": odd})
+    with pytest.raises(SemiclustError, match=r"need one value each \(grey, channels: 1\).*\[0.5, 0.5, 0.5\]"):
+        build_dataset("imagefolder", {"root": str(tmp_path), "channels": 1, "mean": [0.5, 0.5, 0.5]})
+    listed = labeled_list_dataset(tmp_path / "listed")
+    assert build_dataset("labeled_list", {**listed, "channels": 1}).train.channels == 1
 
 
 def test_imagefolder_reports_empty_class_loose_images_and_unknown_eval_class(tmp_path):

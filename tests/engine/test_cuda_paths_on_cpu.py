@@ -16,7 +16,7 @@ import torch
 from torchvision.transforms.v2 import functional as F2
 
 from semiclust.data.datasets import build_dataset
-from semiclust.data.decode import decode_rgb
+from semiclust.data.decode import decode_rgb, grey_uint8
 from semiclust.data.device_decode import (DeviceJob, JpegFile, crop_windows, cut_windows, decode_all, fill_on_device,
                                           plain_jpeg)
 from semiclust.data.loader import TrainFiles, cut_crops
@@ -392,6 +392,22 @@ def test_fill_on_device_writes_copy_major_rows_and_asks_the_cpu_path_only_for_wh
                 assert torch.equal(out[k * rows + job.row], alone[k])
         for k in range(group.count):
             assert (out[k * rows + 1] == 42).all() and (out[k * rows + 2] == 7).all()
+
+
+def test_fill_on_device_gives_a_grey_split_the_luma_of_the_decoded_jpegs(files):
+    """One-channel crop tensors (data.options.channels: 1): each device-decoded JPEG is cut from its grey version,
+    the luma the CPU path takes of the same RGB decode, colour and grayscale JPEGs alike."""
+    groups = GROUPS[:2]
+    rows = 2
+    crops = [torch.zeros((g.count * rows, 1, g.size, g.size), dtype=torch.uint8) for g in groups]
+    jobs = [_job(0, files["a"], groups, 0), _job(1, files["gray"], groups, 1)]
+    filled = fill_on_device(crops, jobs, groups, rows, lambda job: pytest.fail("both decode on the device"))
+    for g, (group, out) in enumerate(zip(groups, filled)):
+        for job, name in ((jobs[0], "a"), (jobs[1], "gray")):
+            alone = cut_windows([grey_uint8(decode_rgb(files[name]))], [job.windows[g]], [job.flips[g]], group.size)
+            assert alone.shape[1] == 1
+            for k in range(group.count):
+                assert torch.equal(out[k * rows + job.row], alone[k])
 
 
 @pytest.fixture()
