@@ -9,7 +9,6 @@ Fashion-MNIST (docs/method.md, "Small real images: levers measured so far").
 """
 from __future__ import annotations
 
-import inspect
 import math
 import statistics
 import tempfile
@@ -20,14 +19,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from semiclust.data.datasets import Dataset, FileSplit, build_dataset
+from semiclust.data.datasets import Dataset, FileSplit, build_dataset, dataset_options
 from semiclust.data.decode import UnreadableImage, decode_rgb, image_size, is_image_file
 from semiclust.engine.run_dir import RunFiles
 from semiclust.engine.setup import build_run
 from semiclust.engine.step import train_step
 from semiclust.errors import SemiclustError
 from semiclust.recipe import resolve
-from semiclust.registry import DATASETS
 from semiclust.schema import Recipe, duration_seconds
 
 # Measured on Fashion-MNIST, 10 labels per class, 5 minutes on 2 cores (docs/method.md, "Small real images"):
@@ -237,7 +235,7 @@ def init_recipe(data: Path | None, budget: str, labels: Path | None = None, eval
     if dataset.problems:
         raise SemiclustError(f"the data in '{data}' have {len(dataset.problems)} problem(s), e.g. {dataset.problems[0]}; "
                              "fix them first (`semiclust data check` on the written recipe lists them all).")
-    grey = grey_images(dataset) if "channels" in inspect.signature(DATASETS.get(dataset_name)).parameters else 0
+    grey = grey_images(dataset) if "channels" in dataset_options(dataset_name) else 0
     if grey:
         options = {**options, "channels": 1}
         dataset = build_dataset(dataset_name, options)

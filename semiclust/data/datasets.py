@@ -139,10 +139,15 @@ class Dataset:
         return isinstance(self.train, ImageSplit)
 
 
+def dataset_options(name: str) -> dict[str, inspect.Parameter]:
+    """The `data.options` the registered dataset `name` accepts: its factory's parameters."""
+    return dict(inspect.signature(DATASETS.get(name)).parameters)
+
+
 def build_dataset(name: str, options: dict[str, Any]) -> Dataset:
     """Call the registered factory with the recipe's `data.options`, rejecting unknown options."""
     factory = DATASETS.get(name)
-    parameters = inspect.signature(factory).parameters
+    parameters = dataset_options(name)
     accepted = list(parameters)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
