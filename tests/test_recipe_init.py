@@ -19,7 +19,7 @@ from tests.test_cli import run as cli
 from semiclust.recipe import load_recipe
 from semiclust.data.datasets import build_dataset
 from semiclust.recipe_init import crop_sizes, grey_images
-from tests.data.files import grey_tree, image_tree, save, stripes
+from tests.data.files import image_tree, save, stripes
 
 
 @pytest.fixture(autouse=True)
@@ -107,8 +107,8 @@ def test_an_imagefolder_of_16_px_images_gets_a_valid_16_px_recipe(capsys, small_
 def test_a_folder_of_grey_images_gets_a_one_channel_recipe(capsys, tmp_path):
     """Grey PNGs get `channels: 1` (a 1-channel network, said in the output); one colour image among them, or a
     colour folder, keeps RGB."""
-    grey_tree(tmp_path / "grey" / "train", ["ant", "bee", "cat"], per_class=6, size=16)
-    grey_tree(tmp_path / "grey" / "val", ["ant", "bee", "cat"], per_class=2, size=16, start_seed=70)
+    image_tree(tmp_path / "grey" / "train", ["ant", "bee", "cat"], per_class=6, size=16, grey=True)
+    image_tree(tmp_path / "grey" / "val", ["ant", "bee", "cat"], per_class=2, size=16, start_seed=70, grey=True)
     recipe, text, stdout = written(capsys, tmp_path / "grey.yaml", "--data", str(tmp_path / "grey"), "--budget", "1m")
     assert recipe.data.options["channels"] == 1 and "channels: 1" in text
     assert "data.options.channels: the 18 training images sampled are all grey" in stdout

@@ -27,23 +27,15 @@ def save(path: Path, pixels: np.ndarray) -> Path:
 
 
 def image_tree(root: Path, classes: list[str], per_class: int, start_seed: int = 0, suffix: str = ".png",
-               size: int = 12) -> list[Path]:
-    """root/<class>/<class>_<i><suffix> stripe images; returns the paths in sorted order."""
+               size: int = 12, grey: bool = False) -> list[Path]:
+    """root/<class>/<class>_<i><suffix> stripe images (`grey`: one-channel, mode L, the stripes' red plane);
+    returns the paths in sorted order."""
     paths = []
     for label, name in enumerate(classes):
         for i in range(per_class):
-            seed = start_seed + label * 1000 + i
-            paths.append(save(root / name / f"{name}_{i}{suffix}", stripes(label, seed, size, len(classes))))
-    return sorted(paths)
-
-
-def grey_tree(root: Path, classes: list[str], per_class: int, start_seed: int = 0, size: int = 12) -> list[Path]:
-    """root/<class>/<class>_<i>.png: one-channel (mode L) PNGs of the stripes' red plane; sorted paths."""
-    paths = []
-    for label, name in enumerate(classes):
-        for i in range(per_class):
-            plane = stripes(label, start_seed + label * 1000 + i, size, len(classes))[..., 0]
-            paths.append(save(root / name / f"{name}_{i}.png", np.ascontiguousarray(plane)))
+            pixels = stripes(label, start_seed + label * 1000 + i, size, len(classes))
+            pixels = np.ascontiguousarray(pixels[..., 0]) if grey else pixels
+            paths.append(save(root / name / f"{name}_{i}{suffix}", pixels))
     return sorted(paths)
 
 

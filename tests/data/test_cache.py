@@ -21,7 +21,7 @@ from semiclust.engine import setup
 from semiclust.engine.run_dir import RunFiles
 from semiclust.engine.setup import build_run
 from semiclust.recipe import resolve
-from tests.data.files import corrupt, decoded, grey_tree, image_tree, save, stripes
+from tests.data.files import corrupt, decoded, image_tree, save, stripes
 from tests.helpers import TINY_RECIPE
 
 CLASSES = ["a", "b", "c", "d"]
@@ -120,8 +120,8 @@ def test_a_grey_folder_trains_on_one_channel_alike_from_memory_and_from_its_file
     """channels 1: the cache holds N x 1 x H x W pixels (a third of the RGB bytes) equal to the files' grey decode;
     crops, labeled views and evaluation views have one channel, and cached and file runs see the same images."""
     grey = tmp_path / "grey"
-    grey_tree(grey / "train", CLASSES, per_class=6)
-    grey_tree(grey / "val", CLASSES, per_class=2, start_seed=50)
+    image_tree(grey / "train", CLASSES, per_class=6, grey=True)
+    image_tree(grey / "val", CLASSES, per_class=2, start_seed=50, grey=True)
     cached = build(tmp_path, recipe(grey, channels=1, crops=WHOLE), "cached")
     assert cached.notes[0] == "training images decoded into memory once (24 images, 0 MiB)"
     train = cached.dataset.train

@@ -9,7 +9,7 @@ from semiclust.data.decode import UnreadableImage, decode_pixels, decode_rgb
 from semiclust.data.subsets import CANONICAL_LISTS, choose_labeled, match_list
 from semiclust.errors import SemiclustError
 from semiclust.schema import Labels
-from tests.data.files import corrupt, decoded, grey_tree, image_tree, labeled_list_dataset, save, stripes
+from tests.data.files import corrupt, decoded, image_tree, labeled_list_dataset, save, stripes
 
 SIMCLR = Path(__file__).resolve().parents[3] / "shared" / "data" / "simclr_subsets"
 
@@ -60,7 +60,7 @@ def test_grey_images_decode_to_one_channel_with_their_values_and_colour_ones_to_
     import numpy as np
     from PIL import Image
 
-    (grey_png,) = grey_tree(tmp_path / "grey", ["a"], per_class=1)
+    (grey_png,) = image_tree(tmp_path / "grey", ["a"], per_class=1, grey=True)
     with Image.open(grey_png) as image:
         assert image.mode == "L"
         plane = torch.from_numpy(np.asarray(image).copy()).unsqueeze(0)
@@ -75,8 +75,8 @@ def test_grey_images_decode_to_one_channel_with_their_values_and_colour_ones_to_
 
 
 def test_a_grey_imagefolder_is_one_channel_with_grey_normalisation_and_bad_channels_are_named(tmp_path):
-    grey_tree(tmp_path / "train", ["a", "b"], per_class=2)
-    grey_tree(tmp_path / "val", ["a", "b"], per_class=1, start_seed=9)
+    image_tree(tmp_path / "train", ["a", "b"], per_class=2, grey=True)
+    image_tree(tmp_path / "val", ["a", "b"], per_class=1, start_seed=9, grey=True)
     dataset = build_dataset("imagefolder", {"root": str(tmp_path), "channels": 1})
     assert dataset.channels == dataset.train.channels == dataset.test.channels == 1
     assert (dataset.mean, dataset.std) == ((0.449,), (0.226,))
