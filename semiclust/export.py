@@ -17,12 +17,12 @@ from pathlib import Path
 from semiclust.engine.checkpoint import classifier_network, load_checkpoint, with_network
 from semiclust.errors import SemiclustError
 from semiclust.models.backbones import SMALL_IMAGE_BACKBONES
-from semiclust.models.classifier import EXPORT_FORMAT
+from semiclust.models.classifier import EXPORT_FORMAT, EXPORT_FORMAT_VERSION
 from semiclust.storage.atomic import check_writable
 from semiclust.storage.tensors import write_safetensors
 from semiclust.version import __version__
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = str(EXPORT_FORMAT_VERSION)  # metadata values are strings
 CONTENTS = ("backbone", "classifier")
 FORMATS = {"safetensors": CONTENTS, "onnx": ("classifier",), "hub": ("backbone",)}  # each format, the contents it holds
 

@@ -24,6 +24,11 @@ from semiclust.storage.tensors import write_safetensors
 from semiclust.validation import dump_yaml
 
 HUB_FILES = ("config.json", HUB_WEIGHTS, "README.md", "recipe.yaml")
+MAX_CONFIG_BYTES = 1 << 20  # a hub config.json semiclust writes is a few KB
+
+
+def dict_or_empty(value) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def check_hub_folder(out: Path) -> None:
@@ -33,9 +38,9 @@ def check_hub_folder(out: Path) -> None:
     if not out.is_dir() or not any(out.iterdir()):
         return
     config = out / "config.json"
-    try:
-        previous = "semiclust" in json.loads(config.read_text())
-    except (OSError, ValueError):
+    try:  # a config.json of any size or shape is read no further than needed to tell
+        previous = config.stat().st_size <= MAX_CONFIG_BYTES and "semiclust" in dict_or_empty(json.loads(config.read_text()))
+    except (OSError, ValueError, RecursionError):
         previous = False
     if not previous:
         raise SemiclustError(f"--out '{out}' is a folder that already holds files and is not a previous `semiclust "

@@ -5,6 +5,8 @@ through semiclust/storage/tensors.py like every tensor file.
 """
 from __future__ import annotations
 
+import math
+import shlex
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,10 @@ from typing import Any
 import torch
 
 from semiclust.errors import SemiclustError
-from semiclust.models.network import Network, network_with_weights
+from semiclust.models.network import (MAX_CLASSES, MAX_IN_CHANS, PROTOTYPE_KINDS, Network, mismatch_fix,
+                                      network_with_weights)
 from semiclust.schema import Recipe
-from semiclust.storage.tensors import FileRole, looks_like_safetensors, read_torch, write_torch
+from semiclust.storage.tensors import FileRole, looks_like_safetensors, read_torch, shown, write_torch
 from semiclust.validation import validate_saved
 
 FORMAT = "semiclust-checkpoint"
@@ -49,13 +52,18 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         raise SemiclustError(
             f"'{path}' is a safetensors export (written by `semiclust export`), not a training checkpoint: this command "
             "reads the .pt files `semiclust train` writes (e.g. RUN/checkpoints/final.pt). To classify images with the "
-            f"export, use `semiclust predict --model {path} IMAGES`.")
+            f"export, use `{shlex.join(['semiclust', 'predict', '--model', str(path)])} IMAGES`.")
     state = read_torch(path, CHECKPOINT, map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise SemiclustError(f"'{path}' is a PyTorch file but not a semiclust checkpoint (no '{FORMAT}' marker).")
-    if state.get("format_version", 0) > FORMAT_VERSION:
+    version = state.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise SemiclustError(f"checkpoint '{path}' is damaged or was edited: its format_version is {shown(version)} "
+                             f"(a {type(version).__name__}), where semiclust writes a whole number; {CHECKPOINT.damaged}.")
+    if version > FORMAT_VERSION:
         raise SemiclustError(f"checkpoint '{path}' was written by a newer semiclust; upgrade semiclust to read it.")
     return state
+
 
 
 NETWORKS = ("student", "teacher", "ema")
@@ -64,6 +72,7 @@ NETWORKS = ("student", "teacher", "ema")
 def with_network(state: dict[str, Any], network: str | None) -> dict[str, Any]:
     """The checkpoint's state with another of its networks as the classifier (`semiclust export --network`):
     the student, Daino's teacher or the weight average of method.ema; its test result replaces the classifier's."""
+    checked_classifier(state)
     if network is None or network == state["classifier"]["prefix"]:
         return state
     held = [name for name in NETWORKS if any(k.startswith(name + ".") for k in state["method"])]
@@ -79,14 +88,55 @@ def with_network(state: dict[str, Any], network: str | None) -> dict[str, Any]:
 
 
 def classifier_network(state: dict[str, Any]) -> tuple[Network, Recipe]:
-    """The evaluated network of a checkpoint (Daino's teacher) and its recipe, rebuilt from the state."""
+    """The evaluated network of a checkpoint (Daino's teacher) and its recipe, rebuilt from the state; tensors that
+    do not fit are named, as damage when this version of semiclust wrote the file."""
+    info = checked_classifier(state)
     recipe = validate_saved(state["recipe"], "the checkpoint's recipe")
-    info = state["classifier"]
     prefix = info["prefix"] + "."
     weights = {k[len(prefix):]: v for k, v in state["method"].items() if k.startswith(prefix)}
+    fix = mismatch_fix(state.get("semiclust_version"), CHECKPOINT.damaged)
     network = network_with_weights(recipe.model, info["in_chans"], info["num_classes"], info["prototypes"], weights,
-                                   "the checkpoint", "it was written by another version of semiclust")
+                                   "the checkpoint", fix)
     return network, recipe
+
+
+def whole(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def numbers(value: Any, length: int) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == length and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+
+
+def checked_classifier(state: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's description of its classifier (which network, its sizes, classes, normalisation), each
+    value checked before a network of that size is built: a damaged or edited file is one paragraph naming the
+    field, its value and what semiclust writes there."""
+    info = state.get("classifier")
+    info = info if isinstance(info, dict) else {}
+    chans, classes = info.get("in_chans"), state.get("classes")
+    fields = [
+        ("recipe", state.get("recipe"), isinstance(state.get("recipe"), dict), "the recipe as a mapping"),
+        ("method", state.get("method"), isinstance(state.get("method"), dict), "the tensors of the networks, by name"),
+        ("classifier.prefix", info.get("prefix"), info.get("prefix") in NETWORKS, f"one of {', '.join(NETWORKS)}"),
+        ("classifier.prototypes", info.get("prototypes"), info.get("prototypes") in PROTOTYPE_KINDS,
+         f"one of {', '.join(PROTOTYPE_KINDS)}"),
+        ("classifier.in_chans", chans, whole(chans, 1, MAX_IN_CHANS), f"a whole number from 1 to {MAX_IN_CHANS}"),
+        ("classifier.num_classes", info.get("num_classes"), whole(info.get("num_classes"), 1, MAX_CLASSES),
+         f"a whole number from 1 to {MAX_CLASSES:,}"),
+        ("classes", classes, isinstance(classes, list) and len(classes) == info.get("num_classes")
+         and all(isinstance(c, str) for c in classes), "a list of classifier.num_classes class names"),
+        ("mean", state.get("mean"), numbers(state.get("mean"), chans), "one number per input channel (in_chans)"),
+        ("std", state.get("std"), numbers(state.get("std"), chans) and all(v > 0 for v in state["std"]),
+         "one number above 0 per input channel (in_chans)"),
+        ("step", state.get("step"), whole(state.get("step"), 0, 2**62), "a whole number"),
+    ]
+    for name, value, ok, expected in fields:
+        if not ok:
+            raise SemiclustError(f"the checkpoint is damaged or edited: its {name} is {shown(value)}, where semiclust "
+                                 f"writes {expected}; {CHECKPOINT.damaged}.")
+    return info
 
 
 def periodic_path(folder: Path, step: int) -> Path:

@@ -7,12 +7,16 @@ from typing import Iterator, Literal
 import torch
 from torch import nn
 
-from semiclust.errors import SemiclustError
+from semiclust.errors import SemiclustError, examples
 from semiclust.models.backbones import create_backbone
 from semiclust.models.heads import ProjectionHead, UnitPrototypes, WeightNormPrototypes
 from semiclust.schema import ModelSpec
+from semiclust.version import __version__
 
 PrototypeKind = Literal["unit", "weight_norm"]
+PROTOTYPE_KINDS = ("unit", "weight_norm")
+MAX_IN_CHANS = 16  # image channels a network file may describe (semiclust trains 1 or 3; generated data more)
+MAX_CLASSES = 1_000_000  # classes (prototypes) a network file may describe
 
 
 @contextlib.contextmanager
@@ -140,8 +144,13 @@ def teacher_of(student: Network, spec: ModelSpec, in_chans: int, num_prototypes:
 
 def network_with_weights(spec: ModelSpec, in_chans: int, num_prototypes: int, prototypes: PrototypeKind,
                          weights: dict[str, torch.Tensor], source: str, fix: str) -> Network:
-    """Rebuild a network from its description and load its tensors (a checkpoint's classifier, an
-    export); a file whose tensors do not fit is a clear error naming `source` and `fix`."""
+    """Rebuild a network from its description and load its tensors (a checkpoint's classifier, an export). The
+    description is first built without memory (torch's meta device) and compared with the tensors, so a file whose
+    sizes do not fit (damaged, edited, hostile: a class count of a billion) is a clear error naming the tensor,
+    `source` and `fix`, before anything of the described size is allocated."""
+    problem = weights_mismatch(expected_shapes(spec, in_chans, num_prototypes, prototypes), weights)
+    if problem:
+        raise SemiclustError(f"{source} does not match the network it describes: {problem}; {fix}.")
     network = Network(spec, in_chans, num_prototypes, prototypes)
     try:
         network.load_state_dict(weights)
@@ -149,3 +158,46 @@ def network_with_weights(spec: ModelSpec, in_chans: int, num_prototypes: int, pr
         raise SemiclustError(f"{source} does not match the network it describes ({str(err).splitlines()[0][:200]}); "
                              f"{fix}.") from None
     return network
+
+
+def expected_shapes(spec: ModelSpec, in_chans: int, num_prototypes: int,
+                    prototypes: PrototypeKind) -> dict[str, tuple[int, ...]] | None:
+    """The shape of every tensor of the described network, built on the meta device (no memory); None for a
+    backbone that cannot be built there (loading the weights then checks the shapes instead)."""
+    try:
+        with torch.device("meta"):
+            network = Network(spec, in_chans, num_prototypes, prototypes)
+    except SemiclustError:
+        raise
+    except Exception:  # a timm model that reads tensor values while it is built
+        return None
+    return {key: tuple(value.shape) for key, value in network.state_dict().items()}
+
+
+def weights_mismatch(expected: dict[str, tuple[int, ...]] | None, weights: dict[str, torch.Tensor]) -> str | None:
+    """What does not fit between a network's tensor shapes and a file's tensors: the first tensor of another shape
+    (its name, its shape, the shape expected), or the tensors missing or extra; None when everything fits."""
+    if expected is None:
+        return None
+    for key, shape in expected.items():
+        value = weights.get(key)
+        if value is not None and not isinstance(value, torch.Tensor):
+            return f"'{key}' is a {type(value).__name__}, not a tensor"
+        if value is not None and tuple(value.shape) != shape:
+            return f"tensor '{key}' has shape {tuple(value.shape)}, expected {shape}"
+    missing = [key for key in expected if key not in weights]
+    if missing:
+        return f"{len(missing)} tensor(s) missing: {examples(missing, 3)}"
+    extra = [key for key in weights if key not in expected]
+    return f"{len(extra)} tensor(s) it does not have: {examples(extra, 3)}" if extra else None
+
+
+def mismatch_fix(recorded_version: object, damaged_fix: str) -> str:
+    """What to do about a file whose tensors do not fit its description: a file this version of semiclust wrote
+    is damaged or edited; one of another version may be read with that version."""
+    if recorded_version == __version__:
+        return f"the file is damaged or edited (it records semiclust {__version__}, this version); {damaged_fix}"
+    if isinstance(recorded_version, str) and recorded_version:
+        return (f"it was written by semiclust {recorded_version[:40]} (this is {__version__}), whose networks may differ; "
+                f"read it with that version, or {damaged_fix}")
+    return f"it records no semiclust version (damaged or edited, or written by another version); {damaged_fix}"

@@ -60,6 +60,12 @@ def first_line(err: Exception) -> str:
     return lines[0][:200] if lines else "no message"
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """A value read from a file, as a message shows it: its repr, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def require_file(path: Path, role: FileRole) -> Path:
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
@@ -76,12 +82,31 @@ def looks_like_safetensors(path: Path) -> bool:
     return struct.unpack("<Q", head[:8])[0] < path.stat().st_size
 
 
+LEGACY_TORCH_START = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"  # torch.save's legacy format: pickle protocol 2, its magic
+
+
 def is_torch_file(path: Path) -> bool:
-    """torch.save's zip container, or its legacy pickle (protocol 2 starts with 0x80 0x02)."""
+    """torch.save's zip container, or its legacy format (a protocol-2 pickle of torch's magic number first)."""
     if zipfile.is_zipfile(path):
         return True
     with open(path, "rb") as file:
-        return file.read(2) == b"\x80\x02"
+        return file.read(len(LEGACY_TORCH_START)) == LEGACY_TORCH_START
+
+
+def is_plain_pickle(path: Path) -> bool:
+    """A file `pickle.dump` wrote (protocol 2 to 5: 0x80 and the protocol first), not torch.save."""
+    with open(path, "rb") as file:
+        head = file.read(len(LEGACY_TORCH_START))
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5 and head != LEGACY_TORCH_START
+
+
+def refuse_plain_pickle(path: Path, role: FileRole) -> None:
+    """A plain pickle is named as one (torch.load would only call it corrupt): semiclust never unpickles it."""
+    if is_plain_pickle(path):
+        raise SemiclustError(
+            f"{role.name} '{path}' is a plain Python pickle (written by pickle.dump), not a torch.save file: semiclust "
+            "never unpickles arbitrary objects, since unpickling can run any code. In a Python session you trust, "
+            "load it and save its tensors with torch.save (a dict of tensors) or as safetensors, and use that file.")
 
 
 def refused_global(err: Exception) -> str | None:
@@ -94,6 +119,7 @@ def read_torch(path: Path | str, role: FileRole, map_location: str | torch.devic
     """A PyTorch file's content without executing pickled code; a refused object and a damaged file are
     named. Zip-format files are memory-mapped (a DINO checkpoint's optimiser state is never copied)."""
     path = require_file(Path(path), role)
+    refuse_plain_pickle(path, role)
     try:
         with torch.serialization.safe_globals(allowed_globals()):
             return torch.load(path, map_location=map_location, weights_only=True, mmap=zipfile.is_zipfile(path))
