@@ -203,15 +203,19 @@ def recipe_init(
     method: str = typer.Option("suave", "--method", help="suave or daino."),
     per_class: Optional[int] = typer.Option(None, "--per-class", help="Keep this many labels per class."),
     fraction: Optional[float] = typer.Option(None, "--fraction", help="Keep this fraction of the labels."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it already exists."),
 ) -> None:
     """Write a recipe for images semiclust has never seen: crop sizes from the images, a backbone width timed on
     this machine to fit the budget, batches from the labeled set, the method's defaults for small images."""
     from semiclust import api
+    from semiclust.recipe_init import refuse_existing
     from semiclust.storage.atomic import check_writable, write_text
 
+    refuse_existing(out, force)
     check_writable(out, "--out", "Choose a writable path for the recipe.")
     result = api.init_recipe(data, budget, labels, evaluation, method, per_class, fraction,
                              registered=(dataset, root) if dataset is not None else None)
+    refuse_existing(out, force)  # again: the timing takes a while, and a file may have appeared meanwhile
     write_text(out, result.text)
     for choice in result.choices:
         console.print(f"{choice.key}: {choice.why}", highlight=False, soft_wrap=True)

@@ -19,26 +19,34 @@ from semiclust.data.datasets import DATASETS
 from semiclust.data.streams import Stream
 from semiclust.errors import SemiclustError
 from semiclust.methods import METHODS
-from semiclust.models.backbones import check_backbone_name
+from semiclust.models.backbones import backbone_kwargs_problems, check_backbone_name
 from semiclust.recipes_dir import find_recipe
 from semiclust.schema import Recipe
-from semiclust.validation import describe_errors, dump_yaml, invalid_recipe_message
+from semiclust.validation import (RecipeYamlError, clipped, describe_errors, dump_yaml, invalid_recipe_message,
+                                  load_yaml, read_yaml, short)
 
 __all__ = ["apply_overrides", "dump_yaml", "load_raw", "load_recipe", "parse_override", "resolve"]
+
+
+def quoted(text: str) -> str:
+    """A --set argument as a message shows it: quoted, and cut when it is absurdly long."""
+    return f"'{clipped(text, 160)}'"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'a.b.c=value' -> (['a','b','c'], YAML-parsed value)."""
     if "=" not in text:
-        raise SemiclustError(f"--set '{text}' is not of the form key.path=value, e.g. --set method.temperature=0.2.")
+        raise SemiclustError(f"--set {quoted(text)} is not of the form key.path=value, e.g. --set method.temperature=0.2.")
     key, _, value = text.partition("=")
     path = key.strip().split(".")
     if not all(path):
-        raise SemiclustError(f"--set '{text}' has an empty key in its dotted path; write e.g. optim.lr=0.1.")
+        raise SemiclustError(f"--set {quoted(text)} has an empty key in its dotted path; write e.g. optim.lr=0.1.")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = load_yaml(value, f"the value of --set {quoted(text)}") if value.strip() else ""
+    except RecipeYamlError:
+        raise
     except yaml.YAMLError as err:
-        raise SemiclustError(f"--set '{text}': the value is not valid YAML ({err}).") from err
+        raise SemiclustError(f"--set {quoted(text)}: the value is not valid YAML ({err}).") from None
     return path, parsed
 
 
@@ -68,7 +76,7 @@ def child_section(node: dict | list, key: str, text: str, where: str, next_key: 
             child = node[key] = {}
     if not isinstance(child, (dict, list)):
         raise SemiclustError(
-            f"--set '{text}': '{where}' holds a value ({child!r}), not a section, so it has no "
+            f"--set {quoted(text)}: '{where}' holds a value ({short(child)}), not a section, so it has no "
             f"key '{next_key}'. Set '{where}' itself instead."
         )
     return child
@@ -78,7 +86,7 @@ def list_index(items: list, key: str, text: str, where: str) -> int:
     """`key` as an index into the list at `where`, with an error naming the valid ones."""
     if not key.isdigit() or int(key) >= len(items):
         raise SemiclustError(
-            f"--set '{text}': '{where}' is a list of {len(items)} item(s), so its keys are the indices "
+            f"--set {quoted(text)}: '{where}' is a list of {len(items)} item(s), so its keys are the indices "
             f"0 to {len(items) - 1}, not '{key}'.")
     return int(key)
 
@@ -89,7 +97,7 @@ def load_raw(path: Path) -> dict[str, Any]:
     if path.is_dir():
         raise SemiclustError(f"recipe '{path}' is a folder, not a recipe file. Give the path of a YAML recipe (e.g. "
                              f"{path / 'recipe.yaml'} in a run directory) or the name of a shipped one.")
-    if not path.is_file():
+    if not path.exists():  # a FIFO or a device exists: read_yaml names what it is
         found = find_recipe(str(path))
         if found is None:
             raise SemiclustError(
@@ -98,27 +106,18 @@ def load_raw(path: Path) -> dict[str, Any]:
             )
         path = found
     try:
-        raw = yaml.safe_load(utf8_text(path))
+        raw = read_yaml(path)  # bounded: size, aliases, nesting; duplicate keys refused
+    except RecipeYamlError:
+        raise
     except yaml.YAMLError as err:
-        raise SemiclustError(f"recipe '{path}' is not valid YAML: {err}. Fix the syntax at the line shown.") from err
+        raise SemiclustError(f"recipe '{path}' is not valid YAML: {err}. Fix the syntax at the line shown.") from None
+    except OSError as err:
+        raise SemiclustError(f"recipe '{path}' cannot be read ({err.strerror or err}); check its permissions.") from None
     if not isinstance(raw, dict):
         raise SemiclustError(
             f"recipe '{path}' must be a YAML mapping (name:, data:, model:, ...), got {type(raw).__name__}."
         )
     return raw
-
-
-def utf8_text(path: Path) -> str:
-    """A recipe file's text; bytes that are not UTF-8 are named by their offset."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        utf16 = " (it starts with a UTF-16 byte-order mark: it was saved as UTF-16)" if data[:2] in (
-            b"\xff\xfe", b"\xfe\xff") else ""
-        raise SemiclustError(
-            f"recipe '{path}' is not UTF-8 text: byte {err.start} (0x{data[err.start]:02x}) is not valid UTF-8{utf16}. "
-            "Recipes are UTF-8; save the file as UTF-8 (your editor's encoding setting).") from None
 
 
 def with_method_defaults(raw: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +153,9 @@ def name_problems(raw: dict[str, Any]) -> list[str]:
     problems = []
     for keys, lookup in checks:
         value = _section(raw, *keys)
-        if isinstance(value, str):
+        if isinstance(value, str) and len(value) > 100:
+            problems.append(f"'{'.'.join(keys)}' = {short(value)}: no registered name is that long")
+        elif isinstance(value, str):
             try:
                 lookup(value)
             except SemiclustError as err:
@@ -162,10 +163,17 @@ def name_problems(raw: dict[str, Any]) -> list[str]:
     return problems
 
 
+def kwargs_problems(raw: dict[str, Any]) -> list[str]:
+    """Backbone keyword arguments a user may not set (timm's loading options, keys semiclust sets, file paths),
+    named at validation; `create_backbone` refuses them again wherever a network is built."""
+    kwargs = _section(raw, "model", "backbone", "kwargs")
+    return backbone_kwargs_problems(kwargs) if isinstance(kwargs, dict) else []
+
+
 def resolve(raw: dict[str, Any], source: str = "recipe") -> Recipe:
     """Method defaults, registered names and parts, then validation: one readable error for everything."""
     raw = with_method_defaults(raw)
-    problems = name_problems(raw)
+    problems = name_problems(raw) + kwargs_problems(raw)
     try:
         recipe = Recipe.model_validate(raw, context={"assignment_specs": ASSIGNMENTS.specs()})
     except ValidationError as err:

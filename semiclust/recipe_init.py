@@ -63,6 +63,15 @@ class InitResult:
     measured: list[Measured] = field(default_factory=list)
 
 
+def refuse_existing(out: Path, force: bool) -> None:
+    """`recipe init` never replaces a file unasked: an existing --out (or a link there) is refused without --force,
+    before any work; with it, the file is replaced atomically."""
+    out = Path(out)
+    if not force and (out.is_symlink() or (out.exists() and not out.is_dir())):
+        raise SemiclustError(f"--out '{out}' already exists, and `semiclust recipe init` does not replace a file "
+                             "unasked: give another path with --out, or add --force to replace it.")
+
+
 def describe_data(data: Path | None, labels: Path | None, evaluation: Path | None,
                   registered: tuple[str, Path | None] | None = None) -> tuple[str, dict]:
     """The dataset registry entry and options for a folder (an ImageFolder tree, or images and a labels list),

@@ -7,6 +7,7 @@ section) is done by the recipe loader, `semiclust/recipe.py`, before and after v
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -220,7 +221,8 @@ class BackboneSpec(Strict):
     name: str = Field(
         description="any timm model name, or semiclust's tinyconv, resnet18_cifar, resnet34_cifar (`semiclust list backbones`)")
     kwargs: dict[str, Any] = Field({},
-        description="keyword arguments for timm.create_model, e.g. {dynamic_img_size: true, drop_path_rate: 0.1}")
+        description="the architecture's keyword arguments for timm.create_model, e.g. {dynamic_img_size: true, "
+        "drop_path_rate: 0.1}: plain values only, no loading options, file paths, in_chans or num_classes (docs/models.md)")
 
 
 class Head(Strict):
@@ -408,6 +410,9 @@ DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(
 def duration_seconds(text: str) -> float:
     """'30m', '2h', '1h30m', '90s', '1.5h' -> seconds (ValueError for anything else)."""
     found = DURATION.match(text)
+    if re.fullmatch(r"\s*\d+(?:\.\d+)?\s*", text):
+        raise ValueError(f"'{text.strip()}' has no unit, so it is not a duration; write e.g. {text.strip()}m, 2h, "
+                         "1h30m or 90s")
     if not text.strip() or not found or not any(found.groups()):
         raise ValueError(f"'{text}' is not a duration; write e.g. 30m, 2h, 1h30m or 900s")
     hours, minutes, seconds = (float(part) if part else 0.0 for part in found.groups())
@@ -425,6 +430,15 @@ class Schedule(Strict):
     warmup_epochs: Annotated[float, Field(ge=0)] = Field(0, description="linear warm-up length (may be fractional)")
     warmup_start_lr: Annotated[float, Field(ge=0)] = Field(0.0, description="learning rate at step 0 of the warm-up")
     final_lr: Annotated[float, Field(ge=0)] = Field(0.0, description="learning rate at the end of the cosine decay")
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _a_unit(cls, value: Any) -> Any:
+        """A bare number (`budget: 10`, `--budget 10`) says no unit: say so, not "a valid string"."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise ValueError(f"a budget needs a unit ({value} alone is not a duration); write e.g. {value}m, 2h, "
+                             "1h30m or 90s")
+        return value
 
     @field_validator("budget")
     @classmethod
@@ -484,8 +498,9 @@ class Runtime(Strict):
     @field_validator("loggers")
     @classmethod
     def _each_logger_once(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError(f"each logger may be listed once, got {value}")
+        twice = sorted(name for name, count in Counter(value).items() if count > 1)
+        if twice:
+            raise ValueError(f"each logger may be listed once; {', '.join(twice)} is listed more than once")
         return value
 
     @property

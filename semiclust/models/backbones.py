@@ -6,17 +6,22 @@ local checkpoint is a separate step.
 """
 from __future__ import annotations
 
+import functools
+import inspect
+import math
+import re
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
-from timm.models import BasicBlock, ResNet, register_model
+from timm.models import BasicBlock, ResNet, build_model_with_cfg, register_model
 from torch import nn
 
 from semiclust.errors import SemiclustError
 from semiclust.registry import unknown_name_message
 from semiclust.storage.tensors import FileRole, read_safetensors, read_torch
+from semiclust.validation import short
 
 _TIMM_ONLY = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "pretrained_model_args")
 HUB_WEIGHTS = "model.safetensors"  # the weights file of a hub-format folder (`semiclust export --format hub`)
@@ -150,14 +155,98 @@ def check_backbone_name(name: str) -> None:
         raise SemiclustError(unknown_name_message("backbone", name, list(SMALL_IMAGE_BACKBONES) + timm.list_models()))
 
 
+# ---------------------------------------------------------------- what model.backbone.kwargs may hold
+SET_BY_SEMICLUST = {
+    "in_chans": "semiclust sets it from the data's channels (data.options.channels where the dataset has it)",
+    "num_classes": "semiclust sets it to 0 (a backbone without a classifier) and adds its own head and prototypes",
+}
+LAYER_SWITCHES = ("scriptable", "exportable", "no_jit")  # create_model's own, but plain switches of layer choice
+FEATURE_OPTIONS = ("features_only", "out_indices", "feature_cls", "pruned")  # timm's builder reads them from kwargs
+# A key named for a file: it ends in one of these words (`checkpoint_path`; `drop_path_rate` is stochastic depth)
+# or holds one of the second set anywhere (`checkpoint_name`, `weights_url`).
+FILE_ENDINGS = {"path", "paths", "file", "files", "filename", "dir", "dirs", "directory", "folder", "url", "uri"}
+FILE_WORDS = {"file", "filename", "url", "uri", "checkpoint", "cache", "hub", "weights", "download"}
+WORD = re.compile(r"[A-Za-z0-9_-]{0,40}")  # a plain word: `avg`, `gelu_tanh`, `layernorm2d`, `none`, ``
+MAX_ITEMS, MAX_NESTING = 256, 3
+
+
+@functools.cache
+def loading_options() -> frozenset[str]:
+    """The named parameters of `timm.create_model` and of timm's model builder (asked of this timm, so a new one
+    is covered): how a model is built and loaded (pretrained, pretrained_cfg(_overlay), checkpoint_path,
+    cache_dir, pretrained_strict, ...), not what the architecture is; plus the builder's feature-map options."""
+    names = [*inspect.signature(timm.create_model).parameters.items(),
+             *inspect.signature(build_model_with_cfg).parameters.items()]
+    named = {key for key, parameter in names if parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL)}
+    return frozenset(named - {"model_name", "model_cls", "variant", *LAYER_SWITCHES}) | frozenset(FEATURE_OPTIONS)
+
+
+def plain_value(value: Any, nesting: int = 0) -> bool:
+    """An architecture value: null, true/false, a finite number, a short word (letters, digits, _ and -: no path
+    can be written with them), or a short list or section of these (nested at most MAX_NESTING deep)."""
+    if value is None or isinstance(value, (bool, int)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        return WORD.fullmatch(value) is not None
+    if nesting >= MAX_NESTING or not isinstance(value, (list, tuple, dict)) or len(value) > MAX_ITEMS:
+        return False
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and not key_problem(k) and plain_value(v, nesting + 1) for k, v in value.items())
+    return all(plain_value(item, nesting + 1) for item in value)
+
+
+def key_problem(key: str) -> str | None:
+    """Why a user may not set this backbone keyword argument, or None."""
+    if key in SET_BY_SEMICLUST:
+        return SET_BY_SEMICLUST[key] + "; remove it"
+    if key in FEATURE_OPTIONS:
+        return ("it makes timm build a feature-map extractor (or read a pruning file), not the backbone with pooled "
+                "features that semiclust's head takes; remove it")
+    if key in loading_options():
+        return ("it is one of timm.create_model's own loading options, not an argument of the architecture (it makes "
+                "timm load or fetch weights, e.g. from a file); remove it, and start from local weights with "
+                "model.init.path (docs/models.md)")
+    words = key.lower().split("_")
+    if words[-1] in FILE_ENDINGS or FILE_WORDS & set(words):
+        return ("its name says it names a file, folder or address, and backbone arguments may only describe the "
+                "architecture; remove it (local weights: model.init.path, docs/models.md)")
+    return None
+
+
+def backbone_kwargs_problems(kwargs: dict[str, Any]) -> list[str]:
+    """One phrase per keyword argument a user may not pass to the backbone, each naming the key, why and what to
+    do. The rule (docs/models.md): no loading options of timm (`loading_options`), no key semiclust sets
+    itself (`SET_BY_SEMICLUST`), no key named for a file, and only plain values (`plain_value`), so that no
+    recipe, checkpoint, export or hub folder can make timm read a file."""
+    problems = []
+    for key, value in kwargs.items():
+        name = str(key) if len(str(key)) <= 60 else str(key)[:56] + " ..."
+        where = f"'model.backbone.kwargs.{name}'"
+        reason = key_problem(key) if isinstance(key, str) else "the name of a keyword argument is a word; remove it"
+        if reason is None and not plain_value(value):
+            reason = ("backbone arguments take only plain values (numbers, true/false, null, short words of letters, "
+                      f"digits, '_' and '-', and short lists of them), and {short(value, 60)} is not one (a file path or "
+                      "other text is refused); write the architecture's value")
+        if reason is not None:
+            problems.append(f"{where}: {reason}")
+    return problems
+
+
 def create_backbone(name: str, kwargs: dict[str, Any], in_chans: int) -> nn.Module:
-    """A feature extractor (no classifier) from timm's factory; bad keyword arguments are reported clearly."""
+    """A feature extractor (no classifier) from timm's factory, the one place semiclust calls it: keyword
+    arguments a user may not set are refused first (`backbone_kwargs_problems`), bad ones reported clearly."""
     check_backbone_name(name)
+    problems = backbone_kwargs_problems(kwargs)
+    if problems:
+        raise SemiclustError(f"backbone '{name}' cannot be built with these keyword arguments (from the recipe, or the "
+                             f"checkpoint or export that describes the network): {'; '.join(problems)}.")
     try:
         model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
     except TypeError as err:
         raise SemiclustError(
-            f"backbone '{name}' rejected model.backbone.kwargs {kwargs}: {err}. Remove or rename the argument."
+            f"backbone '{name}' rejected model.backbone.kwargs {short(kwargs)}: {err}. Remove or rename the argument."
         ) from None
     if not getattr(model, "num_features", None):
         raise SemiclustError(f"backbone '{name}' does not report num_features, so semiclust cannot attach a head.")
