@@ -13,6 +13,8 @@ same pool and reported with the batch (the trainer warns, or fails the run if th
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -199,8 +201,23 @@ def resolve_workers(spec: Loader) -> int:
     return max(0, min(8, per_process - 1))
 
 
+WORKER_GRACE_S = 20.0  # how long a worker outlives a SIGTERM sent to its whole process group
+
+
+def _end_later(number: int, frame) -> None:
+    timer = threading.Timer(WORKER_GRACE_S, os._exit, (1,))
+    timer.daemon = True
+    timer.start()
+
+
 def _one_thread(_: int) -> None:
-    torch.set_num_threads(1)  # workers run in parallel; intra-op threads would oversubscribe the CPUs
+    """Each worker: one intra-op thread (workers run in parallel; more would oversubscribe the CPUs), and the
+    signals a Slurm time limit or a Ctrl-C sends to the whole process group left to the main process, which
+    checkpoints after its step and then ends its workers: a worker ignores SIGINT and ends WORKER_GRACE_S after a
+    SIGTERM (PyTorch's own SIGTERM to a hung worker still ends it)."""
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _end_later)
 
 
 def make_loader(items: torch.utils.data.Dataset, order: Iterable[int], spec: Loader,

@@ -23,6 +23,7 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -34,6 +35,7 @@ from semiclust.engine.metrics import MetricsLog
 from semiclust.engine.numbers import Schedules
 from semiclust.engine.run import Run
 from semiclust.engine.run_dir import RunFiles
+from semiclust.engine.signals import Stopped
 from semiclust.engine.state import process_state, restore, training_state
 from semiclust.engine.step import train_step
 from semiclust.errors import SemiclustError
@@ -122,7 +124,7 @@ def put_back(run: Run, state: dict) -> None:
     run.batches.restart()
 
 
-def seconds_per_step(run: Run, budget_s: float) -> float:
+def seconds_per_step(run: Run, budget_s: float, stopping: Callable[[], bool] = lambda: False) -> float:
     """The median time of real steps after three warm-up ones (the median: loader workers still filling their
     queue make a few early steps slow): at least 10 of them and 1% of the budget (25 for steps so short that
     their time varies most), at most 3% of it (or 200 steps)."""
@@ -138,6 +140,8 @@ def seconds_per_step(run: Run, budget_s: float) -> float:
         enough = 25 if statistics.fmean(times or [1.0]) < 0.05 else 10
         if (len(times) >= enough and spent > 0.01 * budget_s) or (len(times) >= 3 and spent > CALIBRATION_SHARE * budget_s):
             break
+        if stopping():
+            raise Stopped("a signal")
     return statistics.median(times)
 
 
@@ -208,14 +212,20 @@ def periodic_checkpoints(steps: int, spe: int, recipe, budget_s: float) -> int:
     return count
 
 
-def calibrate(run: Run, files: RunFiles, budget_s: float, started: float, start_step: int = 0) -> BudgetPlan:
+def calibrate(run: Run, files: RunFiles, budget_s: float, started: float, start_step: int = 0,
+              stopping: Callable[[], bool] = lambda: False) -> BudgetPlan:
     """Measure (on a snapshot, put back afterwards) and decide the number of steps, counting from
-    `start_step` (a resumed run); rank 0's decision on all processes."""
+    `start_step` (a resumed run); rank 0's decision on all processes. When `stopping()` turns true (a signal,
+    asked after each measured step and each measurement) the run is put back as it was and `Stopped` raised."""
     state = snapshot(run)
-    step_s = seconds_per_step(run, budget_s) + seconds_of_bookkeeping(run, files)
-    eval_s = seconds_per_evaluation(run)
-    put_back(run, state)  # the evaluation's loader drew from the global generator too
+    try:
+        step_s = seconds_per_step(run, budget_s, stopping) + seconds_of_bookkeeping(run, files)
+        eval_s = seconds_per_evaluation(run)
+    finally:
+        put_back(run, state)  # the evaluation's loader drew from the global generator too
     checkpoint_s = seconds_per_checkpoint(run, files)
+    if stopping():
+        raise Stopped("a signal")
     now_s = time.time() - started
     steps, evaluations, checkpoints = planned_steps(budget_s, now_s, step_s, eval_s, checkpoint_s, run)
     plan = BudgetPlan(budget_s, start_step + steps, step_s, eval_s, checkpoint_s, evaluations, checkpoints, now_s,
@@ -291,15 +301,17 @@ def retarget(run: Run, total_steps: int) -> None:
             f"schedule.warmup_epochs {run.recipe.schedule.warmup_epochs}; shorten the warm-up or give a longer budget.")
 
 
-def plan_budget(run: Run, files: RunFiles, resumed: bool, started: float, start_step: int) -> BudgetPlan | None:
+def plan_budget(run: Run, files: RunFiles, resumed: bool, started: float, start_step: int,
+                stopping: Callable[[], bool] = lambda: False) -> BudgetPlan | None:
     """A budgeted run's length: the one budget.json recorded (a resumed run with the same budget), or a new
-    calibration (saved to budget.json by rank 0); None without a budget. The run is retargeted to it."""
+    calibration (saved to budget.json by rank 0; `stopping` as in `calibrate`); None without a budget. The run is
+    retargeted to it."""
     budget_s = run.recipe.schedule.budget_seconds
     if budget_s is None:
         return None
     plan = BudgetPlan.load(files.budget) if resumed and files.budget.is_file() else None
     if plan is None or plan.budget_s != budget_s:
-        plan = calibrate(run, files, budget_s, started, start_step)
+        plan = calibrate(run, files, budget_s, started, start_step, stopping)
         if dist.is_main():
             plan.save(files.budget)
     retarget(run, plan.length_from(start_step))

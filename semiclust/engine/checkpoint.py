@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import math
 import shlex
-import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -157,11 +156,21 @@ def save_periodic(state: dict[str, Any], folder: Path, keep_last: int) -> Path:
     return path
 
 
-def latest_usable(folder: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
-    """The newest periodic checkpoint that loads, skipping (and naming) unreadable ones."""
+def latest_usable(folder: Path, map_location: str | torch.device = "cpu",
+                  fits: Callable[[dict[str, Any]], str | None] = lambda state: None,
+                  skipped: list[str] | None = None) -> tuple[Path, dict[str, Any]] | None:
+    """The newest periodic checkpoint that loads and that `fits` (None, or why it cannot be used: a tensor of
+    the wrong shape), falling back to older ones; each one passed over is added to `skipped` with its reason, for
+    the run's start-up lines (not a Python warning with a source path)."""
     for path in reversed(periodic_checkpoints(folder)):
         try:
-            return path, load_checkpoint(path, map_location)
+            state = load_checkpoint(path, map_location)
         except SemiclustError as err:
-            warnings.warn(f"skipping unreadable checkpoint: {err}", stacklevel=2)
+            reason = str(err)
+        else:
+            reason = fits(state)
+            if reason is None:
+                return path, state
+        if skipped is not None:
+            skipped.append(f"passed over checkpoint '{path}': {reason}")
     return None

@@ -38,6 +38,20 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launcher() -> list[str]:
+    """The command that starts semiclust the way this process was started, for the commands a run prints: plain
+    `semiclust`, or torchrun with this launch's processes per node (and, over several nodes, its node count and
+    rendezvous endpoint, MASTER_ADDR:MASTER_PORT, to be run on every node)."""
+    world, local = launched_world_size(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
+        return ["semiclust"]
+    nodes = max(1, world // max(local, 1))
+    where = ["--standalone"] if nodes == 1 else [
+        "--nnodes", str(nodes), "--rdzv-backend", "c10d",
+        "--rdzv-endpoint", f"{os.environ.get('MASTER_ADDR', 'HOST')}:{os.environ.get('MASTER_PORT', 'PORT')}"]
+    return ["torchrun", *where, "--nproc_per_node", str(local), "-m", "semiclust"]
+
+
 def init_from_env(use_cuda: bool) -> None:
     """Join the process group torchrun describes, once; nothing to do for a single process."""
     if launched_world_size() <= 1 or is_distributed():

@@ -3,6 +3,7 @@ MLflow; engine/loggers.py) and the progress display, with the timing of each log
 shows; every rank calls, so the averaging all-reduce of the logged losses happens on all of them."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -15,10 +16,11 @@ from semiclust.engine.metrics import MetricsLog
 from semiclust.engine.numbers import RunNumbers
 from semiclust.engine.progress import TrainingProgress
 from semiclust.engine.run_dir import RunFiles
-from semiclust.engine.signals import TrainingStopped
+from semiclust.engine.signals import Stopped, TrainingStopped
 from semiclust.engine.step import StepOutcome
 from semiclust.evaluate import EvalResult
 from semiclust.schema import Recipe
+from semiclust.storage.atomic import write_bytes
 
 
 def tracked_scalars(record: dict, section: str) -> dict[str, float]:
@@ -26,6 +28,31 @@ def tracked_scalars(record: dict, section: str) -> dict[str, float]:
     non-finite value in the file, and text such as the split's name are left out)."""
     return {f"{section}/{key}": float(value) for key, value in record.items()
             if key not in ("type", "step") and isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def trim_for_resume(path: Path, step: int) -> list[str]:
+    """metrics.jsonl as it must be when a run resumes at `step`: a last line cut by a killed write is dropped (an
+    append would glue the next record to it), and so are the records of the steps after the checkpoint, which
+    the resumed run logs again. Other lines are kept as they are; returns the note to print."""
+    if not path.is_file():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    cut = lines.pop() != b""  # the text after the last newline: empty for a whole file
+    kept, later = [], 0
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+            later += 1
+        else:
+            kept.append(line)
+    if not cut and not later:
+        return []
+    write_bytes(path, b"".join(line + b"\n" for line in kept))
+    what = [f"{later} record(s) of the steps after {step}, logged again as the run repeats them"] if later else []
+    return ["metrics.jsonl: dropped " + " and ".join(what + (["a last line cut by a killed write"] if cut else []))]
 
 
 class Reporter:
@@ -53,7 +80,7 @@ class Reporter:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        self.close("finished" if kind is None else "stopped" if isinstance(error, TrainingStopped) else "failed")
+        self.close("finished" if kind is None else "stopped" if isinstance(error, (TrainingStopped, Stopped)) else "failed")
 
     @property
     def tracking(self) -> bool:

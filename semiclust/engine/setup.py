@@ -22,8 +22,7 @@ from semiclust.data.datasets import Dataset, FileSplit, build_dataset, split_row
 from semiclust.data.eval_views import EvalViews
 from semiclust.data.loader import find_unreadable
 from semiclust.data.streams import IndexStream, Stream, labeled_stream, unlabeled_pool, unlabeled_stream
-from semiclust.data.subsets import (LabeledSubset, choose_labeled, choose_validation, class_counts, load_subset,
-                                    save_subset)
+from semiclust.data.subsets import LabeledSubset, choose_labeled, choose_validation, class_counts, load_subset
 from semiclust.engine import dist
 from semiclust.engine.device import autocast_dtype, uses_channels_last
 from semiclust.engine.finite import FiniteWatch
@@ -84,29 +83,23 @@ def draw_validation(dataset: Dataset, recipe: Recipe, labeled: LabeledSubset) ->
 
 
 def validation_for(files: RunFiles, recipe: Recipe, resume: bool) -> ValidationFor:
-    """Draw the validation split on rank 0 (saved beside the labeled subset), or reuse the saved one on resume."""
+    """Draw the validation split on rank 0 (sent to the other processes; the trainer saves it beside the labeled
+    subset once the start is built), or reuse the saved one on resume."""
     def held_out(dataset: Dataset, labeled: LabeledSubset) -> LabeledSubset:
         if resume and files.validation.exists():
             return load_subset(files.validation, dataset.train)
-        chosen = None
-        if dist.is_main():
-            chosen = draw_validation(dataset, recipe, labeled)
-            save_subset(chosen, dataset.train, files.validation)
-        return dist.broadcast_object(chosen)
+        return dist.broadcast_object(draw_validation(dataset, recipe, labeled) if dist.is_main() else None)
 
     return held_out
 
 
 def labeled_subset_for(files: RunFiles, dataset: Dataset, recipe: Recipe, resume: bool) -> LabeledSubset:
-    """Draw the labeled subset on rank 0 (saved in the run directory, sent to the other processes), or
-    reuse the saved one when resuming."""
+    """Draw the labeled subset on rank 0 (sent to the other processes; the trainer writes it to the run directory
+    once the whole start is built, so that a start that fails replaces nothing), or reuse the saved one when
+    resuming."""
     if resume and files.subset.exists():
         return load_subset(files.subset, dataset.train)
-    subset = None
-    if dist.is_main():
-        subset = draw_subset(dataset, recipe)
-        save_subset(subset, dataset.train, files.subset)
-    return dist.broadcast_object(subset)
+    return dist.broadcast_object(draw_subset(dataset, recipe) if dist.is_main() else None)
 
 
 def build_student(recipe: Recipe, in_chans: int, num_classes: int, kind: type[Method]) -> tuple[Network, InitReport | None]:

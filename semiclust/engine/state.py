@@ -70,6 +70,27 @@ def training_state(run: Run, step: int, evaluation: Evaluation | None, per_rank:
     return state
 
 
+def misfit(state: dict, method: Method) -> str | None:
+    """Why a checkpoint's weights cannot go into this run's networks (a tensor missing, unexpected or of another
+    shape: a damaged or edited file), or None: resume then falls back to the previous checkpoint rather than fail
+    half-way through loading this one."""
+    expected = method.state_dict()
+    saved = state.get("method")
+    if not isinstance(saved, dict):
+        return "it holds no network weights"
+    mine = state.get("per_rank", [{}])[dist.rank()] if isinstance(state.get("per_rank"), list) else {}
+    saved = {**saved, **(mine.get("local", {}) if isinstance(mine, dict) else {})}
+    for key, tensor in expected.items():
+        found = saved.get(key)
+        if not isinstance(found, torch.Tensor):
+            return f"tensor '{key}' is missing"
+        if found.shape != tensor.shape:
+            return (f"tensor '{key}' has shape {tuple(found.shape)} where this run's network has "
+                    f"{tuple(tensor.shape)} (a damaged or edited file)")
+    extra = sorted(set(saved) - set(expected))
+    return f"it holds tensors this run's networks do not have (e.g. '{extra[0]}')" if extra else None
+
+
 def restore(state: dict, run: Run) -> int:
     """Load a periodic checkpoint into the live objects; returns the step to continue from."""
     if state.get("world_size", 1) != dist.world_size():

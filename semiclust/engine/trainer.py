@@ -15,19 +15,21 @@ import torch
 from rich.console import Console
 
 from semiclust.data.loader import Corrupt
+from semiclust.data.subsets import save_subset
 from semiclust.engine import dist
 from semiclust.engine.budget import BudgetGuard, plan_budget
-from semiclust.engine.checkpoint import latest_usable, save_checkpoint, save_periodic
+from semiclust.engine.checkpoint import latest_usable, periodic_path, save_checkpoint, save_periodic
 from semiclust.engine.device import resolve_device
 from semiclust.engine.policy import Policy
-from semiclust.engine.reporter import Reporter
+from semiclust.engine.reporter import Reporter, trim_for_resume
 from semiclust.engine.run import Run
 from semiclust.engine.numbers import lr_description
-from semiclust.engine.run_dir import Claim, RunFiles, claim_run_dir, record_changes
+from semiclust.engine.run_dir import Claim, RunFiles, begin_files, claim_run_dir, record_changes
 from semiclust.engine.setup import build_run
 from semiclust.engine.loggers import check_installed
-from semiclust.engine.signals import StopRequest, TrainingStopped
-from semiclust.engine.state import process_state, restore, training_state
+from semiclust.engine.signals import Stopped, StopRequest, TrainingStopped, exit_code
+from semiclust.engine.disk import needed_space
+from semiclust.engine.state import misfit, process_state, restore, training_state
 from semiclust.engine.step import StepOutcome, train_step, undo_buffers
 from semiclust.errors import SemiclustError, examples
 from semiclust.engine.evaluation import BestSoFar, Evaluation, evaluate_run
@@ -58,47 +60,106 @@ def train(recipe: Recipe, run_dir: Path, console: Console | None = None, resume:
     `resume` continues from the newest readable periodic checkpoint, bit-identically; `overwrite`
     replaces a run already in the folder; `resume_hint` is the command printed when a signal stops it;
     `started` (time.time()) is when a budget's clock started (the CLI: the process start; default now).
-    A file that cannot be written (a full disk) ends the run in one paragraph naming the last good checkpoint."""
+    A file that cannot be written (a full disk) ends the run in one paragraph naming the last good checkpoint;
+    SIGTERM or SIGINT at any moment ends it with a checkpoint to resume from (engine/signals.py)."""
     started = started or time.time()
     device = start_processes(recipe.runtime)
     check_installed(recipe)  # a tracker package that is missing stops the run before anything is written
     files = RunFiles(Path(run_dir))
     hint = resume_hint or shlex.join(["semiclust", "train", "RECIPE", "--out", str(files.root), "--resume"])
     lock = None
-    try:
-        claim, lock = claim_run_dir(files, recipe, resume, overwrite, device)
-        return run_training(claim, files, device, console or Console(), hint, started)
-    except WriteFailed as err:
-        raise write_failed(err, files, hint) from None
-    finally:
-        if lock is not None:
-            lock.release()
+    with StopRequest() as stop:
+        try:
+            claim, lock = claim_run_dir(files, recipe, resume, overwrite, device)
+            return run_training(claim, files, device, console or Console(), hint, started, stop)
+        except WriteFailed as err:
+            raise write_failed(err, files, hint) from None
+        except Stopped as interrupted:
+            raise stopped_outside_steps(interrupted.signal_name, files, hint) from None
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 def run_training(claim: Claim, files: RunFiles, device: torch.device, console: Console, hint: str,
-                 started: float) -> TrainSummary:
-    """The run in a claimed folder: its objects, resume, its length (a budget's calibration), the steps, the
-    final evaluation and checkpoint."""
+                 started: float, stop: StopRequest) -> TrainSummary:
+    """The run in a claimed folder: its objects, resume, its files (only once the start is built), its length (a
+    budget's calibration), the steps, a checkpoint of the last step, the final evaluation and checkpoint."""
     run = build_run(claim.recipe, files, device, claim.resume)
-    start_step, skipped = resume_from(files, run) if claim.resume else (0, 0)
-    plan = plan_budget(run, files, claim.resume, started, start_step)
+    start_step, skipped, passed_over = resume_from(files, run) if claim.resume else (0, 0, [])
+    check_free_space(run, files, claim.resume)
+    notes = begin_files(files, claim, lambda: save_subsets(run, files))
+    notes += trim_for_resume(files.metrics, start_step) if claim.resume and dist.is_main() else []
+    plan = budget_or_stop(run, files, claim.resume, started, start_step, skipped, stop, hint)
     check_the_end(run, start_step)
     record_changes(files, claim, start_step)
     guard = BudgetGuard(plan, started, start_step) if plan else None
     best = BestSoFar.of(files.best, claim.resume) if run.validation_views is not None else None
     with Reporter(files, claim.recipe, console, run.numbers, start_step, claim.resume) as reporter:
-        announce(run, reporter, start_step, claim.notes + budget_notes(plan, run))
-        skipped, end = run_steps(run, files, reporter, start_step, skipped, hint, guard, best)
+        announce(run, reporter, start_step, passed_over + claim.notes + notes + budget_notes(plan, run))
+        skipped, end = run_steps(run, files, reporter, start_step, skipped, hint, stop, guard, best)
+        last = save_last_step(run, files, skipped, end, start_step)
+        if stop.requested:  # a signal during the last step: its checkpoint is written, the evaluation is not begun
+            raise stopped(stop, end, last, hint)
         evaluation = evaluate_run(run, end, reporter)
         keep_if_best(run, files, best, evaluation, end, skipped)
         seconds = reporter.elapsed()
         save_final(run, files, skipped, evaluation, end)
         if reporter.tracking and dist.is_main():
             reporter.files(final_figures(run, files, evaluation.result, evaluation.confusion))
+    if last is not None and dist.is_main():
+        last.unlink(missing_ok=True)  # final.pt holds the same step: the folder keeps the files it always had
     used = time.time() - started
     return TrainSummary(files.root, files.final, evaluation.result, end - start_step, seconds, dist.is_main(),
                         f"{used / 60:.1f} of {plan.budget_s / 60:.1f} minutes ({used / plan.budget_s:.1%})" if plan else None,
                         evaluation.beside, best)
+
+
+def save_subsets(run: Run, files: RunFiles) -> None:
+    """labeled_subset.json (and validation_subset.json): the exact images the run trains on and holds out."""
+    save_subset(run.subset, run.dataset.train, files.subset)
+    if run.validation is not None:
+        save_subset(run.validation, run.dataset.train, files.validation)
+
+
+def check_free_space(run: Run, files: RunFiles, resume: bool) -> None:
+    """Refuse, before anything is removed or trained, a run whose checkpoints cannot fit on the disk (every
+    process learns rank 0's verdict)."""
+    error = None
+    if dist.is_main():
+        try:
+            needed_space(run, files)
+        except SemiclustError as err:
+            error = err
+    if dist.any_process(error is not None, run.device):
+        raise error or SemiclustError("rank 0 found too little free space for the run (its error is printed there).")
+
+
+def budget_or_stop(run: Run, files: RunFiles, resumed: bool, started: float, start_step: int, skipped: int,
+                   stop: StopRequest, hint: str):
+    """The budget's plan (engine/budget.py); a signal during its calibration puts the run back as it was and
+    writes it as a checkpoint of its first step, so that the printed command resumes it."""
+    try:
+        with stop.deferred():
+            return plan_budget(run, files, resumed, started, start_step,
+                               lambda: dist.any_process(stop.requested, run.device))
+    except Stopped:
+        path = save_periodic_checkpoint(run, start_step, files, skipped) if not resumed else files.last_periodic()
+        raise stopped(stop, start_step, path, hint, "during the budget's calibration") from None
+
+
+def save_last_step(run: Run, files: RunFiles, skipped: int, end: int, start_step: int) -> Path | None:
+    """A checkpoint of the last step before the final evaluation (removed once final.pt holds it), so that a signal
+    during the evaluation, or a failed final.pt, loses no training; none when the run resumed at its end, whose
+    checkpoint is there already."""
+    if end == start_step:
+        return files.last_periodic()
+    path = periodic_path(files.checkpoints, end)
+    if path.exists():  # the periodic policy wrote it (a checkpoint every step)
+        return None
+    state = checkpoint_state(run, end, skipped)
+    written_or_failed(lambda: save_checkpoint(state, path) if state is not None else None, run)
+    return path
 
 
 def keep_if_best(run: Run, files: RunFiles, best: BestSoFar | None, evaluation: Evaluation, step: int,
@@ -130,7 +191,7 @@ def final_figures(run: Run, files: RunFiles, result: EvalResult | None, confusio
 
 
 def run_steps(run: Run, files: RunFiles, reporter: Reporter, start_step: int, skipped: int, hint: str,
-              guard: BudgetGuard | None = None, best: BestSoFar | None = None) -> tuple[int, int]:
+              stop: StopRequest, guard: BudgetGuard | None = None, best: BestSoFar | None = None) -> tuple[int, int]:
     """The optimiser steps from `start_step` to the run's length (which a budget's re-plan may change on the way),
     each followed by what the policy says is due (evaluation, a periodic checkpoint, the stop a signal asked for);
     returns the number of non-finite steps skipped and the step the run ended at (earlier than planned only if a
@@ -140,7 +201,7 @@ def run_steps(run: Run, files: RunFiles, reporter: Reporter, start_step: int, sk
     run.batches.on_corrupt = unreadable.add
     run.method.train()
     step = start_step
-    with StopRequest() as stop:
+    with stop.deferred():
         try:
             while step < run.numbers.total_steps:
                 outcome = train_step(run, step)
@@ -237,16 +298,25 @@ def start_processes(runtime: Runtime) -> torch.device:
     return device
 
 
-def resume_from(files: RunFiles, run: Run) -> tuple[int, int]:
-    """Restore the newest readable periodic checkpoint: (the step to continue from, steps skipped so far)."""
-    found = latest_usable(files.checkpoints, map_location=run.device)
+def resume_from(files: RunFiles, run: Run) -> tuple[int, int, list[str]]:
+    """Restore the newest periodic checkpoint that loads and fits the run's networks (an older one when the newest
+    is damaged): (the step to continue from, steps skipped so far, a note for each checkpoint passed over)."""
+    passed_over: list[str] = []
+    found = latest_usable(files.checkpoints, map_location=run.device, fits=lambda state: misfit(state, run.method),
+                          skipped=passed_over)
+    notes = [f"warning: {note}" for note in passed_over]
     if found is None:
-        return 0, 0
-    return restore(found[1], run), found[1].get("skipped_steps", 0)
+        if passed_over:
+            raise SemiclustError(f"--resume: no checkpoint of '{files.checkpoints}' can be used "
+                                 f"({'; '.join(passed_over)}). Start a new run with --overwrite or another --out.")
+        return 0, 0, notes
+    return restore(found[1], run), found[1].get("skipped_steps", 0), notes
 
 
 def check_the_end(run: Run, start_step: int) -> None:
-    if start_step >= run.numbers.total_steps:
+    """A resume past the run's end is refused; at its very end (a stop during the final evaluation) the run goes
+    straight to the final evaluation."""
+    if start_step > run.numbers.total_steps:
         raise SemiclustError(f"--resume: the run is at step {start_step} but the schedule now ends at step "
                              f"{run.numbers.total_steps}; give schedule.epochs (or a budget) that reach past it.")
 
@@ -394,9 +464,23 @@ def non_finite_error(step: int, parts: dict[str, float], files: RunFiles, skippe
     )
 
 
-def stopped(stop: StopRequest, done: int, path: Path | None, hint: str) -> TrainingStopped:
+def stopped(stop: StopRequest, done: int, path: Path | None, hint: str, when: str = "") -> TrainingStopped:
+    when = f" {when}" if when else ""
     return TrainingStopped(
-        f"stopped by {stop.signal_name or 'a signal on another process'} after step {done}; checkpoint '{path}' "
+        f"stopped by {stop.signal_name or 'a signal on another process'}{when} after step {done}; checkpoint '{path}' "
         f"written. Continue with: {hint}",
-        exit_code=130 if stop.signal_name == "SIGINT" else 143,
+        exit_code=exit_code(stop.signal_name),
     )
+
+
+def stopped_outside_steps(signal_name: str, files: RunFiles, hint: str) -> TrainingStopped:
+    """A signal while the run was built, evaluated at its end or written: the newest checkpoint on disk (written
+    atomically, so whole) and the command that continues from it."""
+    newest = files.last_periodic() if files.checkpoints.is_dir() else None
+    if files.final.is_file():
+        where = f"the run had finished: '{files.final}' is written"
+    elif newest is not None:
+        where = f"the newest checkpoint is '{newest}'. Continue with: {hint}"
+    else:
+        where = f"no step was trained yet, so nothing is lost. Start it again with: {hint}"
+    return TrainingStopped(f"stopped by {signal_name} outside a training step; {where}", exit_code=exit_code(signal_name))

@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 
 from semiclust.errors import SemiclustError
+from semiclust.storage.atomic import write_error
 
 LOCK_NAME = ".lock"
 
@@ -41,7 +42,20 @@ class FolderLock:
         self._descriptor: int | None = None
 
     def acquire(self) -> str | None:
-        """Take the lock (creating the folder); returns a warning when a dead run's lock was taken over."""
+        """Take the lock (creating the folder); returns a warning when a dead run's lock was taken over. A folder
+        or lock file that cannot be written (a full disk) is one paragraph, and leaves no lock file behind."""
+        existed = self.path.exists()
+        try:
+            return self._acquire()
+        except OSError as err:
+            held, self._descriptor = self._descriptor, None
+            if held is not None:
+                os.close(held)
+            if held is not None or not existed:  # a lock file this process made or held: never left half-written
+                self.path.unlink(missing_ok=True)
+            raise write_error(self.path, err) from None
+
+    def _acquire(self) -> str | None:
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(5):  # the file may be replaced between open and lock by a run releasing it
             descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -69,9 +69,11 @@ def test_durations_parse_and_bad_ones_are_named():
     """'90s', '10m', '1h30m' and friends are seconds; anything else is a ValueError naming it and showing the form."""
     assert [duration_seconds(t) for t in ("90s", "10m", "1h30m", "30m", "2h", "1.5h", " 1m30s ")] == [
         90, 600, 5400, 1800, 7200, 5400, 90]
-    for bad in ("30 minutes", "10", "m", "", "1x", "-5m", "1m30h", "1h 2d"):
+    for bad in ("30 minutes", "m", "", "1x", "-5m", "1m30h", "1h 2d"):
         with pytest.raises(ValueError, match=rf"'{re.escape(bad)}' is not a duration; write e\.g\. 30m"):
             duration_seconds(bad)
+    with pytest.raises(ValueError, match=r"'10' has no unit, so it is not a duration; write e\.g\. 10m"):
+        duration_seconds("10")  # a bare number names what is missing
 
 
 def test_recipes_take_epochs_or_a_budget_of_at_least_ten_seconds(capsys, tmp_path):
