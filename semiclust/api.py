@@ -24,7 +24,7 @@ from semiclust.compare import Comparison, compare_runs
 from semiclust.data.check import DataReport, check_data as check_recipe_data
 from semiclust.data.datasets import DATASETS
 from semiclust.engine import dist
-from semiclust.engine.checkpoint import checkpoint_file, load_checkpoint
+from semiclust.engine.checkpoint import checked_classifier, checkpoint_file, load_checkpoint
 from semiclust.engine.device import resolve_device
 from semiclust.engine.dry_run import DryRun, dry_run as plan_run
 from semiclust.engine.trainer import TrainSummary, train as run_training
@@ -36,7 +36,7 @@ from semiclust.export_onnx import export_onnx
 from semiclust.methods import METHODS
 from semiclust.models.backbones import BACKBONES
 from semiclust.models.classifier import ExportedClassifier, load_classifier as load_export
-from semiclust.plot import plot_confusion
+from semiclust.plot import confusion_shown, plot_confusion
 from semiclust.predict import Prediction, collect_images, predict_files
 from semiclust.recipe_init import InitResult, init_recipe as write_new_recipe
 from semiclust.recipe import apply_overrides, load_recipe as read_recipe, resolve
@@ -95,6 +95,8 @@ class Evaluation:
     knn_skipped: str | None
     knn_source: str = "labeled"  # the kNN memory: the labeled subset, or "all" labeled training images
     write_error: WriteFailed | None = None  # the PNG could not be written (the report itself is complete)
+    confusion_shows: str | None = None  # what the PNG shows when not every class ("the 30 most-confused of ...")
+    confusion_skipped: str | None = None  # why no PNG was made although one was asked for (a sentence)
 
 
 def evaluate(checkpoint: Path | str, overrides: Sequence[str] = (), device: str = "auto", knn: int = 20,
@@ -102,27 +104,59 @@ def evaluate(checkpoint: Path | str, overrides: Sequence[str] = (), device: str 
              write_confusion: bool = True, knn_memory: str = "labeled") -> Evaluation:
     """Evaluate a checkpoint (or a run directory's final one) on its recipe's evaluation split; overrides
     change the checkpoint's recipe first (e.g. data.options.root=/new/place). Writes the confusion PNG
-    to `confusion` (default: beside the checkpoint) unless `write_confusion` is false. The kNN memory is the labeled
-    subset, or with `knn_memory="all"` every labeled training image (a diagnostic of the features, not a result)."""
+    to `confusion` (default: beside the checkpoint, skipped with a note where that folder is read-only) unless
+    `write_confusion` is false. The kNN memory is the labeled subset, or with `knn_memory="all"` every labeled
+    training image (a diagnostic of the features, not a result)."""
     check_knn_memory(knn_memory)
     evaluated = checkpoint_file(checkpoint)
-    png = (Path(confusion) if confusion else evaluated.with_name(f"{evaluated.stem}_confusion.png")) if write_confusion else None
-    if png is not None:
-        check_writable(png, "the confusion-matrix PNG", "Write it elsewhere with --confusion PATH, or skip it with "
-                       "--no-confusion.")
+    png, png_skipped = confusion_target(evaluated, confusion, write_confusion)
     state = load_checkpoint(evaluated)
+    checked_classifier(state)
     saved = with_legacy_batches(state["recipe"])
     raw = apply_overrides(json.loads(json.dumps(saved)), list(overrides)) if overrides else saved
     recipe = validate(raw, "the checkpoint's recipe with --set overrides" if overrides else "the checkpoint's recipe")
     report, skipped = checkpoint_report(state, recipe, resolve_device(device), knn, knn_temperature, knn_memory)
-    evaluation = Evaluation(report, Path(checkpoint), state["step"], recipe, png, skipped, knn_memory)
+    evaluation = Evaluation(report, Path(checkpoint), state["step"], recipe, png, skipped, knn_memory,
+                            confusion_skipped=png_skipped)
     if png is not None:
-        try:
-            plot_confusion(report.confusion, report.classes, png, f"{recipe.name}, step {state['step']}: top-1 "
-                           f"{report.result.top1:.2f}% on {report.result.n} images")
-        except WriteFailed as err:
-            evaluation.confusion_png, evaluation.write_error = None, err
+        draw_confusion(evaluation, f"{recipe.name}, step {state['step']}: top-1 {report.result.top1:.2f}% on "
+                                   f"{report.result.n} images")
     return evaluation
+
+
+def confusion_target(evaluated: Path, confusion: Path | str | None, write: bool) -> tuple[Path | None, str | None]:
+    """Where the confusion PNG goes, checked before any work, and why it goes nowhere: an explicit --confusion that
+    cannot be written is refused; the default place beside the checkpoint, unwritable (a read-only folder of
+    checkpoints), is skipped with a sentence saying so, since the evaluation itself needs no file."""
+    if not write:
+        return None, None
+    fix = "Write it elsewhere with --confusion PATH, or skip it with --no-confusion."
+    if confusion:
+        return check_writable(Path(confusion), "the confusion-matrix PNG", fix), None
+    try:
+        return check_writable(evaluated.with_name(f"{evaluated.stem}_confusion.png"), "the confusion-matrix PNG", fix), None
+    except SemiclustError as err:
+        return None, f"confusion matrix not written: {err}"
+
+
+def draw_confusion(evaluation: Evaluation, title: str) -> None:
+    """The confusion PNG of an evaluation; a figure that cannot be made (no memory left, a write that fails) costs
+    the figure, never the computed result: the write error is raised after the result is printed, the rest noted."""
+    report = evaluation.report
+    try:
+        plot_confusion(report.confusion, report.classes, evaluation.confusion_png, title)
+        evaluation.confusion_shows = confusion_shown(report.confusion)[1]
+    except WriteFailed as err:
+        evaluation.confusion_png, evaluation.write_error = None, err
+    except MemoryError:
+        evaluation.confusion_png = None
+        evaluation.confusion_skipped = (f"confusion matrix not drawn: not enough memory for the figure of "
+                                        f"{len(report.classes):,} classes (the result is complete); skip it with "
+                                        "--no-confusion.")
+    except Exception as err:  # matplotlib's errors for a figure it cannot lay out
+        evaluation.confusion_png = None
+        evaluation.confusion_skipped = (f"confusion matrix not drawn ({type(err).__name__}: "
+                                        f"{' '.join(str(err).split())[:160]}); the result is complete.")
 
 
 def export(checkpoint: Path | str, out: Path | str, content: str | None = None,

@@ -11,11 +11,11 @@ from typing import Any
 
 import yaml
 
-from semiclust.engine.metrics import read_metrics
+from semiclust.engine.metrics import read_metrics_file
 from semiclust.engine.run_dir import RunFiles
 from semiclust.errors import SemiclustError
 from semiclust.plot import plot_comparison
-from semiclust.validation import flat_values
+from semiclust.validation import flat_values, read_yaml
 
 
 @dataclass
@@ -24,10 +24,11 @@ class RunRecord:
 
     label: str
     path: Path
-    recipe: dict[str, Any]
+    recipe: dict[str, Any] | None  # None: recipe.yaml is damaged (named in `notes`)
     train: list[dict] = field(repr=False)
     evals: list[dict] = field(repr=False)
     finished: bool  # checkpoints/final.pt exists
+    notes: list[str] = field(default_factory=list)  # what was wrong with the run's files, and what was left out
 
     @property
     def final(self) -> dict | None:
@@ -63,26 +64,51 @@ def training_seconds(train: list[dict]) -> float | None:
     return total + last
 
 
+def run_recipe(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A run's recipe.yaml as a dict (read in bounded memory, as every recipe), or None and what is wrong with it."""
+    try:
+        saved = read_yaml(path, "run recipe")
+    except (OSError, yaml.YAMLError) as err:  # the bounded reader's refusals are YAMLErrors too
+        return None, f"is damaged ({type(err).__name__}: {' '.join(str(err).split())[:160]})"
+    if not isinstance(saved, dict):
+        return None, f"is damaged (it holds a YAML {type(saved).__name__}, not a recipe)"
+    return saved, None
+
+
 def read_run(path: Path, label: str) -> RunRecord:
-    """A run directory's recipe.yaml and metrics.jsonl, or an error naming what is missing."""
+    """A run directory's recipe.yaml and metrics.jsonl, or an error naming what is missing. A damaged recipe.yaml
+    leaves the run out of the recipe differences and damaged metrics lines are skipped, each with a note: the
+    rest of the run is still worth comparing."""
     files = RunFiles(Path(path))
     if not files.recipe.is_file() or not files.metrics.is_file():
         missing = "recipe.yaml" if not files.recipe.is_file() else "metrics.jsonl"
         raise SemiclustError(f"'{path}' is not a run directory (no {missing}); pass folders that `semiclust train "
                              "--out` wrote.")
-    records = read_metrics(files.metrics)
-    return RunRecord(label, files.root, yaml.safe_load(files.recipe.read_text()),
-                     [r for r in records if r.get("type") == "train"], [r for r in records if r.get("type") == "eval"],
-                     files.final.is_file())
+    try:
+        metrics = read_metrics_file(files.metrics)
+    except OSError as err:
+        raise SemiclustError(f"run '{label}': '{files.metrics}' cannot be read ({err.strerror or err}); check its "
+                             "permissions, or leave the run out.") from None
+    recipe, damage = run_recipe(files.recipe)
+    notes = [metrics.warning()] if metrics.warning() else []
+    if recipe is None:
+        notes.append(f"run '{label}': '{files.recipe}' {damage}; the run is left out of the recipe differences (its "
+                     "metrics are compared)")
+    records = metrics.records
+    return RunRecord(label, files.root, recipe, [r for r in records if r.get("type") == "train"],
+                     [r for r in records if r.get("type") == "eval"], files.final.is_file(), notes)
 
 
-def recipe_differences(recipes: list[dict[str, Any]]) -> dict[str, list[Any]]:
+def recipe_differences(recipes: list[dict[str, Any] | None]) -> dict[str, list[Any]]:
     """The dotted recipe keys whose values are not the same in every recipe, with each recipe's value (None
-    where a recipe lacks the key); the run's name is left out, it is the runs' label."""
-    flat = [flat_values({k: v for k, v in recipe.items() if k != "name"}) for recipe in recipes]
-    keys = list(dict.fromkeys(key for values in flat for key in values))
-    return {key: [values.get(key) for values in flat] for key in keys
-            if any(values.get(key) != flat[0].get(key) for values in flat)}
+    where a recipe lacks the key); the run's name is left out, it is the runs' label. An unreadable recipe (None)
+    takes no part: its values are None."""
+    flat = [None if recipe is None else flat_values({k: v for k, v in recipe.items() if k != "name"})
+            for recipe in recipes]
+    known = [values for values in flat if values is not None]
+    keys = list(dict.fromkeys(key for values in known for key in values))
+    return {key: [None if values is None else values.get(key) for values in flat] for key in keys
+            if any(values.get(key) != known[0].get(key) for values in known)}
 
 
 def run_labels(paths: list[Path]) -> list[str]:
@@ -102,6 +128,7 @@ class Comparison:
     runs: list[RunRecord]
     differences: dict[str, list[Any]]
     png: Path
+    notes: list[str] = field(default_factory=list)  # damaged run files, and what was left out because of them
 
 
 def default_png(paths: list[Path]) -> Path:
@@ -117,4 +144,4 @@ def compare_runs(paths: list[Path], out: Path | None = None) -> Comparison:
         raise SemiclustError("semiclust compare needs at least one run directory.")
     runs = [read_run(Path(p), label) for p, label in zip(paths, run_labels([Path(p) for p in paths]))]
     png = plot_comparison([(r.label, r.train, r.evals) for r in runs], Path(out) if out else default_png(paths))
-    return Comparison(runs, recipe_differences([r.recipe for r in runs]), png)
+    return Comparison(runs, recipe_differences([r.recipe for r in runs]), png, [n for r in runs for n in r.notes])

@@ -18,9 +18,23 @@ class EvalResult:
     split: str
     matching: str = "identity"
     unreadable: int = 0  # image files of the split that could not be decoded and were left out
+    num_classes: int = 0  # classes scored (0: a result recorded before semiclust counted them)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def top5_trivial(self) -> bool:
+        """Top-5 of five classes or fewer holds every class: always 100%, so it says nothing."""
+        return 0 < self.num_classes <= TOP_K
+
+
+TOP_K = 5  # the k of top-k accuracy
+
+
+def top5_note(num_classes: int) -> str:
+    """The words shown beside (or instead of) a top-5 that holds every class."""
+    return f"top-5 is 100% with {num_classes} classes: every class is in the top 5"
 
 
 def _require_images(outputs: list, views: EvalViews) -> None:
@@ -101,8 +115,8 @@ def accuracy_result(scores: torch.Tensor, labels: torch.Tensor, split_name: str,
         permuted = torch.empty_like(scores)
         permuted[:, mapping] = scores
         scores, matching = permuted, "hungarian"
-    result = EvalResult(topk_accuracy(scores, labels, 1), topk_accuracy(scores, labels, 5), len(labels), split_name,
-                        matching, unreadable)
+    result = EvalResult(topk_accuracy(scores, labels, 1), topk_accuracy(scores, labels, TOP_K), len(labels), split_name,
+                        matching, unreadable, scores.shape[1])
     return result, scores
 
 

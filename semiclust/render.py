@@ -3,9 +3,11 @@ and a finished training. Pure presentation of what the library API returned."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from semiclust.api import Evaluation
@@ -14,6 +16,7 @@ from semiclust.data.check import DataReport
 from semiclust.engine.dry_run import DryRun
 from semiclust.engine.numbers import lr_description
 from semiclust.engine.trainer import TrainSummary
+from semiclust.evaluate import EvalResult, top5_note
 from semiclust.export import timm_load_code
 from semiclust.predict import Prediction
 from semiclust.schema import Recipe
@@ -75,19 +78,32 @@ def show_dry_run(console: Console, recipe: Recipe, plan: DryRun, processes: int)
 
 
 def show_trained(console: Console, summary: TrainSummary) -> None:
+    """The end of `semiclust train`: the final result, the checkpoint and the command that evaluates it again
+    (shell-quoted and never wrapped, so that it pastes from a terminal or a log)."""
     r = summary.result
+    again = f"evaluate again: {shlex.join(['semiclust', 'eval', '--checkpoint', str(summary.checkpoint)])}"
     if r is None:
         console.print(f"[bold green]done[/] in {summary.seconds:.0f}s (the dataset has no evaluation set).\n"
-                      f"checkpoint: {summary.checkpoint}", highlight=False)
+                      f"checkpoint: {escape(str(summary.checkpoint))}\n{escape(again)}", highlight=False, soft_wrap=True)
         return
     matched = " (prototypes matched to classes)" if r.matching != "identity" else ""
     skipped = f" ({r.unreadable} unreadable left out)" if r.unreadable else ""
     budget = f"\nbudget: {summary.budget_used}" if summary.budget_used else ""
     beside = "".join(f"; {name} network: top-1 {b.top1:.2f}%" for name, b in (summary.beside or {}).items())
     console.print(
-        f"[bold green]done[/] in {summary.seconds:.0f}s: final top-1 [bold]{r.top1:.2f}%[/], top-5 {r.top5:.2f}% on "
-        f"{r.n} {r.split} images{skipped}{matched}{beside}.\n{best_line(summary)}checkpoint: {summary.checkpoint}"
-        f"{budget}\nevaluate again: semiclust eval --checkpoint {summary.checkpoint}", highlight=False)
+        f"[bold green]done[/] in {summary.seconds:.0f}s: final top-1 [bold]{r.top1:.2f}%[/]{top5_words(r)} on "
+        f"{r.n} {escape(r.split)} images{skipped}{matched}{trivial_note(r)}{beside}.\n{escape(best_line(summary))}checkpoint: "
+        f"{escape(str(summary.checkpoint))}{budget}\n{escape(again)}", highlight=False, soft_wrap=True)
+
+
+def top5_words(result: EvalResult) -> str:
+    """The top-5 after the top-1 (`, top-5 93.00%`); nothing with five classes or fewer, where it is always 100%."""
+    return "" if result.top5_trivial else f", top-5 {result.top5:.2f}%"
+
+
+def trivial_note(result: EvalResult) -> str:
+    """The note that top-5 holds every class (five classes or fewer), in parentheses; else nothing."""
+    return f" ({top5_note(result.num_classes)})" if result.top5_trivial else ""
 
 
 def best_line(summary: TrainSummary) -> str:
@@ -103,9 +119,11 @@ def best_line(summary: TrainSummary) -> str:
 def evaluation_json(evaluation: Evaluation) -> str:
     report = evaluation.report
     return json.dumps({**report.as_dict(include_confusion=len(report.classes) <= MAX_JSON_CONFUSION),
+                       "top5_trivial": report.result.top5_trivial,
                        "knn_source": evaluation.knn_source, "checkpoint": str(evaluation.checkpoint),
                        "step": evaluation.step,
-                       "confusion_png": str(evaluation.confusion_png) if evaluation.confusion_png else None})
+                       "confusion_png": str(evaluation.confusion_png) if evaluation.confusion_png else None,
+                       "confusion_shows": evaluation.confusion_shows, "confusion_skipped": evaluation.confusion_skipped})
 
 
 def per_class_table(evaluation: Evaluation) -> Table:
@@ -130,13 +148,19 @@ def show_evaluation(console: Console, evaluation: Evaluation, knn: int) -> None:
     memory = "labeled" if evaluation.knn_source == "labeled" else "training images, all labels"
     knn_cell = f"{report.knn_top1:.2f} (k {knn}, {report.knn_memory} {memory})" if report.knn_top1 is not None else "-"
     table.add_row(r.split, str(r.n) + (f" ({r.unreadable} unreadable)" if r.unreadable else ""), f"{r.top1:.2f}",
-                  f"{r.top5:.2f}", r.matching, knn_cell)
+                  f"{r.top5:.2f} *" if r.top5_trivial else f"{r.top5:.2f}", r.matching, knn_cell)
     console.print(table)
+    if r.top5_trivial:
+        console.print(f"* {top5_note(r.num_classes)}, so it says nothing about the classifier.", highlight=False,
+                      soft_wrap=True)
     console.print(per_class_table(evaluation))
     if report.knn_top1 is None and evaluation.knn_skipped != "--knn-k 0":
-        console.print(f"kNN diagnostic skipped: {evaluation.knn_skipped}.", highlight=False)
+        console.print(f"kNN diagnostic skipped: {evaluation.knn_skipped}.", highlight=False, markup=False, soft_wrap=True)
     if evaluation.confusion_png:
-        console.print(f"confusion matrix: {evaluation.confusion_png}", highlight=False)
+        shows = f" ({evaluation.confusion_shows})" if evaluation.confusion_shows else ""
+        console.print(f"confusion matrix: {evaluation.confusion_png}{shows}", highlight=False, markup=False, soft_wrap=True)
+    if evaluation.confusion_skipped:
+        console.print(evaluation.confusion_skipped, highlight=False, markup=False, soft_wrap=True)
 
 
 def class_table(report: DataReport, recipe_name: str) -> Table:
@@ -187,16 +211,19 @@ def show_export(console: Console, meta: dict[str, str], out: Path) -> None:
     """What was exported, and the code that loads it (plain timm for a backbone, semiclust for a classifier)."""
     kind = {"onnx": "ONNX ", "hub": "hub-format folder of the "}.get(meta.get("file_format", ""), "")
     console.print(f"wrote {out}: {kind}{meta['content']} of {meta['architecture']} (step {meta['step']}, "
-                  f"{meta['num_classes']} classes, recipe sha256 {meta['recipe_sha256'][:12]})", highlight=False)
+                  f"{meta['num_classes']} classes, recipe sha256 {meta['recipe_sha256'][:12]})", highlight=False,
+                  markup=False, soft_wrap=True)
     if meta["content"] == "backbone":
         code = "\n".join(f"    {line}" for line in timm_load_code(meta, str(out)))
         console.print(f"load it with timm:\n{code}", highlight=False, markup=False, soft_wrap=True)
     else:
         console.print(f"load it with semiclust: semiclust.load_classifier({str(out)!r}); or "
-                      f"semiclust predict --model {out} IMAGES...", highlight=False, markup=False)
+                      f"{shlex.join(['semiclust', 'predict', '--model', str(out)])} IMAGES...", highlight=False,
+                      markup=False, soft_wrap=True)
     if meta.get("file_format") == "hub":
-        console.print(f"publish it: huggingface-cli upload USER/REPO {out} (then timm.create_model('hf-hub:USER/REPO', "
-                      "pretrained=True)); the model card is README.md", highlight=False, markup=False, soft_wrap=True)
+        console.print(f"publish it: {shlex.join(['huggingface-cli', 'upload', 'USER/REPO', str(out)])} (then "
+                      "timm.create_model('hf-hub:USER/REPO', pretrained=True)); the model card is README.md",
+                      highlight=False, markup=False, soft_wrap=True)
 
 
 def shown_value(value) -> str:
@@ -221,8 +248,9 @@ def comparison_table(comparison: Comparison) -> Table:
         table.add_column(column, justify="left" if column in ("run", "recipe differences") else "right")
     for index, run in enumerate(comparison.runs):
         cells = "\n".join(f"{key}={shown_value(values[index])}" for key, values in comparison.differences.items())
+        cells = "(recipe.yaml damaged)" if run.recipe is None else cells
         final, best, speed = run.final, run.best, run.images_per_second
-        table.add_row(run.label + ("" if run.finished else " (unfinished)"), cells or "-",
+        table.add_row(escape(run.label) + ("" if run.finished else " (unfinished)"), escape(cells or "-"),
                       f"{final['top1']:.2f} (step {final['step']})" if final else "-",
                       f"{best['top1']:.2f} (step {best['step']})" if best else "-",
                       duration(run.seconds), f"{speed:,.0f}" if speed is not None else "-")
@@ -231,4 +259,6 @@ def comparison_table(comparison: Comparison) -> Table:
 
 def show_comparison(console: Console, comparison: Comparison) -> None:
     console.print(comparison_table(comparison))
-    console.print(f"curves: {comparison.png}", highlight=False)
+    for note in comparison.notes:
+        console.print(f"warning: {note}", highlight=False, markup=False, soft_wrap=True)
+    console.print(f"curves: {comparison.png}", highlight=False, markup=False, soft_wrap=True)
