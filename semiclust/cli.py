@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -13,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from semiclust.engine.signals import Stopped, exit_code
 from semiclust.errors import SemiclustError
 
 app = typer.Typer(
@@ -35,7 +38,8 @@ LISTABLE = ("backbones", "assignments", "datasets", "methods", "recipes")
 @app.command()
 def train(
     recipe: str = RecipeArgument,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<recipe name>)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory: a new or empty folder, or a run "
+                                      "directory semiclust wrote (default: runs/<recipe name>)."),
     overrides: Optional[list[str]] = SetOption,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out."),
@@ -54,10 +58,15 @@ def train(
         count = processes or int(os.environ.get("WORLD_SIZE", "1"))
         render.show_dry_run(console, resolved, api.dry_run(resolved, count), count)
         return
-    run_dir = out or Path("runs") / resolved.name
+    if out == "":  # an unset shell variable: not the current folder by accident
+        raise SemiclustError("--out is empty; give the folder of the run (a new or empty folder, or a run directory "
+                             "semiclust wrote), or leave --out out for runs/<recipe name>.")
+    run_dir = Path(out) if out is not None else Path("runs") / resolved.name
     sets = [part for override in overrides or [] for part in ("--set", override)]
-    hint = shlex.join(["semiclust", "train", recipe, "--out", str(run_dir), *sets, "--resume"])
     from semiclust.engine.budget import process_started
+    from semiclust.engine.dist import launcher
+
+    hint = shlex.join([*launcher(), "train", recipe, "--out", str(run_dir), *sets, "--resume"])
 
     summary = api.train(resolved, run_dir, console=console, resume=resume, overwrite=overwrite, resume_hint=hint,
                         started=process_started())
@@ -297,8 +306,15 @@ def list_names(
         raise typer.Exit(1)
 
 
+def terminated(number: int, frame) -> None:
+    """SIGTERM outside training (which handles it itself): unwind like Ctrl-C, so that a file being written is
+    removed (every write is atomic) and nothing half-written is left."""
+    raise Stopped(signal.Signals(number).name)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app and turns user errors into one paragraph and an exit code."""
+    previous = signal.signal(signal.SIGTERM, terminated) if threading.current_thread() is threading.main_thread() else None
     try:
         app(args=argv, prog_name="semiclust")
     except SemiclustError as err:
@@ -306,9 +322,14 @@ def main(argv: list[str] | None = None) -> None:
             label = "[bold yellow]stopped:[/]" if type(err).__name__ == "TrainingStopped" else "[bold red]error:[/]"
             err_console.print(f"{label} {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/]")
-        sys.exit(130)
+    except (KeyboardInterrupt, Stopped) as err:
+        name = getattr(err, "signal_name", "SIGINT")
+        err_console.print(f"[bold yellow]stopped:[/] by {name}; no half-written file was left (semiclust writes every "
+                          "file whole or not at all).", highlight=False, soft_wrap=True)
+        sys.exit(exit_code(name))
+    finally:
+        if previous is not None:  # a library caller's own handler (or the default) again
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from semiclust.engine.metrics import read_metrics_file
-from semiclust.engine.run_dir import RunFiles
+from semiclust.engine.run_dir import RunFiles, read_recipe_file
 from semiclust.errors import SemiclustError
 from semiclust.plot import plot_comparison
-from semiclust.validation import flat_values, read_yaml
+from semiclust.validation import flat_values
 
 
 @dataclass
@@ -64,17 +62,6 @@ def training_seconds(train: list[dict]) -> float | None:
     return total + last
 
 
-def run_recipe(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """A run's recipe.yaml as a dict (read in bounded memory, as every recipe), or None and what is wrong with it."""
-    try:
-        saved = read_yaml(path, "run recipe")
-    except (OSError, yaml.YAMLError) as err:  # the bounded reader's refusals are YAMLErrors too
-        return None, f"is damaged ({type(err).__name__}: {' '.join(str(err).split())[:160]})"
-    if not isinstance(saved, dict):
-        return None, f"is damaged (it holds a YAML {type(saved).__name__}, not a recipe)"
-    return saved, None
-
-
 def read_run(path: Path, label: str) -> RunRecord:
     """A run directory's recipe.yaml and metrics.jsonl, or an error naming what is missing. A damaged recipe.yaml
     leaves the run out of the recipe differences and damaged metrics lines are skipped, each with a note: the
@@ -89,7 +76,7 @@ def read_run(path: Path, label: str) -> RunRecord:
     except OSError as err:
         raise SemiclustError(f"run '{label}': '{files.metrics}' cannot be read ({err.strerror or err}); check its "
                              "permissions, or leave the run out.") from None
-    recipe, damage = run_recipe(files.recipe)
+    recipe, damage = read_recipe_file(files.recipe)
     notes = [metrics.warning()] if metrics.warning() else []
     if recipe is None:
         notes.append(f"run '{label}': '{files.recipe}' {damage}; the run is left out of the recipe differences (its "
