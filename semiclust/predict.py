@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from semiclust.data.decode import UnreadableImage, decode_rgb, is_image_file, missing_reason
+from semiclust.data.decode import UnreadableImage, decode_rgb, file_problem, is_image_file, predicate, printable
 from semiclust.data.folders import images_under
 from semiclust.data.loader import make_loader
 from semiclust.errors import SemiclustError
@@ -19,26 +19,27 @@ from semiclust.schema import Loader
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:
-    """Image files named directly, and every image file under named folders (sorted), in the order given."""
+    """Image files named directly, and every image file under named folders (sorted), in the order given; a path
+    that is neither (missing, a broken link, a FIFO or a device) is refused, saying what it is."""
     found: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
             found.extend(item / name for name in images_under(item))
-        elif item.is_file():
+            continue
+        why = file_problem(item)
+        if why is None:
             found.append(item)
-        else:
-            why = missing_reason(item) or "neither an image file nor a folder"
-            raise SemiclustError(f"'{item}' is {why if why.startswith(('a ', 'neither')) else 'not there (' + why + ')'}; "
-                                 "check the path.")
+            continue
+        raise SemiclustError(f"'{printable(item)}' {predicate(why)}; name image files, or folders of them.")
     if not found:
         raise SemiclustError(f"no image files ({', '.join(sorted({'.jpg', '.png', '.webp', '.bmp'}))} ...) under "
-                             f"{', '.join(map(str, inputs))}.")
+                             f"{', '.join(map(printable, inputs))}.")
     return found
 
 
 @dataclass
 class Prediction:
-    path: str
+    path: str  # printable (data.decode.printable): valid UTF-8 in the table, the CSV and the JSON
     classes: list[str]
     probabilities: list[float]
     error: str | None = None  # why the file could not be classified (an unreadable image)
@@ -88,7 +89,7 @@ def predict_files(classifier: ExportedClassifier, paths: list[Path], top_k: int 
                 rows[i] = ([names[c] for c in top.indices[row].tolist()], top.values[row].tolist())
         for i, path in enumerate(batch_paths):
             chosen, probs = rows.get(i, ([], []))
-            predictions.append(Prediction(str(path), chosen, probs, errors[i]))
+            predictions.append(Prediction(printable(path), chosen, probs, errors[i]))
         advance(len(predictions))
     return predictions
 

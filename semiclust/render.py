@@ -170,10 +170,10 @@ def class_table(report: DataReport, recipe_name: str) -> Table:
         table.add_column(column, justify="left" if column == "class" else "right")
     rows = report.rows if len(report.rows) <= MAX_CLASS_ROWS else report.rows[: MAX_CLASS_ROWS // 2]
     for row in rows:
-        table.add_row(row.name, str(row.labeled), str(row.unlabeled), str(row.eval))
+        table.add_row(escape(row.name), str(row.labeled), str(row.unlabeled), str(row.eval))
     if len(rows) < len(report.rows):
         fewest = min(report.rows, key=lambda r: r.labeled)
-        table.add_row(f"... {len(report.rows) - len(rows)} more (fewest labeled: {fewest.name})", "", "", "")
+        table.add_row(f"... {len(report.rows) - len(rows)} more (fewest labeled: {escape(fewest.name)})", "", "", "")
     if report.unlabeled_only:
         table.add_row("(no label)", "-", str(report.unlabeled_only), "-")
     table.add_row("total", str(sum(r.labeled for r in report.rows)),
@@ -186,7 +186,8 @@ def show_data_report(console: Console, report: DataReport, recipe_name: str) -> 
     console.print(class_table(report, recipe_name))
     console.print("unlabeled stream: every training image, its label unused", highlight=False)
     if report.subset is not None:
-        console.print(f"labeled subset: {len(report.subset.indices)} images, {report.subset.identity}", highlight=False)
+        console.print(f"labeled subset: {len(report.subset.indices)} images, {report.subset.identity}", highlight=False,
+                      markup=False)
     console.print(f"image sizes: {report.sizes}", highlight=False)
     console.print(f"files: {report.decoded}", highlight=False)
     if report.ok:
@@ -194,7 +195,7 @@ def show_data_report(console: Console, report: DataReport, recipe_name: str) -> 
         return
     console.print(f"[bold red]{len(report.problems)} problem(s):[/]")
     for problem in report.problems:
-        console.print(f"  - {problem}", highlight=False, soft_wrap=True)
+        console.print(f"  - {problem}", highlight=False, soft_wrap=True, markup=False)  # file names are not markup
 
 
 def predictions_table(title: str, predictions: list[Prediction]) -> Table:
@@ -203,7 +204,7 @@ def predictions_table(title: str, predictions: list[Prediction]) -> Table:
         table.add_column(column)
     for p in predictions:
         cell = p.error and f"unreadable: {p.error}" or ", ".join(f"{c} ({v:.1%})" for c, v in zip(p.classes, p.probabilities))
-        table.add_row(p.path, cell)
+        table.add_row(escape(p.path), escape(cell))
     return table
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from semiclust.data.datasets import Dataset, FileSplit
-from semiclust.data.decode import UnreadableImage, decode_pixels, image_size
+from semiclust.data.decode import UnreadableImage, decode_pixels, image_size, printable
 from semiclust.data.loader import make_loader
 from semiclust.schema import Data
 
@@ -34,7 +34,7 @@ class DecodeChunk(torch.utils.data.Dataset):
             except UnreadableImage as err:
                 return start, f"'{err.path}' is unreadable ({err.reason})"
             if tuple(image.shape[-2:]) != self.size:
-                return start, f"'{self.split.files[index]}' is {image.shape[-1]} x {image.shape[-2]} px, not " \
+                return start, f"'{printable(self.split.files[index])}' is {image.shape[-1]} x {image.shape[-2]} px, not " \
                               f"{self.size[1]} x {self.size[0]}"
             out[j] = image
         return start, out

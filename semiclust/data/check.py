@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import torch
 
 from semiclust.data.datasets import Dataset, FileSplit, ImageSplit, Split, build_dataset
-from semiclust.data.decode import UnreadableImage, image_size
+from semiclust.data.decode import UnreadableImage, image_size, printable
 from semiclust.data.loader import find_unreadable
-from semiclust.data.subsets import LabeledSubset, choose_labeled, match_list
+from semiclust.data.subsets import LabeledSubset, match_list
+from semiclust.engine.setup import draw_subset
 from semiclust.errors import SemiclustError, examples
 from semiclust.schema import Recipe
 
@@ -46,13 +47,14 @@ class DataReport:
 
 
 def _subset_and_problems(dataset: Dataset, recipe: Recipe) -> tuple[LabeledSubset | None, list[str]]:
-    """The labeled subset; for a list file, every entry that names nothing is a problem, not an error."""
-    spec, problems = recipe.data.labels, []
+    """The labeled subset `train` draws (unreadable images passed over, as training does, so that the identity
+    printed here is the run's); for a list file, every entry that names nothing is a problem, not an error."""
+    spec = recipe.data.labels
     if spec.list is not None:
         match = match_list(spec.list, dataset.train)
         return (match.subset(dataset.train) if len(match.indices) else None), match.problems()
     try:
-        return choose_labeled(dataset.train, spec, recipe.seed, dataset.num_classes, dataset.classes), problems
+        return draw_subset(dataset, recipe), []
     except SemiclustError as err:
         return None, [str(err)]
 
@@ -73,7 +75,7 @@ def _overlap(dataset: Dataset, subset: LabeledSubset | None) -> list[str]:
         return []
     train, test, indices = dataset.train, dataset.test, subset.indices.tolist()
     if isinstance(train, FileSplit) and isinstance(test, FileSplit):
-        labeled = {os.path.realpath(train.path(i)): train.files[i] for i in indices}
+        labeled = {os.path.realpath(train.path(i)): printable(train.files[i]) for i in indices}
         shared = [labeled[p] for p in map(os.path.realpath, map(test.path, range(len(test)))) if p in labeled]
     elif isinstance(train, ImageSplit) and isinstance(test, ImageSplit):
         def digest(images: torch.Tensor) -> list[str]:
@@ -137,10 +139,11 @@ def _sizes(dataset: Dataset, limit: int) -> tuple[str, list[str]]:
 
 def _unreadable(dataset: Dataset, subset: LabeledSubset | None, recipe: Recipe, limit: int | None,
                 advance: Callable[[int, int], None]) -> tuple[str, list[str]]:
-    """Decode every labeled image and a sample (or, with limit None, all) of the rest in loader workers."""
+    """Decode every labeled image (and those the draw passed over) and a sample (or, with limit None, all) of the
+    rest in loader workers."""
     if not isinstance(dataset.train, FileSplit):
         return "in-memory dataset: nothing to decode", []
-    labeled = set(subset.indices.tolist()) if subset is not None else set()
+    labeled = set(subset.indices.tolist()) | set(subset.passed_over) if subset is not None else set()
     splits = [dataset.train, dataset.test]
     jobs = [(0, dataset.train, i) for i in sorted(labeled)]
     jobs += [(0, dataset.train, i) for i in _sample(len(dataset.train), limit) if i not in labeled]
@@ -151,7 +154,7 @@ def _unreadable(dataset: Dataset, subset: LabeledSubset | None, recipe: Recipe, 
     what = "every file"
     if len(jobs) < total:
         what = f"{len(jobs):,} of {total:,} files (all labeled + a sample; --all for every file)"
-    return f"decoded {what}", [f"unreadable image '{splits[n].path(i)}': {reason}" for n, i, reason in bad]
+    return f"decoded {what}", [f"unreadable image '{printable(splits[n].path(i))}': {reason}" for n, i, reason in bad]
 
 
 def check_data(recipe: Recipe, sample: int | None = 1000,

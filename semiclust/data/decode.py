@@ -1,10 +1,15 @@
 """Reading image files: decode to RGB (or grey) uint8 tensors once, and say plainly why a file is unreadable."""
 from __future__ import annotations
 
+import errno
+import io
+import os
 import re
+import stat
 import struct
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -18,16 +23,91 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 MAX_IMAGE_PIXELS = 89_478_485  # Pillow's default limit (1024 * 1024 * 1024 // 4 // 3): the recipe's data.max_image_pixels
 
 
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(name: str | bytes | os.PathLike) -> str:
+    """A file name as a user sees it: UTF-8 names as they are; bytes that are not UTF-8 (which Python holds as lone
+    surrogates) and control characters as \\xNN escapes. Every path shown to a user (messages, tables, CSV and
+    JSON) goes through here, so that output is valid UTF-8 and a name can neither break a line nor drive a terminal."""
+    text = os.fspath(name)
+    if isinstance(text, str) and text.isprintable():
+        return text
+    if isinstance(text, str):
+        try:
+            text = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a surrogate that no file name decoded to
+            text = text.encode("utf-8", "backslashreplace")
+    return _UNPRINTABLE.sub(lambda found: f"\\x{ord(found.group()):02x}", text.decode("utf-8", "backslashreplace"))
+
+
 class UnreadableImage(Exception):
-    """A file that could not be read or decoded; `reason` is a short, human-readable cause."""
+    """A file that could not be read or decoded; `reason` is a short, human-readable cause, `path` the file's
+    printable name."""
 
     def __init__(self, path: Path | str, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = str(path), reason
+        self.path, self.reason = printable(path), reason
+        super().__init__(f"{self.path}: {reason}")
 
 
 def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+_NOT_REGULAR = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISCHR, "a device (a character special file)"), (stat.S_ISBLK, "a device (a block special file)"))
+
+
+def _kind(mode: int, role: str = "an image file") -> str:
+    """What a file that is not a regular file is, from its stat mode: "a FIFO (named pipe), not an image file"."""
+    return next((what for test, what in _NOT_REGULAR if test(mode)), "a special file") + f", not {role}"
+
+
+def _stat_failure(path: Path | str, err: OSError) -> str:
+    """Why a path could not be followed to a file: a link loop, a link to a missing file, no file."""
+    if err.errno == errno.ELOOP:
+        return "a symbolic link loop (the link points back to itself)"
+    if os.path.islink(path):
+        return f"a symbolic link to a missing file '{printable(os.readlink(path))}'"
+    if err.errno == errno.ENOENT:
+        return "file not found"
+    return (os.strerror(err.errno) if err.errno else str(err)).lower()
+
+
+def file_problem(path: Path | str, role: str = "an image file") -> str | None:
+    """Why `path` is not a regular file (a symbolic link to one is): not found, a link to a missing file, a link
+    loop, a folder, a FIFO, a socket or a device (", not `role`"); None when it is one. Only stats the path: never
+    opens it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        return _stat_failure(path, err)
+    return None if stat.S_ISREG(mode) else _kind(mode, role)
+
+
+def predicate(problem: str) -> str:
+    """A `file_problem` to follow "'PATH' ": "is a FIFO (named pipe), not an image file", "does not exist"."""
+    if problem == "file not found":
+        return "does not exist"
+    return f"is {problem}" if problem.startswith("a ") else f"cannot be read ({problem})"
+
+
+def open_regular(path: Path | str) -> BinaryIO:
+    """`path` opened for binary reading if it is a regular file, else UnreadableImage saying what it is. Checked
+    before opening (a device is never opened) and again on the open file, which is opened non-blocking: a FIFO
+    swapped in between cannot block the reader."""
+    problem = file_problem(path)
+    if problem:
+        raise UnreadableImage(path, problem)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as err:
+        raise UnreadableImage(path, file_problem(path) or _stat_failure(path, err)) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise UnreadableImage(path, _kind(mode))
+    return os.fdopen(fd, "rb")
 
 
 def _short_reason(error: Exception) -> str:
@@ -39,10 +119,10 @@ def _short_reason(error: Exception) -> str:
 def decode_rgb(path: Path | str, max_pixels: int | None = MAX_IMAGE_PIXELS) -> torch.Tensor:
     """The image at `path` as a 3 x H x W uint8 tensor, EXIF orientation applied.
 
-    The header is read first: an image declaring more than `max_pixels` pixels (a decompression bomb)
-    is never decoded. torchvision's decoders (libjpeg-turbo, libpng, libwebp) read JPEG/PNG/GIF/WebP
-    straight into a tensor; other formats (BMP, TIFF, PPM) go through PIL. Raises UnreadableImage,
-    never a bare error."""
+    The file is read here (any name opens, UTF-8 or not; a FIFO or a device is refused unopened), then its
+    header: an image declaring more than `max_pixels` pixels (a decompression bomb) is never decoded.
+    torchvision's decoders (libjpeg-turbo, libwebp) read JPEG/GIF/WebP straight into a tensor; PNGs and other
+    formats (BMP, TIFF, PPM) go through PIL. Raises UnreadableImage, never a bare error."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_CODEC_DEPRECATION, category=DeprecationWarning)
         try:
@@ -70,25 +150,24 @@ def grey_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def _decode(path: Path | str, max_pixels: int | None) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    from torchvision.io import ImageReadMode, decode_image
 
-    try:
-        data = read_file(str(path))
-    except RuntimeError as err:
-        raise UnreadableImage(path, missing_reason(Path(path)) or _short_reason(err)) from None
-    if data.numel() == 0:
+    with open_regular(path) as handle:  # read here, not by path in C++: a name that is not UTF-8 opens too
+        data = handle.read()
+    if not data:
         raise UnreadableImage(path, "empty file")
-    head = data[: 1 << 20].numpy().tobytes()
+    head = data[: 1 << 20]
     if max_pixels is not None:
-        check_pixels(path, declared_size(head) or image_size(path), max_pixels)
+        check_pixels(path, declared_size(head) or _pil_size(path, io.BytesIO(data)), max_pixels)
     if _png(head) is not None:  # torchvision's libpng path crashes the process on crafted PNG data; PIL raises
-        return _decode_with_pil(path)
+        return _decode_with_pil(path, data)
     try:
-        image = decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                             apply_exif_orientation=True)
     except RuntimeError:
         # an unsupported format, or a damaged file: PIL reads more formats and names damage better
         # (libpng's own reason is often just "Internal error.")
-        return _decode_with_pil(path)
+        return _decode_with_pil(path, data)
     return as_uint8_rgb(image)
 
 
@@ -103,53 +182,65 @@ def as_uint8_rgb(image: torch.Tensor) -> torch.Tensor:
     return image
 
 
-def _decode_with_pil(path: Path | str) -> torch.Tensor:
+def _decode_with_pil(path: Path | str, data: bytes) -> torch.Tensor:
+    """The file's bytes decoded by PIL (formats torchvision does not read, and PNGs), deep grey scaled to 8 bits."""
     import numpy as np
     from PIL import Image, ImageOps
 
     limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # semiclust's own limit applies (check_pixels)
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             image = ImageOps.exif_transpose(image)
             if image.mode.startswith("I"):  # 16- or 32-bit integer gray: scale to 8 bits, do not clip
                 deep = np.asarray(image).astype(np.float64) / (257.0 if image.mode.startswith("I;16") else 16843009.0)
                 image = Image.fromarray(np.clip(np.rint(deep), 0, 255).astype(np.uint8))
+            elif image.mode == "F":
+                image = Image.fromarray(float_grey_uint8(path, np.asarray(image)))
             rgb = image.convert("RGB")
             return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise UnreadableImage(path, str(err) or type(err).__name__) from None
+        raise UnreadableImage(path, _pil_reason(err)) from None
     finally:
         Image.MAX_IMAGE_PIXELS = limit
 
 
-def missing_reason(path: Path) -> str | None:
-    """Why a path names no file: not found, a symbolic link loop, a link to nothing (None if it exists)."""
-    if path.exists():
-        return None
-    if not path.is_symlink():
-        return "file not found"
-    try:
-        path.resolve(strict=True)
-    except RuntimeError:
-        return "a symbolic link loop (the link points back to itself)"
-    except OSError as err:
-        return "a symbolic link loop (the link points back to itself)" if "loop" in str(err).lower() else \
-            "a symbolic link to a missing file"
-    return "a symbolic link to a missing file"
+def _pil_reason(error: Exception) -> str:
+    """PIL's reason without the file object it names ("cannot identify image file <_io.BytesIO object at 0x...>")."""
+    text = re.sub(r" ?<_io\.\w+ (object at 0x[0-9a-f]+|name=.*)>", "", str(error)).strip()
+    if text == "cannot identify image file":
+        return "cannot identify image file (not an image in a format semiclust reads, or a damaged one)"
+    return text or type(error).__name__
+
+
+def float_grey_uint8(path: Path | str, values):
+    """A 32-bit float grey image (numpy, H x W) as uint8: values in 0..1 scaled by 255, values in 0..255 kept (both
+    rounded). Any other range, or a value that is not a number, has no scale to guess: UnreadableImage."""
+    import numpy as np
+
+    finite = bool(np.isfinite(values).all())
+    low, high = (float(values.min()), float(values.max())) if finite and values.size else (0.0, 0.0)
+    if not finite or low < 0 or high > 255:
+        found = "values that are not numbers (NaN or infinity)" if not finite else f"values from {low:g} to {high:g}"
+        raise UnreadableImage(path, f"a 32-bit float image with {found}; semiclust reads float images in 0..1 or "
+                                    "0..255 only: convert it to 8 or 16 bits")
+    return np.rint(values * (255.0 if high <= 1.0 else 1.0)).astype(np.uint8)
 
 
 def image_size(path: Path | str) -> tuple[int, int]:
     """(width, height) from the file's header, without decoding the pixels (no size limit applies here)."""
+    with open_regular(path) as handle:
+        return _pil_size(path, handle)
+
+
+def _pil_size(path: Path | str, handle: BinaryIO) -> tuple[int, int]:
     from PIL import Image
 
-    if missing_reason(Path(path)):
-        raise UnreadableImage(path, missing_reason(Path(path)))
     limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # semiclust applies its own limit
     try:
-        with Image.open(path) as image:
+        with Image.open(handle) as image:
             return image.size
     except (OSError, ValueError, SyntaxError) as err:
-        raise UnreadableImage(path, str(err) or type(err).__name__) from None
+        raise UnreadableImage(path, _pil_reason(err)) from None
     finally:
         Image.MAX_IMAGE_PIXELS = limit
 

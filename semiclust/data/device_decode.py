@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from semiclust.data.decode import _CODEC_DEPRECATION, UnreadableImage, check_pixels, grey_uint8
+from semiclust.data.decode import _CODEC_DEPRECATION, UnreadableImage, check_pixels, grey_uint8, open_regular
 from semiclust.data.transforms import crop_boxes
 from semiclust.schema import CropGroup
 
@@ -49,14 +49,16 @@ def plain_jpeg(path: Path | str, max_pixels: int | None) -> JpegFile | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            plain = image.format == "JPEG" and image.mode in ("RGB", "L") and image.getexif().get(0x0112, 1) == 1
-            width, height = image.size
-        if not plain:
-            return None
-        if max_pixels is not None:
-            check_pixels(path, (width, height), max_pixels)
-        data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+        with open_regular(path) as handle:  # a FIFO or a device is refused here, never opened by PIL
+            with Image.open(handle) as image:
+                plain = image.format == "JPEG" and image.mode in ("RGB", "L") and image.getexif().get(0x0112, 1) == 1
+                width, height = image.size
+            if not plain:
+                return None
+            if max_pixels is not None:
+                check_pixels(path, (width, height), max_pixels)
+            handle.seek(0)
+            data = torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8)
     except (OSError, ValueError, SyntaxError, UnreadableImage):
         return None  # the CPU path reads it again and says why it is unreadable
     return JpegFile(data, height, width)

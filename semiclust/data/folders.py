@@ -8,13 +8,14 @@ collected in `Dataset.problems` rather than raised, so that `data check` can rep
 from __future__ import annotations
 
 import csv
+import difflib
 import os
 from pathlib import Path
 
 import torch
 
 from semiclust.data.datasets import DATASETS, UNLABELED, Dataset, FileSplit
-from semiclust.data.decode import is_image_file
+from semiclust.data.decode import file_problem, is_image_file, predicate, printable
 from semiclust.errors import SemiclustError, examples
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -39,19 +40,55 @@ def _stats(mean, std, channels: int = 3) -> tuple[tuple[float, ...], tuple[float
     return mean, std
 
 
+def _listed_file(entry: os.DirEntry) -> bool:
+    """Whether a folder entry with an image name is listed: a regular file or a symbolic link to one (no extra stat
+    for a plain file), or a broken link (listed so that decoding says what it points to); never a FIFO, a socket
+    or a device, which no decoder can read and which can block a reader."""
+    try:
+        return entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
+    except OSError:  # a link loop: listed, decoding names it
+        return entry.is_symlink()
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a link loop is no folder
+        return False
+
+
 def images_under(folder: Path) -> list[str]:
-    """Image files anywhere under `folder`, as sorted POSIX paths relative to it (hidden entries skipped)."""
+    """Image files anywhere under `folder`, as sorted POSIX paths relative to it (hidden entries skipped; links
+    followed, each folder listed once). Names are kept as the file system holds them (not UTF-8 bytes included)."""
     found, seen = [], set()
-    for current, dirs, files in os.walk(folder, followlinks=True):
-        stat = os.stat(current)
-        if (stat.st_dev, stat.st_ino) in seen:  # a symbolic link back to a folder already listed
-            dirs[:] = []
+    pending = [(os.fspath(folder), "")]
+    while pending:  # depth first, in sorted order: the first path to a folder reached twice is the one listed
+        current, prefix = pending.pop()
+        try:
+            info = os.stat(current)
+            if (info.st_dev, info.st_ino) in seen:  # a symbolic link back to a folder already listed
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(current) as scan:
+                entries = sorted((e for e in scan if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError:  # a folder that vanished or cannot be read is skipped, as os.walk does
             continue
-        seen.add((stat.st_dev, stat.st_ino))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        base = Path(current).relative_to(folder)
-        found.extend((base / f).as_posix() for f in files if is_image_file(f) and not f.startswith("."))
+        folders = []
+        for entry in entries:
+            if _is_folder(entry):
+                folders.append((entry.path, f"{prefix}{entry.name}/"))
+            elif is_image_file(entry.name) and _listed_file(entry):
+                found.append(prefix + entry.name)
+        pending.extend(reversed(folders))
     return sorted(found)
+
+
+def _case_twins(names: dict[str, str]) -> list[str]:
+    """Class names that differ only in case, grouped: "'Cat' (line 1) and 'cat' (line 2)" (name -> where it is)."""
+    groups: dict[str, list[str]] = {}
+    for name, where in names.items():
+        groups.setdefault(name.casefold(), []).append(f"'{name}' ({where})" if where else f"'{name}'")
+    return [" and ".join(group) for group in groups.values() if len(group) > 1]
 
 
 MOVED = "If the data moved, point the recipe at its new place with --set data.options.root=NEW_PLACE."
@@ -65,26 +102,30 @@ def _require_dir(path: Path, what: str, fix: str) -> None:
 def scan_class_tree(root: Path, classes: list[str] | None = None,
                     channels: int = 3) -> tuple[FileSplit, list[str], list[str]]:
     """`root/<class>/**/image`: a FileSplit labelled by folder, the class names (sorted folder names,
-    or the given `classes`), and problems (empty classes, folders whose class is not in `classes`,
-    images lying directly in `root` outside any class folder)."""
+    or the given `classes`; a folder name that is not UTF-8 gives a printable class name), and problems (empty
+    classes, folders whose class is not in `classes`, class folders differing only in case, images lying directly
+    in `root` outside any class folder)."""
     folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    names = folders if classes is None else classes
+    names = [printable(folder) for folder in folders] if classes is None else classes  # a class name is shown
     index = {name: i for i, name in enumerate(names)}
     problems, files, labels = [], [], []
     loose = [e.name for e in os.scandir(root) if e.is_file() and is_image_file(e.name)]
     if loose:
-        problems.append(f"{len(loose)} image(s) lie directly in '{root}' outside any class folder (e.g. '{loose[0]}'); "
-                        "move them into a folder named after their class")
+        problems.append(f"{len(loose)} image(s) lie directly in '{printable(root)}' outside any class folder (e.g. "
+                        f"'{printable(loose[0])}'); move them into a folder named after their class")
+    if classes is None:
+        problems += [f"class folders {twins} of '{printable(root)}' differ only in case: they would train as separate "
+                     "classes; merge them into one folder" for twins in _case_twins(dict.fromkeys(names, ""))]
     for folder in folders:
-        members = images_under(root / folder)
-        if folder not in index:
-            problems.append(f"'{root / folder}' holds {len(members)} image(s) of class '{folder}', which is not one of "
+        members, name, where = images_under(root / folder), printable(folder), printable(root / folder)
+        if name not in index:
+            problems.append(f"'{where}' holds {len(members)} image(s) of class '{name}', which is not one of "
                             "the training classes (a label outside the class set)")
             continue
         if not members:
-            problems.append(f"class '{folder}' has no images in '{root / folder}' (an empty class)")
+            problems.append(f"class '{name}' has no images in '{where}' (an empty class)")
         files.extend(f"{folder}/{m}" for m in members)
-        labels.extend([index[folder]] * len(members))
+        labels.extend([index[name]] * len(members))
     return FileSplit(root, files, torch.tensor(labels, dtype=torch.long), channels=channels), names, problems
 
 
@@ -133,32 +174,61 @@ def imagenet(root: str, mean: list[float] | None = None, std: list[float] | None
 
 
 # ---------------------------------------------------------------- labeled_list
-def read_label_file(path: Path) -> list[tuple[str, str, int]]:
-    """(file, label, line number) rows of a `path,label` CSV or whitespace-separated text file.
-    A first row whose label is literally 'label' (or 'class') is a header and skipped."""
-    if not path.is_file():
-        raise SemiclustError(f"labeled_list: the list '{path}' does not exist; data.options must name a CSV or text "
-                             "file with one 'path,label' line per image.")
-    rows = []
+HEADER_LABELS = ("label", "labels", "class", "classes")  # a first row with one of these labels is the header
+HEADER_PATHS = ("path", "paths", "file", "files", "filename", "filenames", "file_name", "filepath", "file_path",
+                "image", "images", "image_path", "img", "name")
+
+
+def _header_fault(file: str, label: str, base: Path) -> str | None:
+    """Why a first row that is not a header semiclust reads looks like one (None when it looks like data): its
+    path field names no file and is a header word, or its label is a near-miss of 'label' or 'class'."""
+    if is_image_file(file) or _resolve(base, file).exists():
+        return None
+    near = difflib.get_close_matches(label.lower(), HEADER_LABELS, n=1, cutoff=0.75)
+    if near:
+        return f"'{label}' looks like a misspelt '{near[0]}'"
+    return f"'{file}' is a column name, not an image" if file.lower() in HEADER_PATHS else None
+
+
+def _label_lines(path: Path) -> list[str]:
+    problem = file_problem(path, "a text file")
+    if problem:
+        raise SemiclustError(f"labeled_list: the list '{printable(path)}' {predicate(problem)}; data.options must "
+                             "name a CSV or text file with one 'path,label' line per image.")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        return path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte order mark is not part of a path
     except UnicodeDecodeError as err:
-        raise SemiclustError(f"labeled_list: '{path}' is not UTF-8 text ({err.reason} at byte {err.start}); save it "
-                             "as UTF-8 (one 'path,label' line per image).") from None
-    for number, line in enumerate(lines, start=1):
+        raise SemiclustError(f"labeled_list: '{printable(path)}' is not UTF-8 text ({err.reason} at byte {err.start}); "
+                             "save it as UTF-8 (one 'path,label' line per image).") from None
+
+
+def read_label_file(path: Path, base: Path | None = None) -> list[tuple[str, str, int]]:
+    """(file, label, line number) rows of a `path,label` CSV or whitespace-separated text file. A first row whose
+    label is 'label' or 'class' (any case, or plural) is a header and skipped; a first row that looks like another
+    header (see `_header_fault`; relative paths are against `base`, default the list's folder) is refused."""
+    base = path.parent if base is None else base
+    rows, first = [], True
+    for number, line in enumerate(_label_lines(path), start=1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
         fields = next(csv.reader([text])) if "," in text else text.rsplit(None, 1)
         if len(fields) != 2 or not fields[0].strip() or not fields[1].strip():
-            raise SemiclustError(f"labeled_list: '{path}' line {number} ('{text[:80]}') is not 'path,label'; "
-                                 "write one image path and its class per line.")
+            raise SemiclustError(f"labeled_list: '{printable(path)}' line {number} ('{text[:80]}') is not "
+                                 "'path,label'; write one image path and its class per line.")
         file, label = fields[0].strip(), fields[1].strip()
-        if number == 1 and label.lower() in ("label", "class"):
-            continue
+        if first:
+            first = False
+            if label.lower() in HEADER_LABELS:  # the header
+                continue
+            fault = _header_fault(file, label, base)
+            if fault:
+                raise SemiclustError(f"labeled_list: '{printable(path)}' line {number} ('{text[:80]}') looks like a "
+                                     f"header ({fault}), but it is not one semiclust reads: write the header as "
+                                     "'path,label' (or leave it out), then one 'path,label' line per image.")
         rows.append((file, label, number))
     if not rows:
-        raise SemiclustError(f"labeled_list: '{path}' lists no images; write one 'path,label' line per image.")
+        raise SemiclustError(f"labeled_list: '{printable(path)}' lists no images; write one 'path,label' line per image.")
     return rows
 
 
@@ -179,23 +249,50 @@ def _resolve(base: Path, file: str) -> Path:
 
 def _listed_split(rows, base: Path, classes: dict[str, int], what: str, problems: list[str],
                   channels: int = 3) -> FileSplit:
-    """The rows whose file exists and whose label is a known class; the others become problems."""
-    files, labels, missing, unknown = [], [], [], []
+    """The rows whose file is an image file and whose label is a known class; the others become problems, and so
+    does a file given two labels (one image named twice with one label counts once)."""
+    files, labels, missing, unusable, unknown, conflicts = [], [], [], [], [], []
+    first: dict[str, tuple[str, str, int]] = {}  # resolved path -> the file, label and line of its first row
     for file, label, number in rows:
         path = _resolve(base, file)
+        problem = file_problem(path) if label in classes else None
         if label not in classes:
             unknown.append(f"'{label}' (line {number})")
-        elif not path.is_file():
-            missing.append(file)
-        elif str(path) not in files:  # the same image named twice (two spellings of its path) counts once
+        elif problem == "file not found" or (problem or "").startswith("a symbolic link"):
+            missing.append(f"'{printable(file)}'" + ("" if problem == "file not found" else f" ({problem})"))
+        elif problem:
+            unusable.append(f"'{printable(file)}' ({problem})")
+        elif str(path) in first:  # the same image named twice (two spellings of its path)
+            file_before, label_before, line_before = first[str(path)]
+            if label_before != label:
+                conflicts.append(f"'{printable(file_before)}' is '{label_before}' (line {line_before}) and '{label}' "
+                                 f"(line {number})")
+        else:
+            first[str(path)] = (file, label, number)
             files.append(str(path))
             labels.append(classes[label])
     if missing:
-        problems.append(f"the {what} names {len(missing)} missing file(s) (relative to '{base}'): {examples(missing)}")
+        problems.append(f"the {what} names {len(missing)} missing file(s) (relative to '{printable(base)}'): "
+                        f"{examples(missing, quote=False)}")
+    if unusable:
+        problems.append(f"the {what} names {len(unusable)} file(s) that are not image files: "
+                        f"{examples(unusable, quote=False)}")
     if unknown:
         problems.append(f"the {what} has {len(unknown)} label(s) outside the class set of the labeled list: "
                         f"{examples(unknown, quote=False)}")
+    if conflicts:
+        problems.append(f"the {what} gives {len(conflicts)} image(s) two labels: {examples(conflicts, quote=False)}; "
+                        "keep the one right line for each image")
     return FileSplit(Path("/"), files, torch.tensor(labels, dtype=torch.long), channels=channels)
+
+
+def _case_problems(rows, what: str) -> list[str]:
+    """Class names of a list that differ only in case ('Cat' and 'cat' would be two classes)."""
+    first_line: dict[str, str] = {}
+    for _, label, number in rows:
+        first_line.setdefault(label, f"line {number}")
+    return [f"the {what} spells one class in ways that differ only in case: {twins}; they would train as separate "
+            "classes: pick one spelling and use it on every line" for twins in _case_twins(first_line)]
 
 
 @DATASETS.register("labeled_list")
@@ -212,19 +309,19 @@ def labeled_list(labeled: str, unlabeled: list[str] | str | None = None, eval: s
     """
     mean, std = _stats(mean, std, channels)
     labeled_path = Path(labeled).expanduser()
-    rows = read_label_file(labeled_path)
     base = Path(root).expanduser() if root else labeled_path.parent
+    rows = read_label_file(labeled_path, base)
     names = _class_names([label for _, label, _ in rows])
     classes = {name: i for i, name in enumerate(names)}
-    problems: list[str] = []
-    train = _listed_split(rows, base, classes, f"labeled list '{labeled_path}'", problems, channels)
+    problems = _case_problems(rows, f"labeled list '{printable(labeled_path)}'")
+    train = _listed_split(rows, base, classes, f"labeled list '{printable(labeled_path)}'", problems, channels)
     folders = [unlabeled] if isinstance(unlabeled, str) else list(unlabeled or [])
     extra = []
     for folder in map(lambda f: _resolve(base, f), folders):
         _require_dir(folder, "labeled_list: the unlabeled folder", "data.options.unlabeled lists folders of images.")
         found = list(dict.fromkeys(os.path.realpath(folder / f) for f in images_under(folder)))
         if not found:
-            problems.append(f"the unlabeled folder '{folder}' holds no images")
+            problems.append(f"the unlabeled folder '{printable(folder)}' holds no images")
         extra.extend(found)
     labeled_set = set(train.files)
     extra = [f for f in extra if f not in labeled_set]  # a labeled image inside an unlabeled folder counts once
@@ -239,7 +336,7 @@ def labeled_list(labeled: str, unlabeled: list[str] | str | None = None, eval: s
     if eval is not None:
         eval_path = Path(eval).expanduser()
         eval_base = Path(root).expanduser() if root else eval_path.parent
-        test = _listed_split(read_label_file(eval_path), eval_base, classes, f"evaluation list '{eval_path}'", problems,
-                             channels)
+        test = _listed_split(read_label_file(eval_path, eval_base), eval_base, classes,
+                             f"evaluation list '{printable(eval_path)}'", problems, channels)
     return Dataset("labeled_list", train, test, names, mean, std,
                    test_split_name="eval list" if test is not None else "none", problems=problems)

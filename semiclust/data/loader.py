@@ -23,7 +23,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F2
 
 from semiclust.data.datasets import FileSplit
-from semiclust.data.decode import MAX_IMAGE_PIXELS, UnreadableImage, decode_pixels, decode_rgb
+from semiclust.data.decode import MAX_IMAGE_PIXELS, UnreadableImage, decode_pixels, decode_rgb, printable
 from semiclust.data.device_decode import DeviceJob, crop_windows, plain_jpeg
 from semiclust.data.streams import IndexStream
 from semiclust.data.transforms import center_view, to_uint8
@@ -77,7 +77,7 @@ def read_with_substitutes(split: FileSplit, index: int, pool: torch.Tensor,
         except UnreadableImage as err:
             corrupt.append(Corrupt(err.path, err.reason))
     raise SemiclustError(
-        f"{MAX_SUBSTITUTES} images in a row could not be read, starting at '{split.path(index)}' "
+        f"{MAX_SUBSTITUTES} images in a row could not be read, starting at '{printable(split.path(index))}' "
         f"({corrupt[0].reason}); the dataset looks damaged or its disk unavailable. "
         "Run `semiclust data check RECIPE --all` to list every unreadable file."
     )

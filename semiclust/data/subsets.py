@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from semiclust.data.datasets import UNLABELED, FileSplit, Split
+from semiclust.data.decode import file_problem, predicate, printable
 from semiclust.errors import SemiclustError, examples
 from semiclust.schema import Labels, Validation
 from semiclust.storage.atomic import write_text
@@ -55,7 +56,7 @@ class LabeledSubset:
         """This subset with the hash of the images it names (for image-file splits)."""
         if isinstance(split, FileSplit):
             text = "\n".join(split.files[i] for i in sorted(self.indices.tolist()))
-            self.files_sha256 = hashlib.sha256(text.encode()).hexdigest()
+            self.files_sha256 = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()  # names as bytes
         return self
 
 
@@ -130,12 +131,14 @@ class ListMatch:
 
 
 def _list_entries(path: Path) -> list[str]:
-    if not path.is_file():
-        raise SemiclustError(f"labeled list '{path}' does not exist; data.labels.list must name a readable file.")
+    problem = file_problem(path, "a text file")
+    if problem:
+        raise SemiclustError(f"labeled list '{printable(path)}' {predicate(problem)}; data.labels.list must name a "
+                             "text file with one index or file name per line.")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte order mark is not part of the first entry
     except UnicodeDecodeError as err:
-        raise SemiclustError(f"labeled list '{path}' is not UTF-8 text ({err.reason} at byte {err.start}); "
+        raise SemiclustError(f"labeled list '{printable(path)}' is not UTF-8 text ({err.reason} at byte {err.start}); "
                              "save it as UTF-8, one index or file name per line.") from None
     entries = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     entries = [e for e in entries if e]
@@ -179,7 +182,7 @@ def _listed_subset(path: Path, split: Split, unreadable: Unreadable | None = Non
                              "(`semiclust data check RECIPE` lists every problem).")
     bad = unreadable(match.indices.tolist()) if unreadable is not None else {}
     if bad:
-        shown = [f"{split.files[i]} ({reason})" for i, reason in sorted(bad.items())]
+        shown = [f"{printable(split.files[i])} ({reason})" for i, reason in sorted(bad.items())]
         raise SemiclustError(f"labeled list '{path}' names {len(bad)} unreadable image(s): {examples(shown)}. Replace "
                              "those files or remove them from the list.")
     return match.subset(split)
@@ -250,8 +253,8 @@ def save_subset(subset: LabeledSubset, split: Split, path: Path) -> None:
     record = {"description": subset.description, "sha256": subset.digest, "count": len(subset.indices),
               "list_sha256": subset.list_sha256, "canonical": subset.canonical, "train_size": len(split),
               "files_sha256": subset.files_sha256, "indices": subset.indices.tolist()}
-    if isinstance(split, FileSplit):
-        record["files"] = [split.files[i] for i in subset.indices.tolist()]
+    if isinstance(split, FileSplit):  # printable: the record is valid UTF-8 JSON whatever the names' bytes
+        record["files"] = [printable(split.files[i]) for i in subset.indices.tolist()]
     write_text(path, json.dumps(record, indent=1))
 
 
@@ -289,8 +292,9 @@ def listing_change(indices: torch.Tensor, split: Split, recorded_files: list[str
     if len(indices) and int(indices.max()) >= len(split):
         return f"the training split now has only {len(split)} images"
     if isinstance(split, FileSplit) and recorded_files:
-        now = [split.files[i] for i in indices.tolist()]
-        differ = next((pair for pair in zip(recorded_files, now) if pair[0] != pair[1]), None)
+        now = [printable(split.files[i]) for i in indices.tolist()]  # as save_subset records them
+        recorded = map(printable, recorded_files)  # a checkpoint's record holds the names as the file system does
+        differ = next((pair for pair in zip(recorded, now) if pair[0] != pair[1]), None)
         if differ:
             return f"labeled image '{differ[0]}' is now '{differ[1]}' at the same index"
     return None

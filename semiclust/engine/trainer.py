@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from semiclust.data.decode import printable
 from semiclust.data.loader import Corrupt
 from semiclust.data.subsets import save_subset
 from semiclust.engine import dist
@@ -375,7 +376,7 @@ def announce(run: Run, reporter: Reporter, start_step: int, notes: list[str] = (
         reporter.message(note)
     passed = run.subset.passed_over
     if passed:
-        shown = [f"{dataset.train.files[i]} ({reason})" for i, reason in sorted(passed.items())]
+        shown = [f"{printable(dataset.train.files[i])} ({reason})" for i, reason in sorted(passed.items())]
         reporter.warn(f"labeled subset: passed over {len(passed)} unreadable image(s) for the next of their class: "
                       f"{examples(shown, 5, quote=False)}")
 
