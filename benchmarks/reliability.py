@@ -160,8 +160,8 @@ def real_full_disk(scratch: Path):
     try:
         (disk / "filler").write_bytes(b"\0" * (256 - 60) * 1024)
         done = semiclust("train", recipe(scratch, model__backbone__kwargs__widths=[16, 32]), "--out", disk / "run")
-        ok = done.returncode == 1 and "no space left" in done.stderr and clean(disk / "run")
-        return [("a really full filesystem (256 KiB tmpfs) during a run", said(done), ok)]
+        ok = done.returncode == 1 and "not enough free space" in done.stderr and clean(disk / "run")
+        return [("a really full filesystem (256 KiB tmpfs): refused before training", said(done), ok)]
     finally:
         subprocess.run(["umount", "-l", str(disk)])
 
@@ -346,18 +346,238 @@ def messages(scratch: Path):
     return rows
 
 
+# ---------------------------------------------------------------- issue 22: run folders, signals, damaged run files
+SLOW_FSYNC = """import os, sys, time
+real = os.fsync
+def fsync(fd):
+    if {pattern!r} in os.path.basename(os.readlink(f"/proc/self/fd/{{fd}}")):
+        print("writing", flush=True)
+        time.sleep(30)
+    real(fd)
+os.fsync = fsync
+from semiclust.cli import main
+main(sys.argv[1:])
+"""
+
+
+SLOW_CALIBRATION = """import sys, time
+from semiclust.engine import budget
+real = budget.train_step
+def slow(run, step):
+    if step == 5:
+        print("calibrating", flush=True)
+    time.sleep(0.2)
+    return real(run, step)
+budget.train_step = slow
+from semiclust.cli import main
+main(sys.argv[1:])
+"""
+
+
+def started(*argv, prelude: str | None = None, group: bool = False) -> subprocess.Popen:
+    """A CLI process left running (in its own process group with `group`, as Slurm starts a job step)."""
+    head = [sys.executable, "-c", prelude] if prelude else [sys.executable, "-m", "semiclust"]
+    return subprocess.Popen([*head, *map(str, argv)], env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=group)
+
+
+def told(stderr: str) -> str:
+    """What a stopped process said, on one line, without its `stopped:` label."""
+    return " ".join(stderr.split()).split(": ", 1)[-1][:150]
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 120) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return process.poll() is None
+
+
+def continued(message: str) -> subprocess.CompletedProcess:
+    """The command a stopped run printed, pasted back."""
+    hint = " ".join(message.split()).split("with: ")[-1].split(" --resume")[0] + " --resume"
+    return subprocess.run(shlex.split(hint.replace("semiclust", f"{sys.executable} -m semiclust", 1)), env=environment(),
+                          capture_output=True, text=True, timeout=600)
+
+
+def loads(path: Path) -> bool:
+    import torch
+
+    return path.is_file() and isinstance(torch.load(path, weights_only=True).get("step"), int)
+
+
+def run_folders(scratch: Path):
+    mine = scratch / "p3"
+    mine.mkdir()
+    (mine / "recipe.yaml").write_text("name: mine\nseed: 7\n")
+    own = semiclust("train", "digits_suave", "--set", "schedule.epochs=3", "--out", mine)
+    others = scratch / "others"
+    others.mkdir()
+    (others / "thesis.tex").write_text("x")
+    (scratch / "link").symlink_to(others)
+    folder, link = semiclust("train", recipe(scratch), "--out", others), semiclust("train", recipe(scratch), "--out", scratch / "link")
+    empty = semiclust("train", recipe(scratch), "--out", "")
+    semiclust("train", recipe(scratch, schedule__epochs=1), "--out", scratch / "o")
+    (scratch / "o" / "checkpoints" / "my_pretrained.pt").write_text("w")
+    again = semiclust("train", recipe(scratch, schedule__epochs=1), "--out", scratch / "o", "--overwrite", "--set", "seed=2")
+    kept = (scratch / "o" / "checkpoints" / "my_pretrained.pt").read_text() == "w"
+    untouched = [p.name for p in others.iterdir()] == ["thesis.tex"]
+    return [("`train --out` a folder holding the user's own recipe.yaml", said(own), own.returncode == 2
+             and (mine / "recipe.yaml").read_text() == "name: mine\nseed: 7\n" and sorted(os.listdir(mine)) == ["recipe.yaml"]),
+            ("`--out` a non-empty folder of other files", said(folder), folder.returncode == 2 and untouched),
+            ("`--out` a symbolic link to that folder", said(link), link.returncode == 2 and untouched),
+            ("`--out ''` (an unset shell variable)", said(empty), empty.returncode == 2 and one_paragraph(empty)),
+            ("`--overwrite` of a run whose checkpoints/ holds my_pretrained.pt", "replaced the run, kept the user's file",
+             again.returncode == 0 and kept and "kept 'checkpoints/my_pretrained.pt'" in again.stdout)]
+
+
+def overwrite_checks_first(scratch: Path):
+    semiclust("train", "digits_suave", "--set", "schedule.epochs=3", "--out", scratch / "keep")
+    before = sorted(str(p.relative_to(scratch / "keep")) for p in (scratch / "keep").rglob("*"))
+    done = semiclust("train", "digits_suave", "--set", "data.labels.per_class=150", "--out", scratch / "keep", "--overwrite")
+    after = sorted(str(p.relative_to(scratch / "keep")) for p in (scratch / "keep").rglob("*"))
+    return [("`--overwrite` whose new start fails (150 labels per class of digits)", said(done),
+             done.returncode == 2 and before == after and loads(scratch / "keep" / "checkpoints" / "final.pt"))]
+
+
+def signal_rows(scratch: Path):
+    rows = []
+    slow_eval = recipe(scratch, "eval.yaml", data__options={"num_classes": 4, "size": 8, "channels": 1,
+                       "train_per_class": 24, "test_per_class": 1500}, eval={"batch_size": 1}, schedule__epochs=2)
+    run = started("train", slow_eval, "--out", scratch / "final")
+    last = scratch / "final" / "metrics.jsonl"
+    alive = wait_for(lambda: last.exists() and '"step": 12,' in last.read_text(), run)
+    time.sleep(0.3)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    kept = loads(scratch / "final" / "checkpoints" / "step_000000012.pt") and not (scratch / "final" / ".lock").exists()
+    pasted = continued(err) if alive else None
+    rows.append(("SIGTERM 0.3 s after the last step (during the final evaluation of 6,000 images)", told(err),
+                 alive and run.returncode == 143 and kept and pasted.returncode == 0
+                 and loads(scratch / "final" / "checkpoints" / "final.pt")))
+    budgeted = recipe(scratch, "budget.yaml", schedule={"budget": "30m", "epochs": None})
+    run = started("train", budgeted, "--out", scratch / "calibration", prelude=SLOW_CALIBRATION)
+    wait_for(lambda: "calibrating" in (run.stdout.readline() or ""), run)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    rows.append(("SIGTERM during a budgeted run's calibration", told(err),
+                 run.returncode == 143 and "calibration" in err
+                 and loads(scratch / "calibration" / "checkpoints" / "step_000000000.pt")
+                 and not (scratch / "calibration" / ".lock").exists()))
+    rows.append(group_signal(scratch))
+    semiclust("train", recipe(scratch, schedule__epochs=1), "--out", scratch / "run")
+    run = started("export", "-c", scratch / "run", "--out", scratch / "m.safetensors",
+                  prelude=SLOW_FSYNC.format(pattern="m.safetensors"))
+    wait_for(lambda: "writing" in (run.stdout.readline() or ""), run)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    rows.append(("SIGTERM while `export` writes its file", told(err), run.returncode == 143
+                 and clean(scratch) and not (scratch / "m.safetensors").exists()))
+    return rows
+
+
+def group_signal(scratch: Path):
+    image_tree(scratch / "data" / "train", ["ant", "bee", "cow"], per_class=40, size=16)
+    folder = recipe(scratch, "files.yaml", data__dataset="imagefolder", data__options={
+        "root": str(scratch / "data"), "eval_dir": None}, data__cache="off", data__loader={"workers": 1},
+        data__batch={"unlabeled": 16, "labeled": 6}, schedule__epochs=5000, checkpoint__every_epochs=0)
+    run = started("train", folder, "--out", scratch / "group", group=True)
+    wait_for(lambda: (scratch / "group" / "metrics.jsonl").exists(), run)
+    os.killpg(run.pid, signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    step = err.split(" after step ")[1].split(";")[0] if " after step " in err else "0"
+    return ("SIGTERM to the whole process group (Slurm), loader workers included", told(err),
+            run.returncode == 143 and loads(scratch / "group" / "checkpoints" / f"step_{int(step):09d}.pt"))
+
+
+def damaged_run_files(scratch: Path):
+    path = recipe(scratch, schedule__epochs=3)
+    rows = []
+    for name, damage in (("cut", "metrics"), ("shape", "tensor"), ("yaml", "recipe")):
+        out = scratch / name
+        semiclust("train", path, "--out", out)
+        (out / "checkpoints" / "final.pt").unlink()
+        if damage == "metrics":
+            with open(out / "metrics.jsonl", "a") as file:
+                file.write('{"type": "train", "st')
+        elif damage == "tensor":
+            code = ("import torch, sys; p = sys.argv[1]; s = torch.load(p, weights_only=True); "
+                    "s['method']['student.prototypes.weight'] = torch.zeros(3, 3); torch.save(s, p)")
+            subprocess.run([sys.executable, "-c", code, str(out / "checkpoints" / "step_000000012.pt")], check=True)
+        else:
+            (out / "recipe.yaml").write_text("name: [unclosed\n")
+        done = semiclust("train", path, "--out", out, "--resume", "--set", "runtime.progress=plain")
+        plotted = semiclust("plot", out)
+        said_out = " ".join(done.stdout.split())
+        shown = next((part for part in said_out.split("warning: ")[1:] if "metrics" in part or "passed over" in part
+                      or "damaged" in part), said_out)[:140]
+        rows.append(({"metrics": "`--resume` after metrics.jsonl was cut mid-line",
+                      "tensor": "`--resume` with a wrong-shaped tensor in the newest checkpoint",
+                      "recipe": "`--resume` with a damaged recipe.yaml"}[damage], shown,
+                     done.returncode == 0 and plotted.returncode == 0 and "Traceback" not in done.stderr
+                     and loads(out / "checkpoints" / "final.pt")))
+    return rows
+
+
+LOCK_FULL = """import errno, os, sys
+from semiclust.storage import lock
+def full(*a):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+lock.os.pwrite = full
+from semiclust.cli import main
+main(sys.argv[1:])
+"""
+
+
+def full_disk_start(scratch: Path):
+    done = subprocess.run([sys.executable, "-c", LOCK_FULL, "train", str(recipe(scratch)), "--out", str(scratch / "run")],
+                          env=environment(), capture_output=True, text=True, timeout=300)
+    rows = [("disk full (ENOSPC) while taking the run's lock", said(done), done.returncode == 1
+             and one_paragraph(done) and not (scratch / "run" / ".lock").exists())]
+    disk = scratch / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)]).returncode:
+        return rows + [("a nearly full filesystem (12 MiB tmpfs)", "skipped: needs root to mount a tmpfs", True)]
+    try:
+        done = semiclust("train", recipe(scratch), "--out", disk / "run")
+        rows.append(("a nearly full filesystem (12 MiB tmpfs): the run's checkpoints would not fit", said(done),
+                     done.returncode == 1 and "nothing was trained" in done.stderr))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
+    return rows
+
+
+def torchrun_hint(scratch: Path):
+    path = recipe(scratch, schedule__epochs=400, data__batch={"unlabeled": 16, "labeled": 8})
+    torchrun = Path(sys.executable).with_name("torchrun")
+    run = subprocess.Popen([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "semiclust", "train", str(path),
+                            "--out", str(scratch / "run")], env=environment(), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (scratch / "run" / "metrics.jsonl").exists(), run, timeout=240)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=240)
+    hint = " ".join(err.split()).split("Continue with: ")[-1].split(" --resume")[0] + " --resume"  # torchrun's own
+    # traceback of its SignalException follows
+    pasted = subprocess.run(shlex.split(hint.replace("torchrun", str(torchrun), 1)) + ["--dry-run"], env=environment(),
+                            capture_output=True, text=True, timeout=300) if hint.startswith("torchrun") else None
+    return [("the resume command printed after a torchrun run is stopped", hint[:110],
+             pasted is not None and pasted.returncode == 0)]
+
+
 SCENARIOS = [two_runs, full_disk_files, full_disk_outputs, real_full_disk, bombs, labeled_draw, pickles, output_paths,
-             encodings, nan_and_resume, paths_and_quoting, leftovers, messages]
+             encodings, nan_and_resume, paths_and_quoting, leftovers, messages,
+             run_folders, overwrite_checks_first, signal_rows, damaged_run_files, full_disk_start, torchrun_hint]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", type=Path, help="keep the scratch folders here")
+    parser.add_argument("--only", nargs="*", help="run only these scenarios (function names)")
     args = parser.parse_args()
     base = args.keep or Path(tempfile.mkdtemp(prefix="semiclust-reliability-"))
     print("| fault or bad input | what the user sees | outcome |\n|---|---|---|")
     failures = 0
-    for scenario in SCENARIOS:
+    for scenario in [s for s in SCENARIOS if not args.only or s.__name__ in args.only]:
         scratch = base / scenario.__name__
         scratch.mkdir(parents=True, exist_ok=True)
         for fault, seen, ok in scenario(scratch):
