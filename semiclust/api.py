@@ -33,6 +33,7 @@ from semiclust.evaluate import EvalReport
 from semiclust.export import export_checkpoint, export_content
 from semiclust.export_hub import export_hub
 from semiclust.export_onnx import export_onnx
+from semiclust.label.suggest import Suggestion, suggest
 from semiclust.methods import METHODS
 from semiclust.models.backbones import BACKBONES
 from semiclust.models.classifier import ExportedClassifier, load_classifier as load_export
@@ -208,6 +209,24 @@ def init_recipe(data: Path | str | None, budget: str = "30m", labels: Path | str
     return write_new_recipe(Path(data) if data is not None else None, budget, Path(labels) if labels else None,
                             Path(evaluation) if evaluation else None, method, per_class, fraction,
                             registered=registered)
+
+
+def suggest_labels(n: int, out: Path | str, data: Path | str | None = None,
+                   registered: tuple[str, Path | str | None] | None = None, checkpoint: Path | str | None = None,
+                   exclude: Path | str | None = None, budget: str = "10m", method: str = "swav",
+                   run_dir: Path | str | None = None, seed: int = 0, overrides: Sequence[str] = (), force: bool = False,
+                   device: str = "auto", console: Console | None = None,
+                   advance: Callable[[int, int], None] = lambda done, total: None,
+                   started: float | None = None) -> Suggestion:
+    """Which n images to label (`semiclust label suggest`): from a folder (`data`) or a registered dataset
+    (`registered` = (name, root)) after a self-supervised run inside `budget` (kept in `run_dir`, default
+    runs/suggest_<name>_<method>), or from the images of a trained run (`checkpoint`), never those labeled or
+    named in `exclude`. Writes `out` (a `path,label` CSV in the order to label, label empty) and its contact sheet
+    beside it (.html, .png); see docs/labeling.md."""
+    as_path = lambda value: Path(value) if value is not None else None  # noqa: E731
+    named = (registered[0], as_path(registered[1])) if registered is not None else None
+    return suggest(n, Path(out), as_path(data), named, as_path(checkpoint), as_path(exclude), budget, method,
+                   as_path(run_dir), seed, overrides, force, device, console, advance, started)
 
 
 def catalogue() -> dict:

@@ -26,6 +26,8 @@ recipe_app = typer.Typer(help="Inspect and check recipes.", no_args_is_help=True
 app.add_typer(recipe_app, name="recipe")
 data_app = typer.Typer(help="Inspect the data a recipe trains on.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+label_app = typer.Typer(help="Choose which images to label.", no_args_is_help=True)
+app.add_typer(label_app, name="label")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -282,6 +284,58 @@ def data_check(
     render.show_data_report(console, report, resolved.name)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@label_app.command("suggest")
+def label_suggest(
+    n: int = typer.Option(..., "--n", help="How many images to suggest."),
+    out: Path = typer.Option(..., "--out", "-o", help="The CSV to write: path,label rows in the order to label them "
+                             "(label empty); the contact sheet is written beside it as .html and .png."),
+    data: Optional[Path] = typer.Option(None, "--data", help="The folder of your images (any layout, searched "
+                                        "recursively)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Instead of --data: a registered dataset, e.g. "
+                                          "fashion_mnist (its in-memory images are named by their training index)."),
+    root: Optional[Path] = typer.Option(None, "--root", help="With --dataset: the folder of its files."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Choose among the images of this run "
+                                              "(a checkpoint or run directory) instead of training a new one: a "
+                                              "Suave / Daino run picks where its classifier hesitates."),
+    exclude: Optional[Path] = typer.Option(None, "--exclude", help="A path,label list of images already labeled: "
+                                           "never suggested again."),
+    budget: str = typer.Option("10m", "--budget", help="Wall time of the self-supervised run, e.g. 10m."),
+    method: str = typer.Option("swav", "--method", help="The self-supervised run's method: swav or dino."),
+    run: Optional[Path] = typer.Option(None, "--run", help="The self-supervised run's folder (default: "
+                                       "runs/suggest_<name>_<method>); kept, `recipe init --labels` starts from it."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the run and of the clustering."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a value of the self-supervised "
+                                                  "run's recipe, e.g. data.options.clusters=100 (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Replace --out and its contact sheet if they exist."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda, for the pass over the images."),
+) -> None:
+    """Suggest which images to label, in order: a self-supervised run on the images (inside --budget) and the
+    typical image of each cluster of its features; or, from a trained run (--checkpoint), the images its
+    classifier hesitates on. Writes a path,label CSV and a contact sheet (HTML, PNG) to label from."""
+    from rich.progress import Progress
+
+    from semiclust import api, render
+    from semiclust.engine.budget import process_started
+
+    progress = Progress(console=err_console, transient=True, disable=not err_console.is_terminal)
+    task = None
+
+    def advance(done: int, total: int) -> None:  # the bar starts after the training run's own display has ended
+        nonlocal task
+        if task is None:
+            progress.start()
+            task = progress.add_task("features of the images", total=total)
+        progress.update(task, completed=done, total=total)
+
+    try:
+        suggestion = api.suggest_labels(n, out, data, (dataset, root) if dataset is not None else None, checkpoint,
+                                        exclude, budget, method, run, seed, overrides or [], force, device, console,
+                                        advance, process_started())
+    finally:
+        progress.stop()
+    render.show_suggestion(console, suggestion)
 
 
 @app.command("list")

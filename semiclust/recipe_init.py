@@ -21,12 +21,15 @@ import yaml
 
 from semiclust.data.datasets import Dataset, FileSplit, build_dataset, dataset_options
 from semiclust.data.decode import UnreadableImage, decode_rgb, image_size, is_image_file
+from semiclust.engine.checkpoint import load_checkpoint
 from semiclust.engine.run_dir import RunFiles
 from semiclust.engine.setup import build_run
 from semiclust.engine.step import train_step
 from semiclust.errors import SemiclustError
+from semiclust.label.lists import read_provenance, read_rows, refuse_unlabeled
 from semiclust.recipe import resolve
 from semiclust.schema import Recipe, duration_seconds
+from semiclust.validation import validate_saved
 
 # Measured on Fashion-MNIST, 10 labels per class, 5 minutes on 2 cores (docs/method.md, "Small real images"):
 # widths [16, 32, 64] with three convolutions per stage (3.7 epochs) reached 79.1%, with two (5.2 epochs) 78.8%;
@@ -37,6 +40,7 @@ MIN_EPOCHS = 20  # a wider candidate is taken only while it still allows this ma
 FIRST_WIDTHS = (16, 24, 32, 48, 64)  # the first stage's width of each candidate; each stage doubles it
 SAMPLE = 256  # image headers read to learn the sizes
 GREY_SAMPLE = 64  # images decoded to learn whether the folder is grey
+TIMED_STEPS = 4  # steps timed per candidate width (the first one, warming up, is left out of the mean)
 
 
 @dataclass
@@ -186,18 +190,19 @@ def step_seconds(raw: dict, classes: int, channels: int, device: torch.device) -
     """The time of one real step of this recipe on this machine, on generated images of the same size and
     channels (the data's content does not change a step's time)."""
     trial = yaml.safe_load(yaml.safe_dump(raw))
+    trial["model"].pop("init", None)  # the weights do not change a step's time
     size = trial["data"]["unlabeled"]["crops"][0]["size"]
     per_class = trial["data"]["batch"]["unlabeled"] // classes + 2
     trial["data"].update({"dataset": "synthetic", "labels": {"per_class": 1},
                           "options": {"num_classes": classes, "size": size, "channels": channels,
                                       "train_per_class": per_class, "test_per_class": 1}})
     trial["data"]["batch"]["labeled"] = min(trial["data"]["batch"]["labeled"], classes)
-    trial["schedule"] = {"epochs": 1}
+    trial["schedule"] = {"epochs": TIMED_STEPS}  # at least one step an epoch: the timed steps lie inside the run
     trial["runtime"].update({"device": device.type, "progress": "none"})
     with tempfile.TemporaryDirectory() as folder:
         run = build_run(resolve(trial, "a timing recipe"), RunFiles(Path(folder)), device, resume=False)
     times = []
-    for step in range(4):
+    for step in range(TIMED_STEPS):
         started = time.perf_counter()
         train_step(run, step)
         times.append(time.perf_counter() - started)
@@ -229,20 +234,84 @@ def labels_spec(dataset: Dataset, per_class: int | None, fraction: float | None)
     return {"fraction": 1.0}, labeled
 
 
+@dataclass
+class WarmStart:
+    """The run a suggestion list was picked with (`semiclust label suggest`): its checkpoint, its network's
+    description and its method; a recipe for the filled-in list starts from its weights (model.init)."""
+
+    run: Path
+    checkpoint: Path
+    model: dict
+    method: str
+    images: Path | None
+
+
+SAME_HEAD = {"swav": ("suave", "swav"), "dino": ("daino", "dino")}  # the methods that share a suggestion run's head
+
+
+def warm_start(labels: Path) -> WarmStart | None:
+    """The suggestion run a `path,label` list names in its comment lines (None for any other list); refuses a list
+    with rows still unlabeled, one paragraph saying how many and where."""
+    rows = read_rows(labels)
+    refuse_unlabeled(labels, rows)
+    origin = read_provenance(labels)
+    if origin.checkpoint is None:
+        return None
+    if origin.dataset is not None:
+        raise SemiclustError(f"'{labels}' names training indices of the registered dataset '{origin.dataset}', not "
+                             "image files; label those by index with data.labels: {list: FILE} (one index per line) "
+                             f"in a recipe for {origin.dataset}, starting from model.init: {{path: {origin.checkpoint}}}.")
+    if not origin.checkpoint.is_file():
+        raise SemiclustError(f"'{labels}' was suggested with the run whose checkpoint is '{origin.checkpoint}', which "
+                             "is gone; put the run back, or delete the '# run:' and '# checkpoint:' lines of the list "
+                             "to write a recipe that starts from random weights.")
+    state = load_checkpoint(origin.checkpoint)
+    recipe = validate_saved(state.get("recipe"), f"the recipe of '{origin.checkpoint}'")
+    model = recipe.model.model_dump(mode="json", exclude={"init"})
+    return WarmStart(origin.run or origin.checkpoint.parent.parent, origin.checkpoint, model, recipe.method.name,
+                     origin.images)
+
+
+def start_from(raw: dict, start: WarmStart, method: str) -> str:
+    """Put the suggestion run's network and weights into a recipe: its backbone always, its head too when the
+    method shares it (SwAV's for Suave, DINO's for Daino); returns what is loaded."""
+    what = "backbone_head" if method in SAME_HEAD.get(start.method, ()) else "backbone"
+    raw["model"]["backbone"] = start.model["backbone"]
+    raw["model"]["local_crops_update_bn"] = start.model["local_crops_update_bn"]
+    if what == "backbone_head":
+        raw["model"]["head"] = start.model["head"]
+    raw["model"]["init"] = {"path": str(start.checkpoint), "format": "semiclust", "what": what,
+                            "key": "teacher" if start.method in ("dino", "daino") else "student"}
+    return what
+
+
 def init_recipe(data: Path | None, budget: str, labels: Path | None = None, evaluation: Path | None = None,
                 method: str = "suave", per_class: int | None = None, fraction: float | None = None,
                 name: str | None = None, device: str = "cpu",
                 registered: tuple[str, Path | None] | None = None) -> InitResult:
     """A recipe for the images in `data` (or the registered dataset `registered`: name and root), fitted to
-    `budget` on this machine (module docstring)."""
-    try:
-        budget_s = duration_seconds(budget)
-    except ValueError as err:
-        raise SemiclustError(f"--budget: {err}.") from None
+    `budget` on this machine (module docstring). A labels list written by `semiclust label suggest` (filled in)
+    makes a recipe that starts from the weights of the run it was suggested with, on that run's folder when
+    `data` is not given."""
+    budget_seconds(budget)
+    start = warm_start(Path(labels)) if labels is not None else None
+    if start is not None and data is None and registered is None:
+        data = start.images
     dataset_name, options = describe_data(data, labels, evaluation, registered)
+    name = name or f"{Path(data).resolve().name if data is not None else dataset_name}_{method}"
+    return fitted_recipe(dataset_name, options, budget, method, per_class, fraction, name, device,
+                         where=f"'{data}'" if data is not None else dataset_name, start=start)
+
+
+def fitted_recipe(dataset_name: str, options: dict, budget: str, method: str = "suave", per_class: int | None = None,
+                  fraction: float | None = None, name: str = "recipe", device: str = "cpu", seed: int = 0,
+                  where: str = "the data", start: WarmStart | None = None) -> InitResult:
+    """The recipe for a registered dataset's options, fitted to `budget` on this machine: crops from the images,
+    the widest backbone that fits (or the network of `start`, a suggestion run whose weights it starts from)."""
+    budget_s = budget_seconds(budget)
     dataset = build_dataset(dataset_name, options)
     if dataset.problems:
-        raise SemiclustError(f"the data in '{data}' have {len(dataset.problems)} problem(s), e.g. {dataset.problems[0]}; "
+        raise SemiclustError(f"the data in {where} have {len(dataset.problems)} problem(s), e.g. {dataset.problems[0]}; "
                              "fix them first (`semiclust data check` on the written recipe lists them all).")
     grey = grey_images(dataset) if "channels" in dataset_options(dataset_name) else 0
     if grey:
@@ -252,20 +321,56 @@ def init_recipe(data: Path | None, budget: str, labels: Path | None = None, eval
     side = typical_size(dataset)
     sizes = crop_sizes(side)
     batch = (min(256, len(dataset.train) // 4), max(1, min(100, labeled)))
-    name = name or f"{Path(data).resolve().name if data is not None else dataset_name}_{method}"
+    loaded = None
 
     def raw_for(width: int) -> dict:
-        return template(name, dataset_name, options, spec, method, sizes, width, batch)
+        nonlocal loaded
+        raw = template(name, dataset_name, options, spec, method, sizes, width, batch)
+        if start is not None:
+            loaded = start_from(raw, start, method)
+        return raw
 
-    width, measured = choose_width(raw_for, dataset.num_classes, dataset.channels, len(dataset.train), budget_s,
-                                   torch.device(device))
+    if start is None:
+        width, measured = choose_width(raw_for, dataset.num_classes, dataset.channels, len(dataset.train), budget_s,
+                                       torch.device(device))
+    else:
+        width = start.model["backbone"]["kwargs"].get("widths", [FIRST_WIDTHS[0]])[0]
+        measured = [timed(raw_for(width), width, dataset, budget_s, torch.device(device))]
     raw = raw_for(width)
+    raw["seed"] = seed
     raw["schedule"]["budget"] = budget
     chosen = next(m for m in measured if m.width == width)
     raw["eval"] = {"every_epochs": max(1, round(chosen.epochs / 6))}
     if method in ("daino", "dino"):  # the teacher temperature's warm-up: a sixth of the run (DINO's default is 10 epochs)
         raw["method"]["assignment"] = {"name": "center_sharpen", "warmup_epochs": max(1, round(chosen.epochs / 6))}
-    choices = [
+    choices = made_choices(raw, dataset_name, options, dataset, labeled, sizes, side, grey, measured, budget)
+    if start is not None:
+        started = Choice("model", raw["model"]["backbone"], f"the network of the suggestion run {start.run} "
+                         f"({start.method}), its {loaded.replace('_', ' + ')} weights loaded (model.init): "
+                         f"{chosen.step_s:.3f}s a step here, {chosen.epochs:.1f} epochs in {budget}")
+        choices = [started if c.key == "model.backbone" else c for c in choices]
+    recipe = resolve(raw, "the recipe written by `semiclust recipe init`")
+    return InitResult(recipe, render_recipe(raw, choices), choices, measured)
+
+
+def budget_seconds(budget: str) -> float:
+    """The budget in seconds, or one paragraph saying how to write one."""
+    try:
+        return duration_seconds(budget)
+    except ValueError as err:
+        raise SemiclustError(f"--budget: {err}.") from None
+
+
+def timed(raw: dict, width: int, dataset: Dataset, budget_s: float, device: torch.device) -> Measured:
+    """One candidate's step time here and the passes over the data it allows in 90% of the budget."""
+    seconds = step_seconds(raw, dataset.num_classes, dataset.channels, device)
+    return Measured(width, seconds, 0.9 * budget_s / seconds * raw["data"]["batch"]["unlabeled"] / len(dataset.train))
+
+
+def made_choices(raw: dict, dataset_name: str, options: dict, dataset: Dataset, labeled: int, sizes: tuple,
+                 side: int, grey: int, measured: list[Measured], budget: str) -> list[Choice]:
+    """What the recipe's header says was measured and chosen."""
+    return [
         Choice("data", f"{dataset_name} {options}", f"{len(dataset.train):,} training images, {dataset.num_classes} "
                f"classes, {labeled:,} labeled"),
         Choice("crops", f"{sizes[0]} and {sizes[1]} px", f"the images' median short side is {side} px"),
@@ -276,8 +381,6 @@ def init_recipe(data: Path | None, budget: str, labels: Path | None = None, eval
                    f"width {m.width}: {m.step_s:.3f}s a step, {m.epochs:.1f} epochs" for m in measured)),
         Choice("data.batch", raw["data"]["batch"], "256 unlabeled (or a quarter of the set), up to 100 labeled"),
     ]
-    recipe = resolve(raw, "the recipe written by `semiclust recipe init`")
-    return InitResult(recipe, render_recipe(raw, choices), choices, measured)
 
 
 def render_recipe(raw: dict, choices: list[Choice]) -> str:

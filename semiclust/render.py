@@ -18,6 +18,7 @@ from semiclust.engine.numbers import lr_description
 from semiclust.engine.trainer import TrainSummary
 from semiclust.evaluate import EvalResult, top5_note
 from semiclust.export import timm_load_code
+from semiclust.label.suggest import Suggestion
 from semiclust.predict import Prediction
 from semiclust.schema import Recipe
 
@@ -263,3 +264,23 @@ def show_comparison(console: Console, comparison: Comparison) -> None:
     for note in comparison.notes:
         console.print(f"warning: {note}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"curves: {comparison.png}", highlight=False, markup=False, soft_wrap=True)
+
+
+def show_suggestion(console: Console, suggestion: Suggestion) -> None:
+    """The end of `semiclust label suggest`: what was written, by which rule, from which run, how long each part
+    took, and the next command."""
+    out, times = suggestion.outputs, suggestion.seconds
+    took = ", ".join(f"{name.removesuffix('_s').replace('_', ' ')} {duration(value)}" for name, value in times.items())
+    unreadable = f" ({suggestion.unreadable} unreadable left out)" if suggestion.unreadable else ""
+    before = f", {suggestion.labeled_before:,} already labeled or excluded" if suggestion.labeled_before else ""
+    trained = " (trained now, kept for the warm start)" if suggestion.trained else ""
+    after = ("the names are training indices of an in-memory dataset: train with them as data.labels: {list: FILE} "
+             "(one index per line), see docs/labeling.md" if suggestion.indexed else
+             "fill in the label column, then " + shlex.join(["semiclust", "recipe", "init", "--labels", str(out.csv),
+                                                             "--out", "my.yaml"]))
+    lines = [f"[bold green]wrote[/] {escape(str(out.csv))}: {len(suggestion.indices)} of {suggestion.pool_size:,} "
+             f"images to label, in order{before}{unreadable}",
+             f"contact sheet: {escape(str(out.html))} (open it in a browser) and {escape(str(out.png))}",
+             f"rule: {suggestion.rule}; from {escape(str(suggestion.checkpoint))}{trained}", f"time: {took}",
+             *[f"note: {escape(note)}" for note in suggestion.notes], f"next: {escape(after)}"]
+    console.print("\n".join(lines), highlight=False, soft_wrap=True)
