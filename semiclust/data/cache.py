@@ -12,6 +12,7 @@ from semiclust.data.loader import make_loader
 from semiclust.schema import Data
 
 CHUNK = 256
+SIZE_SAMPLE = 32  # headers read before deciding to decode a split
 
 
 class DecodeChunk(torch.utils.data.Dataset):
@@ -30,7 +31,7 @@ class DecodeChunk(torch.utils.data.Dataset):
         out = torch.empty((len(indices), self.split.channels, *self.size), dtype=torch.uint8)
         for j, index in enumerate(indices):
             try:
-                image = decode_pixels(self.split.path(index), self.max_pixels, self.split.channels)
+                image = decode_pixels(self.split.location(index), self.max_pixels, self.split.channels)
             except UnreadableImage as err:
                 return start, f"'{err.path}' is unreadable ({err.reason})"
             if tuple(image.shape[-2:]) != self.size:
@@ -38,6 +39,21 @@ class DecodeChunk(torch.utils.data.Dataset):
                               f"{self.size[1]} x {self.size[0]}"
             out[j] = image
         return start, out
+
+
+def other_size(split: FileSplit, size: tuple[int, int], sample: int = SIZE_SAMPLE) -> str | None:
+    """Why the split cannot be cached, from the headers of `sample` files spread over it (an image of another size,
+    or an unreadable one), before any worker starts decoding: image folders of many sizes (photos) are told at
+    once, not after a chunk of decoding. None when the sample is all of one size (decoding then checks every file)."""
+    count = len(split)
+    for index in sorted({round(k * (count - 1) / max(sample - 1, 1)) for k in range(min(sample, count))}):
+        try:
+            width, height = image_size(split.path(index))
+        except UnreadableImage as err:
+            return f"'{err.path}' is unreadable ({err.reason})"
+        if (height, width) != size:
+            return f"'{printable(split.files[index])}' is {width} x {height} px, not {size[1]} x {size[0]}"
+    return None
 
 
 def decode_split(split: FileSplit, spec: Data, budget_bytes: float) -> tuple[torch.Tensor | None, str]:
@@ -51,6 +67,9 @@ def decode_split(split: FileSplit, spec: Data, budget_bytes: float) -> tuple[tor
     needed = len(split) * split.channels * width * height
     if needed > budget_bytes:
         return None, f"{needed / 2**30:.1f} GiB decoded, more than data.cache_gb {spec.cache_gb:g}"
+    other = other_size(split, (height, width))
+    if other is not None:
+        return None, other
     pixels = torch.empty((len(split), split.channels, height, width), dtype=torch.uint8).share_memory_()
     items = DecodeChunk(split, (height, width), spec.max_image_pixels)
     for start, chunk in make_loader(items, range(len(items)), spec.loader, torch.device("cpu")):

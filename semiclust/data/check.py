@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ import torch
 from semiclust.data.datasets import Dataset, FileSplit, ImageSplit, Split, build_dataset
 from semiclust.data.decode import UnreadableImage, image_size, printable
 from semiclust.data.loader import find_unreadable
+from semiclust.data.readable import remember_readable
 from semiclust.data.subsets import LabeledSubset, match_list
 from semiclust.engine.setup import draw_subset
 from semiclust.errors import SemiclustError, examples
@@ -150,7 +152,10 @@ def _unreadable(dataset: Dataset, subset: LabeledSubset | None, recipe: Recipe, 
     if isinstance(dataset.test, FileSplit):
         jobs += [(1, dataset.test, i) for i in _sample(len(dataset.test), limit)]
     total = len(dataset.train) + (len(dataset.test) if dataset.test is not None else 0)
+    started = time.time_ns()
     bad = find_unreadable(jobs, recipe.data.loader, recipe.data.max_image_pixels, advance)
+    remember_readable(dataset.train, [i for n, _, i in jobs if n == 0], {i for n, i, _ in bad if n == 0},
+                      recipe.data.max_image_pixels, started)  # so that the next start need not decode them again
     what = "every file"
     if len(jobs) < total:
         what = f"{len(jobs):,} of {total:,} files (all labeled + a sample; --all for every file)"

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from semiclust.data.names import FileNames
 from semiclust.errors import SemiclustError
 from semiclust.registry import DATASETS
 
@@ -74,18 +76,20 @@ class ImageSplit:
 @dataclass
 class FileSplit:
     """Image files (paths relative to `root`, in a fixed sorted order) and labels (-1 = none).
-    Decoded by the loader to RGB, or to grey when `channels` is 1 (`data.options.channels`); images may differ
-    in size. `pixels` holds them all decoded (uint8, N x channels x H x W, in shared memory) when they were
+    The paths are one `FileNames` (a list of str given here becomes one), which loader workers read without
+    copying it. Decoded by the loader to RGB, or to grey when `channels` is 1 (`data.options.channels`); images
+    may differ in size. `pixels` holds them all decoded (uint8, N x channels x H x W, in shared memory) when they were
     cached (data/cache.py): training and evaluation then crop them in batches like an in-memory split, and
     everything else still sees the files."""
 
     root: Path
-    files: list[str]
+    files: FileNames
     labels: torch.Tensor
     pixels: torch.Tensor | None = None
     channels: int = 3
 
     def __post_init__(self) -> None:
+        self.files = FileNames.of(self.files)
         if self.labels.shape != (len(self.files),):
             raise ValueError("labels must have one entry per file")
         if self.channels not in (1, 3):
@@ -97,6 +101,16 @@ class FileSplit:
     def path(self, index: int) -> Path:
         return self.root / self.files[index]
 
+    def location(self, index: int) -> str:
+        """`path(index)` as a str, made without pathlib: a Path parses its name and interns the parts, which grows
+        the interpreter's table of interned strings in each loader worker that reads many paths (about 15 MB)."""
+        return os.path.join(self.root, self.files[index])
+
+    def locations(self, indices) -> list[str]:
+        """`location` of each of `indices`, in one pass."""
+        root = os.fspath(self.root)
+        return [os.path.join(root, name) for name in self.files.names_at(indices)]
+
 
 Split = ImageSplit | FileSplit
 
@@ -105,8 +119,7 @@ def split_rows(split: Split, indices: torch.Tensor) -> Split:
     """The images at `indices` as a split of their own (e.g. the labeled subset, for a kNN memory)."""
     if isinstance(split, FileSplit):
         pixels = split.pixels[indices] if split.pixels is not None else None
-        return FileSplit(split.root, [split.files[i] for i in indices.tolist()], split.labels[indices], pixels,
-                         split.channels)
+        return FileSplit(split.root, split.files.take(indices.tolist()), split.labels[indices], pixels, split.channels)
     return ImageSplit(split.images[torch.as_tensor(indices)], split.labels[indices])
 
 

@@ -1,7 +1,9 @@
 """Datasets of image files: an ImageFolder tree, ImageNet with SimCLR subset lists, a labeled list.
 
 Listing only: no image is opened here (decoding happens in loader workers; `semiclust data check`
-decodes a sample). Files are sorted so that indices, and the subsets drawn from them, are stable.
+decodes a sample), and folders are listed through data/listing.py, which remembers them between runs.
+Files are sorted so that indices, and the subsets drawn from them, are stable; a split's names are held
+as one `FileNames` (data/names.py), which loader workers share without copying.
 What is wrong with the listing (a missing file, an empty class, a label outside the class set) is
 collected in `Dataset.problems` rather than raised, so that `data check` can report all of it.
 """
@@ -12,10 +14,13 @@ import difflib
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from semiclust.data.datasets import DATASETS, UNLABELED, Dataset, FileSplit
 from semiclust.data.decode import file_problem, is_image_file, predicate, printable
+from semiclust.data.listing import list_folders, walk
+from semiclust.data.names import FileNames, encode
 from semiclust.errors import SemiclustError, examples
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -40,47 +45,10 @@ def _stats(mean, std, channels: int = 3) -> tuple[tuple[float, ...], tuple[float
     return mean, std
 
 
-def _listed_file(entry: os.DirEntry) -> bool:
-    """Whether a folder entry with an image name is listed: a regular file or a symbolic link to one (no extra stat
-    for a plain file), or a broken link (listed so that decoding says what it points to); never a FIFO, a socket
-    or a device, which no decoder can read and which can block a reader."""
-    try:
-        return entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
-    except OSError:  # a link loop: listed, decoding names it
-        return entry.is_symlink()
-
-
-def _is_folder(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_dir()
-    except OSError:  # a link loop is no folder
-        return False
-
-
 def images_under(folder: Path) -> list[str]:
     """Image files anywhere under `folder`, as sorted POSIX paths relative to it (hidden entries skipped; links
     followed, each folder listed once). Names are kept as the file system holds them (not UTF-8 bytes included)."""
-    found, seen = [], set()
-    pending = [(os.fspath(folder), "")]
-    while pending:  # depth first, in sorted order: the first path to a folder reached twice is the one listed
-        current, prefix = pending.pop()
-        try:
-            info = os.stat(current)
-            if (info.st_dev, info.st_ino) in seen:  # a symbolic link back to a folder already listed
-                continue
-            seen.add((info.st_dev, info.st_ino))
-            with os.scandir(current) as scan:
-                entries = sorted((e for e in scan if not e.name.startswith(".")), key=lambda e: e.name)
-        except OSError:  # a folder that vanished or cannot be read is skipped, as os.walk does
-            continue
-        folders = []
-        for entry in entries:
-            if _is_folder(entry):
-                folders.append((entry.path, f"{prefix}{entry.name}/"))
-            elif is_image_file(entry.name) and _listed_file(entry):
-                found.append(prefix + entry.name)
-        pending.extend(reversed(folders))
-    return sorted(found)
+    return walk(folder).found
 
 
 def _case_twins(names: dict[str, str]) -> list[str]:
@@ -108,7 +76,7 @@ def scan_class_tree(root: Path, classes: list[str] | None = None,
     folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     names = [printable(folder) for folder in folders] if classes is None else classes  # a class name is shown
     index = {name: i for i, name in enumerate(names)}
-    problems, files, labels = [], [], []
+    problems = []
     loose = [e.name for e in os.scandir(root) if e.is_file() and is_image_file(e.name)]
     if loose:
         problems.append(f"{len(loose)} image(s) lie directly in '{printable(root)}' outside any class folder (e.g. "
@@ -116,17 +84,23 @@ def scan_class_tree(root: Path, classes: list[str] | None = None,
     if classes is None:
         problems += [f"class folders {twins} of '{printable(root)}' differ only in case: they would train as separate "
                      "classes; merge them into one folder" for twins in _case_twins(dict.fromkeys(names, ""))]
-    for folder in folders:
-        members, name, where = images_under(root / folder), printable(folder), printable(root / folder)
+    listed = list_folders(root, folders)
+    ends, included, labels = np.cumsum(listed.counts), [], []
+    for k, (folder, count) in enumerate(zip(folders, listed.counts)):
+        name, where = printable(folder), printable(root / folder)
         if name not in index:
-            problems.append(f"'{where}' holds {len(members)} image(s) of class '{name}', which is not one of "
+            problems.append(f"'{where}' holds {count} image(s) of class '{name}', which is not one of "
                             "the training classes (a label outside the class set)")
             continue
-        if not members:
+        if not count:
             problems.append(f"class '{name}' has no images in '{where}' (an empty class)")
-        files.extend(f"{folder}/{m}" for m in members)
-        labels.extend([index[name]] * len(members))
-    return FileSplit(root, files, torch.tensor(labels, dtype=torch.long), channels=channels), names, problems
+        included.append(k)
+        labels.append(np.full(count, index[name], dtype=np.int64))
+    files = listed.files
+    if len(included) < len(folders):  # folders of classes outside the class set are left out
+        files = FileNames.join([files.slice(int(ends[k] - listed.counts[k]), int(ends[k])) for k in included])
+    labels = torch.from_numpy(np.concatenate(labels)) if labels else torch.zeros(0, dtype=torch.long)
+    return FileSplit(root, files, labels, channels=channels), names, problems
 
 
 def _folder_dataset(name: str, train_root: Path, eval_root: Path | None, mean, std, fix: str,
@@ -295,6 +269,15 @@ def _case_problems(rows, what: str) -> list[str]:
             "classes: pick one spelling and use it on every line" for twins in _case_twins(first_line)]
 
 
+def _unlabeled_files(folder: Path) -> FileNames:
+    """The real absolute paths of the images under `folder` (itself a real path), each once: with no symbolic link
+    in the folder they are the folder's path and the listed ones; otherwise each is resolved."""
+    listed = list_folders(folder, [""])
+    if listed.linked[0]:
+        return FileNames.of(dict.fromkeys(os.path.realpath(folder / f) for f in listed.files))
+    return listed.files.prefixed(os.fspath(folder).rstrip("/") + "/")
+
+
 @DATASETS.register("labeled_list")
 def labeled_list(labeled: str, unlabeled: list[str] | str | None = None, eval: str | None = None,
                  root: str | None = None, mean: list[float] | None = None, std: list[float] | None = None,
@@ -319,13 +302,15 @@ def labeled_list(labeled: str, unlabeled: list[str] | str | None = None, eval: s
     extra = []
     for folder in map(lambda f: _resolve(base, f), folders):
         _require_dir(folder, "labeled_list: the unlabeled folder", "data.options.unlabeled lists folders of images.")
-        found = list(dict.fromkeys(os.path.realpath(folder / f) for f in images_under(folder)))
-        if not found:
+        found = _unlabeled_files(folder)
+        if not len(found):
             problems.append(f"the unlabeled folder '{printable(folder)}' holds no images")
-        extra.extend(found)
-    labeled_set = set(train.files)
-    extra = [f for f in extra if f not in labeled_set]  # a labeled image inside an unlabeled folder counts once
-    train = FileSplit(Path("/"), train.files + extra,
+        extra.append(found)
+    labeled_set = {encode(f) for f in train.files}
+    extra = FileNames.join(extra) if extra else FileNames.of([])
+    kept = [i for i, name in enumerate(extra.raw_names()) if name not in labeled_set]
+    extra = extra if len(kept) == len(extra) else extra.take(kept)  # a labeled image inside an unlabeled folder counts once
+    train = FileSplit(Path("/"), FileNames.join([train.files, extra]),
                       torch.cat([train.labels, torch.full((len(extra),), UNLABELED, dtype=torch.long)]),
                       channels=channels)
     present = torch.bincount(train.labels[train.labels >= 0], minlength=len(names))

@@ -73,7 +73,7 @@ def read_with_substitutes(split: FileSplit, index: int, pool: torch.Tensor,
     for attempt in range(MAX_SUBSTITUTES):
         candidate = index if attempt == 0 else int(pool[(start + attempt) % len(pool)])
         try:
-            return ReadResult(decode_pixels(split.path(candidate), max_pixels, split.channels), candidate, corrupt)
+            return ReadResult(decode_pixels(split.location(candidate), max_pixels, split.channels), candidate, corrupt)
         except UnreadableImage as err:
             corrupt.append(Corrupt(err.path, err.reason))
     raise SemiclustError(
@@ -122,7 +122,7 @@ class TrainFiles(torch.utils.data.Dataset):
     def device_job(self, stream: IndexStream, position: int, j: int, index: int,
                    groups: list[CropGroup]) -> DeviceJob | None:
         """Image j as a job for the device (a plain JPEG, its windows drawn as cut_crops draws them), or None."""
-        jpeg = plain_jpeg(self.split.path(index), self.max_pixels) if self.decode_on_device else None
+        jpeg = plain_jpeg(self.split.location(index), self.max_pixels) if self.decode_on_device else None
         if jpeg is None:
             return None
         generator = self.generator(stream, position, j)
@@ -181,7 +181,7 @@ class EvalFiles(torch.utils.data.Dataset):
         corrupt = []
         for j, index in enumerate(indices):
             try:
-                image = decode_pixels(self.split.path(index), self.max_pixels, self.split.channels)
+                image = decode_pixels(self.split.location(index), self.max_pixels, self.split.channels)
                 images[j] = to_uint8(center_view(image[None], self.view)[0])
             except UnreadableImage as err:
                 keep[j] = False
@@ -244,7 +244,7 @@ class DecodeChunks(torch.utils.data.Dataset):
         bad = []
         for number, split, index in self.jobs[c * self.chunk : (c + 1) * self.chunk]:
             try:
-                decode_rgb(split.path(index), self.max_pixels)
+                decode_rgb(split.location(index), self.max_pixels)
             except UnreadableImage as err:
                 bad.append((number, index, err.reason))
         return bad

@@ -17,6 +17,7 @@ import torch
 
 from semiclust.data.datasets import UNLABELED, FileSplit, Split
 from semiclust.data.decode import file_problem, predicate, printable
+from semiclust.data.names import encode
 from semiclust.errors import SemiclustError, examples
 from semiclust.schema import Labels, Validation
 from semiclust.storage.atomic import write_text
@@ -55,8 +56,8 @@ class LabeledSubset:
     def naming(self, split: Split) -> "LabeledSubset":
         """This subset with the hash of the images it names (for image-file splits)."""
         if isinstance(split, FileSplit):
-            text = "\n".join(split.files[i] for i in sorted(self.indices.tolist()))
-            self.files_sha256 = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()  # names as bytes
+            names = split.files.raw_at(sorted(self.indices.tolist()))  # the names' bytes, as the file system has them
+            self.files_sha256 = hashlib.sha256(b"\n".join(names)).hexdigest()
         return self
 
 
@@ -84,9 +85,12 @@ def draw_balanced(labels: torch.Tensor, counts: dict[int, int], seed: int,
 
     Candidates are checked in batches across classes (the check decodes files in parallel)."""
     generator = torch.Generator().manual_seed(seed)
+    by_class = torch.argsort(labels, stable=True)  # each class's members in rising index order, class after class
+    sorted_labels = labels[by_class]
     orders = {}
     for cls in sorted(counts):
-        members = torch.nonzero(labels == cls).flatten()
+        first, last = (int(torch.searchsorted(sorted_labels, cls, right=right)) for right in (False, True))
+        members = by_class[first:last]  # = torch.nonzero(labels == cls), without a pass over every label per class
         orders[cls] = members[torch.randperm(len(members), generator=generator)].tolist()
     chosen: dict[int, list[int]] = {cls: [] for cls in orders}
     cursor, passed = dict.fromkeys(orders, 0), {}
@@ -147,27 +151,50 @@ def _list_entries(path: Path) -> list[str]:
     return entries
 
 
-def _name_index(split: FileSplit) -> dict[str, int]:
-    """File name -> index, under the relative path and the base name (ambiguous base names map to -1)."""
-    names: dict[str, int] = {}
-    for i, file in enumerate(split.files):
-        names[file] = i
-        base = file.rsplit("/", 1)[-1]
-        names[base] = -1 if base in names and names[base] != i else i
-    return names
+def _base(name: bytes) -> bytes:
+    return name.rsplit(b"/", 1)[-1]
+
+
+def _file_indices(entries: list[str], split: FileSplit) -> dict[str, int]:
+    """The training index each entry names: a file's relative path, or a base name (-1 when files share it).
+
+    One pass over the split's names that keeps only the keys an entry can look up (the entries and their base
+    names), not a second index of every file: each key takes the value a dict of every file's path and base name
+    would give it (a path sets its index; then its base name the same index, or -1 once another file has it)."""
+    keys = {encode(entry) for entry in entries}
+    keys |= {_base(key) for key in keys}
+    paths = any(b"/" in key for key in keys)  # else no name with a "/" can be a key, only its base name
+    names: dict[bytes, int] = {}
+    data, files = split.files.data, split.files
+    bounds = zip(files.offsets[:-1].tolist(), files.base_starts().tolist(), files.offsets[1:].tolist())
+    for i, (start, base_start, end) in enumerate(bounds):
+        base = data[base_start:end]
+        if paths and start != base_start and data[start:end] in keys:
+            names[data[start:end]] = i
+        if base in keys:  # (a name without "/" is its own base name: its path sets i, then its base keeps it)
+            names[base] = -1 if start != base_start and names.get(base, i) != i else i
+    found = {}
+    for entry in entries:
+        key = encode(entry)
+        index = names[key] if key in names else names.get(_base(key))
+        if index is not None:
+            found[entry] = index
+    return found
 
 
 def match_list(path: Path, split: Split) -> ListMatch:
     """Resolve a list file: integer lines are indices; other lines are file names (relative path or base
     name) of a file-based training split."""
     entries = _list_entries(path)
-    names = _name_index(split) if isinstance(split, FileSplit) else {}
+    names = _file_indices([e for e in entries if not e.isdigit()], split) if isinstance(split, FileSplit) else {}
+    named, size = [int(entry) if entry.isdigit() else names.get(entry) for entry in entries], len(split)
+    valid = [index for index in named if index is not None and 0 <= index < size]
+    label_of = dict(zip(valid, split.labels[torch.tensor(valid, dtype=torch.long)].tolist()))
     found, missing, unlabeled = [], [], []
-    for entry in entries:
-        index = int(entry) if entry.isdigit() else names.get(entry, names.get(entry.rsplit("/", 1)[-1]))
-        if index is None or not 0 <= index < len(split):
+    for entry, index in zip(entries, named):
+        if index is None or not 0 <= index < size:
             missing.append(entry)
-        elif int(split.labels[index]) < 0:
+        elif label_of[index] < 0:
             unlabeled.append(entry)
         else:
             found.append(index)
@@ -204,7 +231,8 @@ def choose_labeled(split: Split, spec: Labels | Validation, seed: int, num_class
     labels = split.labels
     names = class_names or [str(c) for c in range(num_classes)]
     seed = spec.seed if spec.seed is not None else seed
-    present = {c: int((labels == c).sum()) for c in range(num_classes)}
+    known = labels[(labels >= 0) & (labels < num_classes)]
+    present = dict(enumerate(torch.bincount(known, minlength=num_classes).tolist()))  # one pass, not one per class
     if spec.list is not None:
         return _listed_subset(Path(spec.list), split, unreadable)
     if spec.per_class is not None:

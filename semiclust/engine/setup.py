@@ -20,7 +20,7 @@ from semiclust.data.batches import BatchMaker
 from semiclust.data.cache import cache_in_memory
 from semiclust.data.datasets import Dataset, FileSplit, build_dataset, split_rows
 from semiclust.data.eval_views import EvalViews
-from semiclust.data.loader import find_unreadable
+from semiclust.data.readable import unreadable_among
 from semiclust.data.streams import IndexStream, Stream, labeled_stream, unlabeled_pool, unlabeled_stream
 from semiclust.data.subsets import LabeledSubset, choose_labeled, choose_validation, class_counts, load_subset
 from semiclust.engine import dist
@@ -58,14 +58,14 @@ def load_dataset(recipe: Recipe) -> Dataset:
 
 
 def unreadable_check(dataset: Dataset, recipe: Recipe):
-    """For image files, what the labeled draw asks: which of these images cannot be decoded (in workers)."""
+    """For image files, what the labeled draw asks: which of these images cannot be decoded (in workers; files
+    that decoded at an earlier start and have not changed since are not decoded again, data/readable.py)."""
     if not isinstance(dataset.train, FileSplit):
         return None
     split = dataset.train
 
     def unreadable(indices: list[int]) -> dict[int, str]:
-        jobs = [(0, split, i) for i in indices]
-        return {i: reason for _, i, reason in find_unreadable(jobs, recipe.data.loader, recipe.data.max_image_pixels)}
+        return unreadable_among(split, indices, recipe.data.loader, recipe.data.max_image_pixels)
 
     return unreadable
 
