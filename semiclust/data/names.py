@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+CHUNK = 65_536  # names turned into Python objects at a time when all of them are read
+
 
 def encode(name: str) -> bytes:
     """A name's bytes as the file system holds them (surrogate escapes back to their bytes)."""
@@ -78,9 +80,7 @@ class FileNames:
         return decode(self.raw(index))
 
     def __iter__(self) -> Iterator[str]:
-        data, bounds = self.data, self.offsets.tolist()
-        for start, end in zip(bounds, bounds[1:]):
-            yield decode(data[start:end])
+        return map(decode, self.raw_names())
 
     def raw_at(self, indices: Iterable[int]) -> list[bytes]:
         """The names at `indices` as bytes, in one pass (no per-name method call)."""
@@ -95,18 +95,33 @@ class FileNames:
         """The names at `indices`, in one pass."""
         return [decode(raw) for raw in self.raw_at(indices)]
 
-    def base_starts(self) -> np.ndarray:
-        """Where each name's base name (after its last "/") starts in `data`."""
-        slashes = np.flatnonzero(np.frombuffer(self.data, dtype=np.uint8) == ord("/"))
-        last = np.searchsorted(slashes, self.offsets[1:]) - 1  # the last slash before each name's end
-        after = np.where(last >= 0, slashes[np.maximum(last, 0)] + 1, 0) if len(slashes) else np.zeros(len(self), np.int64)
-        return np.maximum(after, self.offsets[:-1])
+    def base_starts(self, first: int = 0, stop: int | None = None) -> np.ndarray:
+        """Where the base name (after the last "/") of each of names first .. stop - 1 starts in `data`."""
+        bounds = self.offsets[first : (len(self) if stop is None else min(stop, len(self))) + 1]
+        if len(bounds) < 2:
+            return np.zeros(0, dtype=np.int64)
+        head = int(bounds[0])
+        text = np.frombuffer(self.data, dtype=np.uint8, count=int(bounds[-1]) - head, offset=head)
+        slashes = np.flatnonzero(text == ord("/")) + head
+        if not len(slashes):
+            return bounds[:-1].copy()
+        last = np.searchsorted(slashes, bounds[1:]) - 1  # the last slash before each name's end
+        after = np.where(last >= 0, slashes[np.maximum(last, 0)] + 1, 0)
+        return np.maximum(after, bounds[:-1])
 
     def raw_names(self) -> Iterator[bytes]:
         """Every name as bytes, in order."""
-        data, bounds = self.data, self.offsets.tolist()
-        for start, end in zip(bounds, bounds[1:]):
+        data = self.data
+        for start, end in self.bounds():
             yield data[start:end]
+
+    def bounds(self, chunk: int | None = None) -> Iterator[tuple[int, int]]:
+        """(start, end) of every name in `data`, read `chunk` (CHUNK) names at a time, not a million Python ints at
+        once."""
+        chunk = chunk or CHUNK
+        for first in range(0, len(self), chunk):
+            part = self.offsets[first : first + chunk + 1].tolist()
+            yield from zip(part, part[1:])
 
     def slice(self, start: int, stop: int) -> "FileNames":
         """Names start .. stop - 1."""

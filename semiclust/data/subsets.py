@@ -17,7 +17,7 @@ import torch
 
 from semiclust.data.datasets import UNLABELED, FileSplit, Split
 from semiclust.data.decode import file_problem, predicate, printable
-from semiclust.data.names import encode
+from semiclust.data.names import CHUNK, encode
 from semiclust.errors import SemiclustError, examples
 from semiclust.schema import Labels, Validation
 from semiclust.storage.atomic import write_text
@@ -166,8 +166,8 @@ def _file_indices(entries: list[str], split: FileSplit) -> dict[str, int]:
     paths = any(b"/" in key for key in keys)  # else no name with a "/" can be a key, only its base name
     names: dict[bytes, int] = {}
     data, files = split.files.data, split.files
-    bounds = zip(files.offsets[:-1].tolist(), files.base_starts().tolist(), files.offsets[1:].tolist())
-    for i, (start, base_start, end) in enumerate(bounds):
+    bases = (base for first in range(0, len(files), CHUNK) for base in files.base_starts(first, first + CHUNK).tolist())
+    for i, ((start, end), base_start) in enumerate(zip(files.bounds(), bases)):
         base = data[base_start:end]
         if paths and start != base_start and data[start:end] in keys:
             names[data[start:end]] = i

@@ -38,11 +38,14 @@ def test_every_name_round_trips_as_str_and_as_the_file_systems_bytes():
         names.index("missing.png")
 
 
-def test_base_starts_point_after_each_names_last_slash():
-    names = FileNames.of(["a/b/c.png", "top.png", "/abs/x.jpg", "d/"])
+def test_base_starts_point_after_each_names_last_slash_in_any_run_of_names():
+    names = FileNames.of(["a/b/c.png", "top.png", "/abs/x.jpg", "d/", "e/f"])
     starts = names.base_starts().tolist()
     assert [names.data[s:e].decode() for s, e in zip(starts, names.offsets[1:].tolist())] == ["c.png", "top.png",
-                                                                                               "x.jpg", ""]
+                                                                                               "x.jpg", "", "f"]
+    assert all(names.base_starts(a, b).tolist() == starts[a:b] for a in range(6) for b in range(a, 7))
+    assert list(names.bounds(chunk=2)) == list(names.bounds()) == list(zip(names.offsets[:-1].tolist(),
+                                                                           names.offsets[1:].tolist()))
 
 
 def test_a_file_split_holds_its_names_as_file_names_and_paths_join_them_to_its_root(tmp_path):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
+from semiclust.data import names, subsets
 from semiclust.data.datasets import FileSplit
 from semiclust.data.subsets import draw_balanced, match_list
 
@@ -59,7 +61,8 @@ def reference_match(entries: list[str], files: list[str]) -> dict[str, int]:
     return {e: names.get(e, names.get(e.rsplit("/", 1)[-1])) for e in entries}
 
 
-def test_list_entries_name_the_files_a_dict_of_every_name_would(tmp_path):
+@pytest.mark.parametrize("chunk", [3, 65_536])  # names read a few at a time, or all in one chunk
+def test_list_entries_name_the_files_a_dict_of_every_name_would(tmp_path, monkeypatch, chunk):
     """Relative paths, base names, base names two files share (-1: missing), names without a folder that are
     another file's base name, paths whose folder is wrong, a name beside one that is not UTF-8, indices."""
     files = ["a/x.png", "x.png", "b/x.png", "b/y.png", "c/d/y.png", "c/z.png", "z.png", "d/caf\udce9.png",
@@ -67,6 +70,8 @@ def test_list_entries_name_the_files_a_dict_of_every_name_would(tmp_path):
     entries = ["a/x.png", "x.png", "b/y.png", "y.png", "c/z.png", "z.png", "q/z.png", "c/d/y.png", "caf\u00e9.png",
                "w.png", "e/w.png", "v.png", "elsewhere/v.png", "missing.png", "3", "e/f/v.png"]
     labels = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1, 0, -1, 1, 0])
+    monkeypatch.setattr(subsets, "CHUNK", chunk)
+    monkeypatch.setattr(names, "CHUNK", chunk)
     split = FileSplit(tmp_path, files, labels)
     want = reference_match(entries, files)
     listing = tmp_path / "list.txt"
