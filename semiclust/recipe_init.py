@@ -341,6 +341,8 @@ def fitted_recipe(dataset_name: str, options: dict, budget: str, method: str = "
     raw["schedule"]["budget"] = budget
     chosen = next(m for m in measured if m.width == width)
     raw["eval"] = {"every_epochs": max(1, round(chosen.epochs / 6))}
+    # the warm-up: half an epoch, or a tenth of the run when the budget allows fewer than 5 passes over the data
+    raw["schedule"]["warmup_epochs"] = min(0.5, float(f"{chosen.epochs / 10:.2g}"))
     if method in ("daino", "dino"):  # the teacher temperature's warm-up: a sixth of the run (DINO's default is 10 epochs)
         raw["method"]["assignment"] = {"name": "center_sharpen", "warmup_epochs": max(1, round(chosen.epochs / 6))}
     choices = made_choices(raw, dataset_name, options, dataset, labeled, sizes, side, grey, measured, budget)

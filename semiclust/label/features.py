@@ -81,7 +81,7 @@ def refuse_other_data(run: RunImages, data: Path | None, registered: str | None)
     folders, name = data_places(run.recipe)
     if data is not None:
         wanted = os.path.realpath(Path(data).expanduser())
-        if not any(wanted == f or wanted.startswith(f + os.sep) or f.startswith(wanted + os.sep) for f in folders):
+        if wanted not in folders:
             where = ", ".join(f"'{printable(f)}'" for f in folders) if folders else f"the registered dataset '{name}'"
             raise SemiclustError(f"the checkpoint '{run.checkpoint}' was trained on the images of {where}, not on "
                                  f"'{printable(data)}'; leave out --data to choose among its own images, or give a "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -22,7 +23,8 @@ PNG_MAX_IMAGES = 200  # the PNG shows the first ones; the HTML shows every image
 @dataclass
 class SheetItem:
     """One suggested image: its rank in the list (1 = label first), cluster, the path shown (or the training index),
-    the link to the file relative to the sheet (None for in-memory images), the score and the pixels (H x W x 3)."""
+    the file's path relative to the sheet as the file system holds it (None for in-memory images: nothing to link),
+    the score and the pixels (H x W x 3)."""
 
     rank: int
     cluster: int
@@ -71,7 +73,7 @@ figcaption{font-size:11px}.path{word-break:break-all}.rank{font-weight:bold;font
 
 def figure_html(item: SheetItem, score_name: str) -> str:
     image = f'<img src="{png_data(thumbnail(item.pixels))}" alt="{html.escape(item.shown)}">'
-    linked = f'<a href="{html.escape(quote(item.href))}">{image}</a>' if item.href else image
+    linked = f'<a href="{html.escape(quote(os.fsencode(item.href)))}">{image}</a>' if item.href else image
     return (f'<figure class="pick" data-rank="{item.rank}" data-path="{html.escape(item.shown)}">{linked}'
             f'<figcaption><span class="rank">#{item.rank}</span> <span class="path">{html.escape(item.shown)}</span>'
             f'<br><span class="score">{score_name} {item.score:.3g}</span></figcaption></figure>')

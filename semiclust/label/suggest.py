@@ -138,8 +138,10 @@ def self_supervised_run(options: dict, n: int, budget: str, method: str, seed: i
     hint = shlex.join(["semiclust", "train", str(run_dir / "recipe.yaml"), "--out", str(run_dir), "--resume"])
     try:
         summary = train(recipe, run_dir, console, resume_hint=hint, started=started)
-    finally:
-        dist.shutdown(together=False)
+    except BaseException:
+        dist.shutdown(together=False)  # as api.train: a failed run does not wait for other processes
+        raise
+    dist.shutdown()
     return summary.checkpoint
 
 
@@ -170,11 +172,12 @@ def pick(run: RunImages, found: Features, labeled: np.ndarray, n: int, seed: int
 
 
 def shown_names(run: RunImages, indices: list[int], folder: Path) -> list[str]:
-    """Each pick as the list names it: its path relative to the list's folder, or its training index (in memory)."""
+    """Each pick as the list names it: its path relative to the list's folder (bytes that are not UTF-8 as \\xNN
+    escapes, as everywhere semiclust shows a name), or its training index (in memory)."""
     split = run.dataset.train
     if isinstance(split, ImageSplit):
         return [str(i) for i in indices]
-    return [relative_path(split.path(i), folder) for i in indices]
+    return [printable(relative_path(split.path(i), folder)) for i in indices]
 
 
 def pixels_of(run: RunImages, index: int) -> np.ndarray | None:
@@ -196,8 +199,10 @@ def write_outputs(run: RunImages, suggestion: Suggestion, picks: Picks, provenan
     outputs = suggestion.outputs
     rule = f"{suggestion.rule}: {RULES[suggestion.rule]}"
     write_text(outputs.csv, render_list(suggestion.shown, provenance, rule))
-    in_memory = isinstance(run.dataset.train, ImageSplit)
-    items = [SheetItem(rank, cluster, shown, None if in_memory else shown, score, pixels_of(run, index))
+    split, folder = run.dataset.train, outputs.html.resolve().parent
+    in_memory = isinstance(split, ImageSplit)
+    items = [SheetItem(rank, cluster, shown, None if in_memory else relative_path(split.path(index), folder), score,
+                       pixels_of(run, index))
              for rank, (index, shown, cluster, score) in enumerate(zip(suggestion.indices, suggestion.shown,
                                                                        suggestion.clusters, suggestion.scores), 1)]
     sizes = dict(zip(*np.unique(picks.clusters, return_counts=True)))

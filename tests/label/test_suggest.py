@@ -14,7 +14,6 @@ import io
 import json
 import os
 import time
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -32,6 +31,7 @@ from semiclust.label.lists import read_provenance, read_rows
 from semiclust.methods import METHODS
 from semiclust.recipe import load_recipe
 from tests.data.files import save, stripes
+from tests.label.pages import Sheet
 from tests.helpers import TINY_RECIPE
 from tests.test_cli import run as cli
 
@@ -108,31 +108,6 @@ def test_the_list_names_images_of_the_folder_in_order_and_the_run_is_kept(sugges
     assert recipe.data.options["root"] == str(suggested["photos"].resolve()) and recipe.data.options["clusters"] == 30
     assert f"wrote {suggested['csv']}: 6 of 24 images to label, in order" in suggested["stdout"]
     assert "rule: typical" in suggested["stdout"] and "semiclust recipe init --labels" in suggested["stdout"]
-
-
-class Sheet(HTMLParser):
-    """The parts of the contact sheet the tests read: sections, figures (rank, path, cluster), links, images."""
-
-    def __init__(self):
-        super().__init__()
-        self.sections, self.figures, self.links, self.images, self.title = [], [], [], [], ""
-        self._in_title = False
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "section":
-            self.sections.append(attrs["id"])
-        elif tag == "figure":
-            self.figures.append((int(attrs["data-rank"]), attrs["data-path"], self.sections[-1]))
-        elif tag == "a":
-            self.links.append(attrs["href"])
-        elif tag == "img":
-            self.images.append(attrs["src"])
-        self._in_title = tag == "title"
-
-    def handle_data(self, data):
-        if self._in_title:
-            self.title += data
 
 
 def test_the_contact_sheet_shows_every_suggested_image_and_names_only_files_that_exist(suggested):
