@@ -62,7 +62,7 @@ def _forward_views(network: torch.nn.Module, views: EvalViews,
             feats = network.backbone(images)
             if keep_features:
                 features.append(feats.float().cpu())
-            scores.append(network.scores(network.head(feats)).float().cpu())
+            scores.append(network.class_scores(network.scores(network.head(feats))).float().cpu())
             labels.append(batch_labels)
         _require_images(scores, views)
         return (torch.cat(features) if keep_features else None), torch.cat(scores), torch.cat(labels)

@@ -196,6 +196,9 @@ def method_problems(recipe: Recipe) -> list[str]:
         lacks = "uses no unlabeled images" if not unlabeled else "has target_crops 1"
         problems.append(f"'method.unlabeled_mixup' mixes the first two target crops of the unlabeled images, but "
                         f"method '{spec.name}' {lacks}: set method.unlabeled_mixup.enabled: false")
+    if recipe.model.head.prototypes_per_class > 1 and Stream.LABELED not in kind.streams:
+        problems.append(f"'model.head.prototypes_per_class' ties several prototypes to each class, but method "
+                        f"'{spec.name}' trains without labels, so its prototypes are clusters, not classes: set it to 1")
     if spec.ema.enabled and "teacher" in kind.parts:
         problems.append(f"'method.ema': method '{spec.name}' already evaluates an EMA of its weights (its teacher, "
                         "method.teacher); set method.ema.enabled: false")

@@ -236,6 +236,9 @@ class Head(Strict):
     activation: Literal["relu", "gelu"] = Field("relu",
         description="activation after hidden layers (SwAV relu, DINO gelu)")
     init: Literal["default", "trunc_normal"] = Field("default", description="trunc_normal = DINO's std 0.02")
+    prototypes_per_class: Annotated[int, Field(ge=1, le=64)] = Field(1,
+        description="prototypes tied to each class (k): k x classes prototypes, a class's probability the sum of its "
+        "prototypes', so that a class made of several modes can be several clusters; 1 = the release")
 
 
 class InitSpec(Strict):
@@ -419,8 +422,30 @@ def duration_seconds(text: str) -> float:
     return hours * 3600 + minutes * 60 + seconds
 
 
+class Finetune(Strict):
+    """A fine-tuning stage at the end of the run, inside the same run and budget (the release's second stage, which
+    it runs as a separate job): the last `share` of the steps restart the learning rate at `lr` (scaled like optim.lr,
+    no warm-up) and decay it by cosine to `final_lr`; the first stage's cosine then ends where this one starts."""
+
+    share: Annotated[float, Field(gt=0, le=0.5)] = Field(description="the share of the run's steps the stage takes "
+                                                                     "(its last ones)")
+    lr: Annotated[float, Field(gt=0, le=1e4)] = Field(description="peak learning rate of the stage, for "
+                                                                  "optim.lr_reference_batch images per step")
+    final_lr: Annotated[float, Field(ge=0)] = Field(0.0, description="learning rate at the end of the stage")
+    labeled_weight: Probability | None = Field(
+        None, description="weight of the labeled loss during the stage (1 = the labeled images only); null = as in "
+        "the first stage (method.labeled_weight)")
+    targets: Literal["method", "pseudo_labels"] = Field(
+        "method", description="the unlabeled targets during the stage: the method's own (Sinkhorn, the teacher; the "
+        "release's second stage) or pseudo_labels: self-training on the classifier's confident class predictions "
+        "(Daino: the teacher's) of the target crops, one hard class per image, every crop trained towards it")
+    threshold: Probability = Field(0.95, description="pseudo_labels: the class probability an unlabeled image's "
+                                   "prediction needs to be trained on (the others are left out of the step)")
+
+
 class Schedule(Strict):
-    """How long the run is (epochs, or a wall-time budget), linear warm-up, then cosine down to final_lr."""
+    """How long the run is (epochs, or a wall-time budget), linear warm-up, then cosine down to final_lr; optionally
+    a fine-tuning stage at the end (`finetune`)."""
 
     epochs: PositiveInt | None = Field(None, description="passes over the unlabeled set (or give a budget)")
     budget: str | None = Field(
@@ -430,6 +455,8 @@ class Schedule(Strict):
     warmup_epochs: Annotated[float, Field(ge=0)] = Field(0, description="linear warm-up length (may be fractional)")
     warmup_start_lr: Annotated[float, Field(ge=0)] = Field(0.0, description="learning rate at step 0 of the warm-up")
     final_lr: Annotated[float, Field(ge=0)] = Field(0.0, description="learning rate at the end of the cosine decay")
+    finetune: Finetune | None = Field(None, description="a fine-tuning stage at the end of the run (see below); null = "
+                                      "none (the release runs it as a separate recipe)")
 
     @field_validator("budget", mode="before")
     @classmethod

@@ -128,7 +128,7 @@ DAINO_RELEASE = {  # section 4 (+ 2, 5)
     "model.backbone.name": "vit_small_patch16_224",
     "model.backbone.kwargs": {"dynamic_img_size": True, "drop_path_rate": 0.0},  # the release's eval-mode student
     "model.head": {"hidden": 2048, "out": 256, "layers": 3, "batchnorm": False, "activation": "gelu",
-                   "init": "trunc_normal"},
+                   "init": "trunc_normal", "prototypes_per_class": 1},  # one prototype per class, as the paper
     "model.init.format": "dino", "model.init.key": "student", "model.init.what": "backbone",
     "method.name": "daino", "method.temperature": 0.1, "method.label_smoothing": 0.01,
     "method.assignment.name": "center_sharpen", "method.assignment.temperature": 0.07,

@@ -64,11 +64,11 @@ class CenterSharpenSpec(PriorFields, PartSpec):
 class CenterSharpenAssigner(nn.Module):
     """Centered, sharpened softmax (DINO); the center is updated by EMA after computing targets."""
 
-    def __init__(self, spec: CenterSharpenSpec, num_prototypes: int):
+    def __init__(self, spec: CenterSharpenSpec, num_classes: int, per_class: int = 1):
         super().__init__()
         self.spec = spec
-        self.register_buffer("center", torch.zeros(1, num_prototypes))
-        self.prior = ClassPrior(spec, num_prototypes)
+        self.register_buffer("center", torch.zeros(1, num_classes * per_class))
+        self.prior = ClassPrior(spec, num_classes, per_class)
 
     def temperature(self, epoch: int) -> float:
         s = self.spec

@@ -4,6 +4,7 @@ predictions on unlabeled images (an EMA of their batch means, all processes toge
 that no class is ever starved). Real data sets are imbalanced; the uniform marginal pushes them flat."""
 from __future__ import annotations
 
+import math
 from typing import Annotated, Callable, Literal
 
 import torch
@@ -52,12 +53,13 @@ class ClassPrior(nn.Module):
 
     `uniform` is None (the assignment keeps its own, unchanged, arithmetic, and no buffer: checkpoints keep
     their keys); `labeled` is fixed once the labeled subset is known (`use_counts`); `estimated` starts
-    uniform and follows `observe`."""
+    uniform and follows `observe`. The estimate is per class; with `per_class` prototypes per class
+    (model.head.prototypes_per_class) each class's share is spread evenly over its group."""
 
-    def __init__(self, spec: PriorFields, num_classes: int):
+    def __init__(self, spec: PriorFields, num_classes: int, per_class: int = 1):
         super().__init__()
         self.kind, self.momentum, self.floor = spec.prior, spec.prior_momentum, spec.prior_floor
-        self.temperature = spec.prior_temperature
+        self.temperature, self.per_class = spec.prior_temperature, per_class
         if self.kind != "uniform":
             self.register_buffer("estimate", torch.full((num_classes,), 1.0 / num_classes))
 
@@ -67,12 +69,24 @@ class ClassPrior(nn.Module):
             self.estimate.copy_(counts.float() / counts.sum())
 
     def log_prior(self) -> torch.Tensor | None:
-        """log of the marginal (floored), or None for the uniform one."""
-        return None if self.kind == "uniform" else torch.log(floored(self.estimate, self.floor))
+        """log of the marginal over the prototypes (floored), or None for the uniform one."""
+        if self.kind == "uniform":
+            return None
+        log_class = torch.log(floored(self.estimate, self.floor))
+        return log_class if self.per_class == 1 else spread_over_groups(log_class, self.per_class)
 
     @torch.no_grad()
     def observe(self, scores: list[torch.Tensor]) -> None:
-        """After the targets of a step: move the estimate towards this step's mean prediction (estimated)."""
+        """After the targets of a step: move the estimate towards this step's mean prediction (estimated), each
+        class's the sum over its prototypes."""
         if self.kind == "estimated":
             mean = batch_mean_prediction(scores, self.temperature)
+            if self.per_class > 1:
+                mean = mean.reshape(-1, self.per_class).sum(dim=1)
             self.estimate.mul_(self.momentum).add_(mean, alpha=1 - self.momentum)
+
+
+def spread_over_groups(log_class: torch.Tensor, per_class: int) -> torch.Tensor:
+    """A log class marginal (C,) as one over C * k prototypes, each class's share split evenly over its k
+    consecutive prototypes: log p_c - log k, repeated k times."""
+    return log_class.repeat_interleave(per_class) - math.log(per_class)

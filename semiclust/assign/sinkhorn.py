@@ -72,10 +72,10 @@ class SinkhornSpec(PriorFields, PartSpec):
 class SinkhornAssigner(nn.Module):
     """Equipartitioned soft clusters (SwAV), one Sinkhorn-Knopp run per target crop."""
 
-    def __init__(self, spec: SinkhornSpec, num_prototypes: int):
+    def __init__(self, spec: SinkhornSpec, num_classes: int, per_class: int = 1):
         super().__init__()
         self.spec = spec
-        self.prior = ClassPrior(spec, num_prototypes)
+        self.prior = ClassPrior(spec, num_classes, per_class)  # the class marginal, spread over each class's group
 
     def forward(self, scores: list[torch.Tensor], epoch: int) -> list[torch.Tensor]:
         """Every process holds the same number of rows, so the total is known without a cross-process sum."""

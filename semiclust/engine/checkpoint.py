@@ -95,7 +95,7 @@ def classifier_network(state: dict[str, Any]) -> tuple[Network, Recipe]:
     weights = {k[len(prefix):]: v for k, v in state["method"].items() if k.startswith(prefix)}
     fix = mismatch_fix(state.get("semiclust_version"), CHECKPOINT.damaged)
     network = network_with_weights(recipe.model, info["in_chans"], info["num_classes"], info["prototypes"], weights,
-                                   "the checkpoint", fix)
+                                   "the checkpoint", fix, recipe.method.temperature)
     return network, recipe
 
 

@@ -80,8 +80,41 @@ class Schedules:
     numbers: RunNumbers
 
     def lr(self, step: int) -> float:
+        """Warm-up then cosine to final_lr over the first stage; in the fine-tuning stage, its own cosine."""
         s, n = self.recipe.schedule, self.numbers
-        return warmup_cosine(step, n.total_steps, n.warmup_steps, n.peak_lr, s.final_lr, s.warmup_start_lr)
+        start = self.finetune_start
+        if step >= start:
+            return cosine(step - start, n.total_steps - start, self.finetune_peak_lr, s.finetune.final_lr)
+        return warmup_cosine(step, start, n.warmup_steps, n.peak_lr, s.final_lr, s.warmup_start_lr)
+
+    @property
+    def finetune_start(self) -> int:
+        """The first step of the fine-tuning stage (the run's length when it has none): the last
+        `schedule.finetune.share` of the steps, at least one, after at least one step of the first stage."""
+        total, finetune = self.numbers.total_steps, self.recipe.schedule.finetune
+        if finetune is None:
+            return total
+        return min(max(total - round(finetune.share * total), 1), total - 1) if total > 1 else total
+
+    @property
+    def finetune_peak_lr(self) -> float:
+        """The stage's peak lr, scaled by the global batch as optim.lr is."""
+        n, optim = self.numbers, self.recipe.optim
+        return n.peak_lr * self.recipe.schedule.finetune.lr / optim.lr
+
+    def pseudo_label_threshold(self, step: int) -> float | None:
+        """The confidence pseudo-labels need at `step` when the fine-tuning stage trains on them, else None (the
+        method's own unlabeled targets)."""
+        finetune = self.recipe.schedule.finetune
+        if finetune is None or finetune.targets != "pseudo_labels" or step < self.finetune_start:
+            return None
+        return finetune.threshold
+
+    def labeled_weight(self, step: int) -> float | None:
+        """The labeled loss's weight at `step` when the schedule sets one (the fine-tuning stage's), else None:
+        the method's own (method.labeled_weight, or row counts)."""
+        finetune = self.recipe.schedule.finetune
+        return finetune.labeled_weight if finetune is not None and step >= self.finetune_start else None
 
     def backbone_frozen(self, step: int) -> bool:
         """Whether the head warm-up holds the backbone still at `step` (frozen, not merely slowed)."""

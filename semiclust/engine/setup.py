@@ -104,7 +104,7 @@ def labeled_subset_for(files: RunFiles, dataset: Dataset, recipe: Recipe, resume
 
 def build_student(recipe: Recipe, in_chans: int, num_classes: int, kind: type[Method]) -> tuple[Network, InitReport | None]:
     """The student network, initialised from `model.init` when the recipe names a file."""
-    student = Network(recipe.model, in_chans, num_classes, kind.prototypes)
+    student = Network(recipe.model, in_chans, num_classes, kind.prototypes, temperature=recipe.method.temperature)
     return student, initialize(student, recipe.model.init) if recipe.model.init else None
 
 
@@ -120,7 +120,8 @@ def assemble_method(kind: type[Method], recipe: Recipe, student: Network, in_cha
         extra["teacher"] = teacher_of(student, recipe.model, in_chans, num_classes, kind.prototypes)
     if spec.ema.enabled:
         extra["ema"] = teacher_of(student, recipe.model, in_chans, num_classes, kind.prototypes)
-    assigner = build_assigner(spec.assignment, num_classes) if Stream.UNLABELED in kind.streams else None
+    assigner = (build_assigner(spec.assignment, num_classes, recipe.model.head.prototypes_per_class)
+                if Stream.UNLABELED in kind.streams else None)
     total = total_steps or steps_per_epoch * (recipe.schedule.epochs or 1)
     return kind(spec, student, assigner, steps_per_epoch, total, **extra)
 

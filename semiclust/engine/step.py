@@ -40,6 +40,8 @@ def train_step(run: Run, step: int) -> StepOutcome:
     optimiser step only if the loss was finite on every process (all processes agree, so they stay in step)."""
     schedules = run.schedules
     set_lr_and_decay(run.optimizer, schedules.lr(step), schedules.weight_decay(step), schedules.backbone_scale(step))
+    run.method.scheduled_labeled_weight = schedules.labeled_weight(step)
+    run.method.pseudo_label_threshold = schedules.pseudo_label_threshold(step)
     hold_backbone(run, step)
     keep = bool(run.recipe.runtime.skip_nonfinite_steps)  # a skipped step must not leave NaNs in queue, center, BN
     outcome = StepOutcome({}, True, 0.0, {k: v.clone() for k, v in run.method.named_buffers()} if keep else {})

@@ -19,7 +19,8 @@ from torch import nn
 from semiclust.data.batches import StepBatch
 from semiclust.data.streams import BOTH, Stream
 from semiclust.methods.ema import average_momentum, average_update
-from semiclust.methods.losses import combine_losses, labeled_fraction, soft_cross_entropy, swapped_cross_entropy
+from semiclust.methods.losses import (combine_losses, labeled_fraction, pseudo_label_loss, pseudo_labels,
+                                      soft_cross_entropy, swapped_cross_entropy)
 from semiclust.models.network import Network
 from semiclust.schema import MethodSpec
 
@@ -109,6 +110,8 @@ class Method(nn.Module):
         self.assigner = assigner
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = total_steps
+        self.scheduled_labeled_weight: float | None = None  # set for each step by the schedule (a fine-tuning stage)
+        self.pseudo_label_threshold: float | None = None  # set likewise: the stage trains on pseudo-labels
         if ema is not None:  # registered only when on, so that checkpoints without it keep their keys
             self.ema = ema
 
@@ -181,9 +184,13 @@ class Method(nn.Module):
         parts: dict[str, torch.Tensor] = {}
         rows: dict[str, tuple[torch.Tensor, int]] = {}
         if self.uses_labels:
-            loss = soft_cross_entropy(pieces.labeled.float() / tau, batch.labeled_targets, self.spec.label_smoothing)
+            logits = self.student.class_scores(pieces.labeled).float() / tau  # log-softmax: log p(class)
+            loss = soft_cross_entropy(logits, batch.labeled_targets, self.spec.label_smoothing)
             rows["labeled"] = (loss, len(batch.labeled))
-        if self.uses_unlabeled:
+        if self.uses_unlabeled and self.pseudo_label_threshold is not None:
+            rows["unlabeled"] = (self._pseudo_label_loss(pieces, layout, parts),
+                                 len(layout.unlabeled[0]) * len(layout.unlabeled))
+        elif self.uses_unlabeled:
             with torch.no_grad():
                 targets = self.targets(pieces.embeddings, pieces.scores, layout.unlabeled, step)
             loss = swapped_cross_entropy(targets, pieces.scores, tau)
@@ -196,6 +203,21 @@ class Method(nn.Module):
         loss = self._combined(rows, parts, scores)
         parts["loss"] = loss.detach()
         return StepResult(loss, parts)
+
+    def pseudo_label_scores(self, pieces: "StepPieces", crops: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The prototype scores pseudo-labels are read from: the target crops' own (no gradient); a method with a
+        teacher reads its teacher's."""
+        return [s.detach() for s in pieces.scores[: self.spec.target_crops]]
+
+    def _pseudo_label_loss(self, pieces: "StepPieces", layout: "GroupLayout", parts: dict) -> torch.Tensor:
+        """Self-training (schedule.finetune.targets: pseudo_labels): every crop towards the class the classifier
+        gives the image with at least the threshold's probability; the share of images kept is logged."""
+        tau, pool = self.spec.temperature, self.student.class_scores
+        with torch.no_grad():
+            source = [pool(s).float() / tau for s in self.pseudo_label_scores(pieces, layout.unlabeled)]
+        labels, keep = pseudo_labels(source, self.pseudo_label_threshold)
+        parts["pseudo_label_share"] = keep.float().mean()
+        return pseudo_label_loss([pool(s).float() / tau for s in pieces.scores], labels, keep)
 
     def _mixed_rows(self, images: int) -> int:
         """The mixed view's count in the row-count weighting: 1 (the release counts views) or its images."""
@@ -213,9 +235,10 @@ class Method(nn.Module):
         if self.streams != BOTH:
             return rows["labeled"][0] if self.uses_labels else unlabeled
         labeled, n_labeled = rows["labeled"]
-        weight = labeled_fraction(n_labeled, n_unlabeled, self.spec.labeled_weight)
+        fixed = self.spec.labeled_weight if self.scheduled_labeled_weight is None else self.scheduled_labeled_weight
+        weight = labeled_fraction(n_labeled, n_unlabeled, fixed)
         parts["labeled_weight"] = torch.full((), weight, dtype=torch.float32, device=like.device)  # no host copy
-        return combine_losses(labeled, n_labeled, unlabeled, n_unlabeled, self.spec.labeled_weight)
+        return combine_losses(labeled, n_labeled, unlabeled, n_unlabeled, fixed)
 
     def zero_frozen_grads(self, step: int) -> None:
         """SwAV's option: prototypes get no update during the first `freeze_prototypes_steps` steps."""

@@ -36,8 +36,14 @@ class Daino(Method):
 
     def targets(self, embeddings, scores, crops, step):
         count = self.spec.target_crops
-        teacher_scores = self.teacher(torch.cat(crops[:count])).float()
+        teacher_scores = self.teacher.prototype_scores(torch.cat(crops[:count])).float()
         return self.assigner(list(teacher_scores.chunk(count)), self.epoch_of(step))
+
+    def pseudo_label_scores(self, pieces, crops):
+        """Pseudo-labels come from the teacher, the network Daino evaluates."""
+        with torch.no_grad():
+            count = self.spec.target_crops
+            return list(self.teacher.prototype_scores(torch.cat(crops[:count])).float().chunk(count))
 
     def momentum(self, step: int) -> float:
         """The teacher's EMA momentum: a per-step cosine from `momentum` to `momentum_end` (DINO)."""

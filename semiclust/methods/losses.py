@@ -45,3 +45,21 @@ def combine_losses(
     """L = w * L_lab + (1 - w) * L_unlab with w = N_l / (N_l + N_u) unless `labeled_weight` is set."""
     weight = labeled_fraction(n_labeled, n_unlabeled, labeled_weight)
     return weight * labeled + (1 - weight) * unlabeled
+
+
+def pseudo_labels(class_logits: list[torch.Tensor], threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-training targets: each image's class under the mean of its target crops' class probabilities
+    (softmax of the class logits), and whether that probability reaches `threshold`. No gradient."""
+    with torch.no_grad():
+        probabilities = torch.stack([F.softmax(logits.float(), dim=1) for logits in class_logits]).mean(dim=0)
+        confidence, labels = probabilities.max(dim=1)
+    return labels, confidence >= threshold
+
+
+def pseudo_label_loss(class_logits: list[torch.Tensor], labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean over crops of the cross-entropy of each kept image's crop towards its pseudo-label (0 when no image is
+    kept, still part of the graph so that every process backpropagates the same parameters)."""
+    weights = keep.float()
+    per_crop = [(F.cross_entropy(logits.float(), labels, reduction="none") * weights).sum() / weights.sum().clamp(min=1)
+                for logits in class_logits]
+    return torch.stack(per_crop).mean()

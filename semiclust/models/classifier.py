@@ -248,5 +248,5 @@ def load_classifier(path: Path | str, device: str | torch.device = "cpu") -> Exp
     spec = ModelSpec.model_validate(json.loads(metadata["model_spec"]))
     fix = mismatch_fix(metadata.get("semiclust_version"), "export it again with `semiclust export`")
     network = network_with_weights(spec, int(metadata["in_chans"]), int(metadata["num_classes"]), metadata["prototypes"],
-                                   tensors, f"model file '{path}'", fix)
+                                   tensors, f"model file '{path}'", fix, float(metadata["temperature"]))
     return Classifier(network.to(device).eval(), metadata)

@@ -5,6 +5,7 @@ import contextlib
 from typing import Iterator, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from semiclust.errors import SemiclustError, examples
@@ -77,11 +78,14 @@ def enable_grad_checkpointing(backbone: nn.Module, name: str) -> None:
 
 
 class Network(nn.Module):
-    """Maps images to (L2-normalised embeddings, prototype scores). argmax of the scores = the class."""
+    """Maps images to (L2-normalised embeddings, prototype scores); the class scores pool each class's
+    `model.head.prototypes_per_class` prototypes (with one per class they are the prototype scores). argmax of
+    the class scores = the class. `temperature` (the method's tau) is the pooling's, used only with several."""
 
-    def __init__(self, spec: ModelSpec, in_chans: int, num_prototypes: int,
-                 prototypes: PrototypeKind, backbone_overrides: dict | None = None):
+    def __init__(self, spec: ModelSpec, in_chans: int, num_classes: int,
+                 prototypes: PrototypeKind, backbone_overrides: dict | None = None, temperature: float = 0.1):
         super().__init__()
+        self.per_class, self.temperature = spec.head.prototypes_per_class, temperature
         self.local_crops_update_bn = spec.local_crops_update_bn
         kwargs = {**spec.backbone.kwargs, **(backbone_overrides or {})}
         self.backbone = create_backbone(spec.backbone.name, kwargs, in_chans)
@@ -89,7 +93,7 @@ class Network(nn.Module):
             enable_grad_checkpointing(self.backbone, spec.backbone.name)
         self.head = ProjectionHead(self.backbone.num_features, spec.head)
         kind = UnitPrototypes if prototypes == "unit" else WeightNormPrototypes
-        self.prototypes = kind(spec.head.out, num_prototypes)
+        self.prototypes = kind(spec.head.out, num_classes * self.per_class)  # class c's are rows c*k .. c*k + k-1
 
     def embed_groups(self, groups: list[torch.Tensor]) -> torch.Tensor:
         """Backbone once per resolution (same-size groups concatenated), head once on everything.
@@ -119,39 +123,64 @@ class Network(nn.Module):
         with torch.autocast(embeddings.device.type, enabled=False):
             return self.prototypes(embeddings.float())
 
+    def class_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """Class scores (N x classes) from prototype scores (N x classes * k): each class's k prototypes pooled as
+        tau * logsumexp(s / tau), so that softmax(class scores / tau) is the sum of the class's prototypes'
+        probabilities; with one prototype per class, the scores themselves (the release, bit for bit)."""
+        return class_scores(scores, self.per_class, self.temperature)
+
+    def prototype_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """The prototype scores of a batch of images (N x classes * k): what targets are made from."""
+        return self.scores(self.head(self.backbone(images)))
+
     def forward_groups(self, groups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         embeddings = self.embed_groups(groups)
         return embeddings, self.scores(embeddings)
 
     def forward(self, images: torch.Tensor | list[torch.Tensor]):
-        """Prototype scores of a batch of images (the classifier's logits up to the temperature);
-        given a list of crop groups, (embeddings, scores) of all of them (see forward_groups).
-        Both go through forward() so that a DistributedDataParallel wrapper sees every call."""
+        """The class scores of a batch of images (the classifier's logits up to the temperature: what evaluation,
+        export and predict see); given a list of crop groups, (embeddings, prototype scores) of all of them (see
+        forward_groups). Both go through forward() so that a DistributedDataParallel wrapper sees every call."""
         if isinstance(images, (list, tuple)):
             return self.forward_groups(list(images))
-        return self.scores(self.head(self.backbone(images)))
+        return self.class_scores(self.prototype_scores(images))
 
 
-def teacher_of(student: Network, spec: ModelSpec, in_chans: int, num_prototypes: int, prototypes: PrototypeKind) -> Network:
+def class_scores(scores: torch.Tensor, per_class: int, temperature: float) -> torch.Tensor:
+    """`Network.class_scores` as a pure function: k consecutive prototypes per class pooled by a
+    temperature-scaled logsumexp (the identity for k = 1)."""
+    if per_class == 1:
+        return scores
+    grouped = scores.float().unflatten(1, (-1, per_class)) / temperature  # no batch size: ONNX keeps it dynamic
+    return temperature * torch.logsumexp(grouped, dim=2)
+
+
+def class_log_probabilities(scores: torch.Tensor, per_class: int, temperature: float) -> torch.Tensor:
+    """log p(class) from prototype scores: log of the summed probabilities of each class's prototypes under
+    softmax(scores / temperature); the labeled loss's log-likelihood (for k = 1, log_softmax(scores / tau))."""
+    return F.log_softmax(class_scores(scores, per_class, temperature).float() / temperature, dim=1)
+
+
+def teacher_of(student: Network, spec: ModelSpec, in_chans: int, num_classes: int, prototypes: PrototypeKind) -> Network:
     """An EMA teacher: the student's architecture with stochastic depth and dropout off, the student's
     weights copied in, no gradients (DINO's teacher)."""
     stochastic = {k: 0.0 for k in ("drop_path_rate", "drop_rate") if k in spec.backbone.kwargs}
-    teacher = Network(spec, in_chans, num_prototypes, prototypes, stochastic or None)
+    teacher = Network(spec, in_chans, num_classes, prototypes, stochastic or None, student.temperature)
     teacher.load_state_dict(student.state_dict())
     teacher.requires_grad_(False)
     return teacher
 
 
-def network_with_weights(spec: ModelSpec, in_chans: int, num_prototypes: int, prototypes: PrototypeKind,
-                         weights: dict[str, torch.Tensor], source: str, fix: str) -> Network:
+def network_with_weights(spec: ModelSpec, in_chans: int, num_classes: int, prototypes: PrototypeKind,
+                         weights: dict[str, torch.Tensor], source: str, fix: str, temperature: float = 0.1) -> Network:
     """Rebuild a network from its description and load its tensors (a checkpoint's classifier, an export). The
     description is first built without memory (torch's meta device) and compared with the tensors, so a file whose
     sizes do not fit (damaged, edited, hostile: a class count of a billion) is a clear error naming the tensor,
     `source` and `fix`, before anything of the described size is allocated."""
-    problem = weights_mismatch(expected_shapes(spec, in_chans, num_prototypes, prototypes), weights)
+    problem = weights_mismatch(expected_shapes(spec, in_chans, num_classes, prototypes), weights)
     if problem:
         raise SemiclustError(f"{source} does not match the network it describes: {problem}; {fix}.")
-    network = Network(spec, in_chans, num_prototypes, prototypes)
+    network = Network(spec, in_chans, num_classes, prototypes, temperature=temperature)
     try:
         network.load_state_dict(weights)
     except RuntimeError as err:
@@ -160,13 +189,13 @@ def network_with_weights(spec: ModelSpec, in_chans: int, num_prototypes: int, pr
     return network
 
 
-def expected_shapes(spec: ModelSpec, in_chans: int, num_prototypes: int,
+def expected_shapes(spec: ModelSpec, in_chans: int, num_classes: int,
                     prototypes: PrototypeKind) -> dict[str, tuple[int, ...]] | None:
     """The shape of every tensor of the described network, built on the meta device (no memory); None for a
     backbone that cannot be built there (loading the weights then checks the shapes instead)."""
     try:
         with torch.device("meta"):
-            network = Network(spec, in_chans, num_prototypes, prototypes)
+            network = Network(spec, in_chans, num_classes, prototypes)
     except SemiclustError:
         raise
     except Exception:  # a timm model that reads tensor values while it is built

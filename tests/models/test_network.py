@@ -16,7 +16,7 @@ from tests.helpers import TINY_RECIPE
 def network(**model_changes) -> Network:
     raw = copy.deepcopy(TINY_RECIPE)
     raw["model"].update(model_changes)
-    return Network(validate(raw).model, in_chans=1, num_prototypes=4, prototypes="unit")
+    return Network(validate(raw).model, in_chans=1, num_classes=4, prototypes="unit")
 
 
 def test_small_image_backbones_are_registered_with_timm():
