@@ -274,3 +274,21 @@ def test_an_unreadable_labeled_image_is_named_at_every_start(tmp_path, cache, mo
     for _ in range(2):
         with pytest.raises(SemiclustError, match="names 1 unreadable image.*cow_4.png"):
             draw_subset(load(root), recipe)
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_remembered_identities_are_found_whole_even_when_their_keys_collide(tmp_path, cache, monkeypatch, collide):
+    import numpy as np
+
+    if collide:  # every identity given the same lookup key: rows must still be compared whole
+        monkeypatch.setattr(readable, "_keys", lambda rows: np.zeros(len(rows), dtype=np.uint64))
+    root = tree(tmp_path / "data")
+    split = load(root).train
+    verdicts = readable.Verdicts(split, None)
+    rows = readable.identities(split, list(range(len(split))))
+    verdicts.remember(rows[::2], time.time_ns())
+    again = readable.Verdicts(split, None)  # read back from the file
+    other = rows.copy()
+    other[:, 2] += 1  # the same files one byte longer
+    assert again.known(rows).tolist() == [i % 2 == 0 for i in range(len(rows))]
+    assert not again.known(other).any() and not again.known(np.full((1, 5), -1, dtype=np.int64)).any()
