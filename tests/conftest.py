@@ -1,8 +1,11 @@
 """Shared fixtures; the helpers themselves are in tests/helpers.py."""
 from __future__ import annotations
 
+import atexit
 import copy
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -11,6 +14,9 @@ from tests.helpers import TINY_RECIPE, timm_recipe
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(2)
+_CACHE = tempfile.mkdtemp(prefix="semiclust-test-cache-")  # listings and readable verdicts of the test trees:
+os.environ["SEMICLUST_CACHE_DIR"] = _CACHE  # never in the user's ~/.cache (subprocesses inherit it)
+atexit.register(shutil.rmtree, _CACHE, True)
 
 
 @pytest.fixture
