@@ -5,7 +5,7 @@
     python benchmarks/label_choice.py --seeds 0            # seed 0 of every entry first (~4.3 h)
     python benchmarks/label_choice.py --budget 2m --suggest-budget 1m --seeds 0   # a smoke pass (~20 min)
     python benchmarks/label_choice.py --table-only         # print the tables of what is recorded
-    python benchmarks/label_choice.py --probe              # the rule's quick check on the digits (~4 min)
+    python benchmarks/label_choice.py --probe              # the rule's quick check on the digits (~5 min)
 
 The labeler is simulated: the true labels of the chosen images. Per seed, one selection: `semiclust label suggest
 --dataset fashion_mnist --n 100 --budget SUGGEST_BUDGET --seed S` (a SwAV run on the 60,000 training images without
@@ -27,13 +27,15 @@ min over the seeds recorded), the chosen labels' class histogram (the fewest and
 time; --markdown prints the training table as Markdown (docs/benchmarks.md).
 
 --probe measures the choice alone, without a training run per choice: on scikit-learn's digits, a suggestion run
-per seed (--probe-budget, default 1m), then for 10, 20 and 50 labels the suggested, the random and the class-balanced
-random images' labels train a logistic regression on the run's head embeddings; its test top-1 (mean / min over
-the seeds) says how much each choice of labels is worth to the same features (docs/labeling.md).
+per seed (`digits_swav`'s network and crops, --probe-epochs epochs rather than a budget, so that a busy machine
+changes its time and not its result), then for 10, 20 and 50 labels the suggested, the random and the
+class-balanced random images' labels train a logistic regression on the run's head embeddings; its test top-1
+(mean / min over the seeds) says how much each choice of labels is worth to the same features (docs/labeling.md).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -59,7 +61,9 @@ def shipped_backbone() -> str:
     return "model.backbone=" + json.dumps(recipe["model"]["backbone"])
 
 
+@functools.lru_cache(maxsize=1)
 def true_labels():
+    """The simulated labeler: the true classes of the 60,000 training images."""
     from semiclust.data.arrays import fashion_mnist
 
     return fashion_mnist(str(FMNIST)).train.labels.numpy()
@@ -134,6 +138,7 @@ def train_entry(entry: str, method: str, seed: int, budget: str, selection: dict
 
 
 def print_tables(rows: list[dict], markdown: bool) -> None:
+    """The selections (time, histogram) and the training runs (final top-1 mean / min per entry, method, budget)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -188,7 +193,19 @@ def embeddings(checkpoint: Path, split) -> "np.ndarray":
     return np.concatenate([r.numpy() for r in rows])
 
 
-def probe(seeds: list[int], budget: str, folder: Path) -> None:
+def probe_sets(epochs: int) -> list[str]:
+    """The digits suggestion runs' overrides: `digits_swav`'s crops and network, a fixed number of epochs."""
+    import yaml
+
+    recipe = yaml.safe_load((ROOT / "recipes" / "digits_swav.yaml").read_text())
+    data, model = recipe["data"], recipe["model"]
+    return ["schedule.budget=null", f"schedule.epochs={epochs}", "runtime.progress=none",
+            "data.unlabeled=" + json.dumps(data["unlabeled"]), "data.labeled=" + json.dumps(data["labeled"]),
+            "data.eval=" + json.dumps(data["eval"]), "model.backbone=" + json.dumps(model["backbone"]),
+            "model.head=" + json.dumps(model["head"])]
+
+
+def probe(seeds: list[int], epochs: int, folder: Path) -> None:
     """The choice's worth on the digits, by a logistic regression on fixed features (module docstring)."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
@@ -200,11 +217,11 @@ def probe(seeds: list[int], budget: str, folder: Path) -> None:
     train_y, test_y = data.train.labels.numpy(), data.test.labels.numpy()
     scores: dict[tuple[int, str], list[float]] = {}
     for seed in seeds:
-        run = folder / f"probe_digits_{budget}_s{seed}"
+        run = folder / f"probe_digits_{epochs}ep_s{seed}"
         final = run / "checkpoints" / "final.pt"
         if not final.is_file():
-            api.suggest_labels(10, folder / "probe.csv", registered=("digits", None), budget=budget, seed=seed,
-                               run_dir=run, force=True, overrides=["runtime.progress=none"])
+            api.suggest_labels(10, folder / "probe.csv", registered=("digits", None), seed=seed, run_dir=run,
+                               force=True, overrides=probe_sets(epochs))
         train_x, test_x = embeddings(final, data.train), embeddings(final, data.test)
         rng = np.random.default_rng(seed)
         for n in (10, 20, 50):
@@ -234,11 +251,11 @@ def main() -> None:
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--markdown", action="store_true", help="also print the training table as Markdown")
     parser.add_argument("--probe", action="store_true", help="only the quick check of the rule on the digits")
-    parser.add_argument("--probe-budget", default="1m", help="the digits suggestion runs' budget (--probe)")
+    parser.add_argument("--probe-epochs", type=int, default=60, help="the digits suggestion runs' epochs (--probe)")
     args = parser.parse_args()
     if args.probe:
         args.results.parent.mkdir(parents=True, exist_ok=True)
-        return probe(args.seeds, args.probe_budget, args.results.parent)
+        return probe(args.seeds, args.probe_epochs, args.results.parent)
     if not args.table_only and not FMNIST.is_dir():
         raise SystemExit(f"Fashion-MNIST is not at {FMNIST}: apt-get install dataset-fashion-mnist")
     folder = args.results.parent

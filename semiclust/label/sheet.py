@@ -72,6 +72,7 @@ figcaption{font-size:11px}.path{word-break:break-all}.rank{font-weight:bold;font
 
 
 def figure_html(item: SheetItem, score_name: str) -> str:
+    """One image: its thumbnail (linked to the file when there is one), rank, name and score."""
     image = f'<img src="{png_data(thumbnail(item.pixels))}" alt="{html.escape(item.shown)}">'
     linked = f'<a href="{html.escape(quote(os.fsencode(item.href)))}">{image}</a>' if item.href else image
     return (f'<figure class="pick" data-rank="{item.rank}" data-path="{html.escape(item.shown)}">{linked}'

@@ -53,6 +53,7 @@ class Outputs:
 
     @classmethod
     def of(cls, out: Path) -> "Outputs":
+        """The list at `out` and the sheet beside it (the same name, .html and .png)."""
         if out.suffix.lower() in (".html", ".png"):
             raise SemiclustError(f"--out '{out}' names the contact sheet; give the CSV to write (e.g. to_label.csv): "
                                  "the sheet is written beside it as .html and .png.")

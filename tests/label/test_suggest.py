@@ -284,3 +284,15 @@ def test_a_suggestion_run_stays_inside_its_budget(tmp_path, capsys):
     assert plan["budget_s"] == 25 and suggestion.trained
     assert suggestion.seconds["self_supervised_s"] <= 1.05 * 25, suggestion.seconds
     assert len(suggestion.indices) == 4 and list(csv.reader(open(tmp_path / "picks.csv")))[-1][1] == ""
+
+
+def test_the_pass_over_the_images_reports_its_progress(suggested, tmp_path):
+    """The feature pass calls `advance(done, total)` from 0 to every image (the CLI's progress bar); the same seed
+    picks the same images from the same run."""
+    seen: list[tuple[int, int]] = []
+    first = api.suggest_labels(3, tmp_path / "a.csv", checkpoint=suggested["run"], seed=4,
+                               advance=lambda done, total: seen.append((done, total)))
+    again = api.suggest_labels(3, tmp_path / "b.csv", checkpoint=suggested["run"], seed=4)
+    assert seen[0] == (0, 24) and seen[-1] == (24, 24) and len(seen) >= 2
+    assert first.indices == again.indices and not first.trained and first.rule == "typical"
+    assert set(first.seconds) == {"features_s", "selection_s"}
