@@ -8,6 +8,8 @@ self-supervised run; the classifier's most hesitant typical images after a Suave
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import shlex
 import time
@@ -160,6 +162,32 @@ def excluded_rows(run: RunImages, exclude: Path | None) -> tuple[np.ndarray, lis
     return labeled, notes
 
 
+UNLEARNED = 0.95  # a self-supervised loss still above this share of ln K has not left its uniform start
+
+
+def unlearned_note(run: RunImages) -> str | None:
+    """A note when a self-supervised run's last training loss is still near ln K, the loss of uniform predictions
+    over its K prototypes: its features are then close to the random start's, and so are the picks."""
+    if run.recipe.method.name != "swav":  # DINO's sharpened targets put its start elsewhere
+        return None
+    metrics = run.checkpoint.parent.parent / "metrics.jsonl"
+    losses = []
+    for line in metrics.read_text(errors="replace").splitlines() if metrics.is_file() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("type") == "train" and isinstance(record.get("loss"), (int, float)):
+            losses.append(float(record["loss"]))
+    uniform = math.log(run.state["classifier"]["num_classes"])
+    if not losses or losses[-1] < UNLEARNED * uniform:
+        return None
+    return (f"the self-supervised run's last loss is {losses[-1]:.2f}, still near {uniform:.2f} (ln of its "
+            f"{run.state['classifier']['num_classes']} prototypes: uniform predictions), so it has hardly started to "
+            "learn and the picks are little better than random ones; give it a longer --budget (or --set "
+            "data.batch.unlabeled=128 for more steps)")
+
+
 def pick(run: RunImages, found: Features, labeled: np.ndarray, n: int, seed: int) -> tuple[str, Picks]:
     """The rule that fits the run (classes: the uncertain rule; clusters: the typical one), applied."""
     excluded = labeled[found.rows]
@@ -236,6 +264,7 @@ def suggest(n: int, out: Path, data: Path | None = None, registered: tuple[str, 
     if not trained:
         refuse_other_data(run, data, registered[0] if registered else None)
     labeled, notes = excluded_rows(run, exclude)
+    notes += [note for note in [unlearned_note(run)] if note]
     clock = time.time()
     found = image_features(run, resolve_device(device), advance)
     seconds["features_s"], clock = time.time() - clock, time.time()

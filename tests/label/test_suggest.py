@@ -296,3 +296,22 @@ def test_the_pass_over_the_images_reports_its_progress(suggested, tmp_path):
     assert seen[0] == (0, 24) and seen[-1] == (24, 24) and len(seen) >= 2
     assert first.indices == again.indices and not first.trained and first.rule == "typical"
     assert set(first.seconds) == {"features_s", "selection_s"}
+
+
+def test_a_run_that_has_not_left_its_uniform_start_is_named(suggested, tmp_path):
+    """A SwAV run whose last loss is still near ln K (uniform predictions over its K prototypes) gets a note saying
+    its picks are little better than random; one whose loss fell gets none."""
+    import shutil
+
+    from semiclust.label.features import open_run
+    from semiclust.label.suggest import unlearned_note
+
+    run = tmp_path / "run"
+    shutil.copytree(suggested["run"], run)
+    metrics = run / "metrics.jsonl"
+    for loss, noted in ((3.39, True), (1.2, False)):
+        metrics.write_text(json.dumps({"type": "train", "step": 8, "loss": loss}) + "\n")
+        note = unlearned_note(open_run(run))
+        assert (note is not None) == noted, note
+    metrics.write_text(json.dumps({"type": "train", "step": 8, "loss": 3.39}) + "\n")
+    assert "ln of its 30 prototypes: uniform predictions" in unlearned_note(open_run(run))
