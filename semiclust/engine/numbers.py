@@ -83,7 +83,7 @@ class Schedules:
         """Warm-up then cosine to final_lr over the first stage; in the fine-tuning stage, its own cosine."""
         s, n = self.recipe.schedule, self.numbers
         start = self.finetune_start
-        if step >= start:
+        if s.finetune is not None and step >= start:  # (a budget's calibration steps may pass the stand-in length)
             return cosine(step - start, n.total_steps - start, self.finetune_peak_lr, s.finetune.final_lr)
         return warmup_cosine(step, start, n.warmup_steps, n.peak_lr, s.final_lr, s.warmup_start_lr)
 
