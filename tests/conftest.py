@@ -19,6 +19,16 @@ os.environ["SEMICLUST_CACHE_DIR"] = _CACHE  # never in the user's ~/.cache (subp
 atexit.register(shutil.rmtree, _CACHE, True)
 
 
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """A test that trains with `runtime.threads` (or sets torch's threads itself) changes them for the whole
+    process: each test gets the count back, so that a later one comparing with a fresh process (2 threads)
+    computes with the same number of threads."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_raw() -> dict:
     """A raw (unvalidated) recipe dict; tests change it and validate it themselves."""
