@@ -237,9 +237,14 @@ def probe(seeds: list[int], epochs: int, folder: Path) -> None:
                 rows = np.asarray(rows)
                 model = LogisticRegression(max_iter=3000, C=10).fit(train_x[rows], train_y[rows])
                 scores.setdefault((n, entry), []).append(100 * float((model.predict(test_x) == test_y).mean()))
-    print("| labels | entry | top-1 mean | top-1 min | seeds |\n|---|---|---|---|---|")
+    print("| labels | entry | top-1 mean | top-1 min | seeds " + " / ".join(map(str, seeds)) + " |\n|---|---|---|---|---|")
     for (n, entry), values in scores.items():
-        print(f"| {n} | {entry} | {statistics.mean(values):.1f} | {min(values):.1f} | {len(values)} |")
+        print(f"| {n} | {entry} | {statistics.mean(values):.1f} | {min(values):.1f} | "
+              + " / ".join(f"{v:.1f}" for v in values) + " |")
+    for seed in seeds:  # whether each run left SwAV's uniform start (ln 30 = 3.40): if not, its features are random
+        lines = (folder / f"probe_digits_{epochs}ep_s{seed}" / "metrics.jsonl").read_text().splitlines()
+        last = [json.loads(line) for line in lines if '"train"' in line][-1]
+        print(f"seed {seed}: the suggestion run's last loss {last['loss']:.2f} at step {last['step']}")
 
 
 def main() -> None:
