@@ -19,9 +19,11 @@ from semiclust.data.datasets import Dataset, FileSplit, ImageSplit, Split, build
 from semiclust.data.decode import UnreadableImage, image_size, printable
 from semiclust.data.loader import find_unreadable
 from semiclust.data.readable import remember_readable
+from semiclust.data.streams import Stream
 from semiclust.data.subsets import LabeledSubset, match_list
 from semiclust.engine.setup import draw_subset
 from semiclust.errors import SemiclustError, examples
+from semiclust.methods import METHODS
 from semiclust.schema import Recipe
 
 
@@ -167,7 +169,8 @@ def check_data(recipe: Recipe, sample: int | None = 1000,
     """Everything `semiclust data check` prints; `sample` None decodes every file."""
     dataset = build_dataset(recipe.data.dataset, recipe.data.options)
     problems = list(dataset.problems)
-    subset, subset_problems = _subset_and_problems(dataset, recipe)
+    uses_labels = Stream.LABELED in METHODS.get(recipe.method.name).streams  # swav, dino: no labeled subset at all
+    subset, subset_problems = _subset_and_problems(dataset, recipe) if uses_labels else (None, [])
     problems += subset_problems
     problems += _label_problems(dataset.train, "training", dataset.num_classes)
     problems += _label_problems(dataset.test, "evaluation", dataset.num_classes)

@@ -51,3 +51,22 @@ def test_clean_folder_exits_zero_and_reports_sizes(capsys, tmp_path):
                       "--all")
     assert code == 0 and "no problems found" in out
     assert "(no label) │ - │ 8" in out and "decoded every file" in out and "width 12..12" in out
+
+
+def test_a_pool_for_a_method_without_labels_has_no_labeled_subset_to_miss(tmp_path):
+    """`data check` of a SwAV recipe on a `pool` (the run `label suggest` makes): its clusters have no labeled
+    image by design, which is not a problem (it used to be: '30 class(es) have no labeled image', exit 1)."""
+    import copy
+
+    from semiclust.data.check import check_data
+    from semiclust.recipe import resolve
+    from tests.data.files import image_tree
+    from tests.helpers import TINY_RECIPE
+
+    image_tree(tmp_path / "images", ["a", "b"], per_class=6)
+    raw = copy.deepcopy(TINY_RECIPE)
+    raw["data"].update({"dataset": "pool", "options": {"root": str(tmp_path / "images"), "clusters": 4}})
+    raw["method"] = {"name": "swav"}
+    report = check_data(resolve(raw))
+    assert report.ok, report.problems
+    assert report.subset is None and len(report.rows) == 4 and report.unlabeled_only == 12
