@@ -382,3 +382,24 @@ def test_a_signal_to_the_whole_process_group_checkpoints_with_loader_workers(tmp
     step = int(said.split(" after step ")[1].split(";")[0])
     assert load_checkpoint(out / "checkpoints" / f"step_{step:09d}.pt")["step"] == step
     assert not (out / ".lock").exists()
+
+
+def test_written_files_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):
+    """Every file semiclust writes goes through a temporary file from mkstemp (mode 0600): recipes, checkpoints and
+    exports were unreadable to anyone else on a shared cluster. New files get 0666 less the umask, as open()
+    gives; a replaced file keeps its own mode."""
+    import stat
+
+    from semiclust.storage.atomic import write_text
+
+    previous = os.umask(0o022)
+    try:
+        fresh = write_text(tmp_path / "recipe.yaml", "name: a\n")
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o644
+        os.chmod(fresh, 0o640)
+        write_text(fresh, "name: b\n")
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o640 and fresh.read_text() == "name: b\n"
+        os.umask(0o077)
+        assert stat.S_IMODE(write_text(tmp_path / "private.txt", "x").stat().st_mode) == 0o600
+    finally:
+        os.umask(previous)

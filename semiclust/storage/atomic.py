@@ -7,6 +7,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -82,6 +83,7 @@ def write_atomic(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(handle, file_mode(path))
     except OSError as err:
         raise write_error(path, err) from None
     recording = None
@@ -102,6 +104,29 @@ def write_atomic(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
             raise write_error(path, recording.error) from None
         raise
     return path
+
+
+def process_umask() -> int:
+    """This process's umask, read without changing it (Linux's /proc), else set and put back at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode(path: Path) -> int:
+    """The permissions a written file gets: those of the file it replaces, else what open() would give
+    (0666 less the umask). mkstemp's 0600 made every recipe, checkpoint and export private to its writer, so that
+    teammates on a shared cluster could not read a run."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~process_umask()
 
 
 def sync_folder(folder: Path) -> None:
