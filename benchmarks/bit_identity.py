@@ -15,7 +15,7 @@ Cases: digits_suave, digits_daino and digits_swav at `--epochs` epochs (seed 0, 
 threads), and digits_suave under `torchrun --standalone --nproc_per_node 2` (gloo, 1 thread per
 process) at the same global batch as one process: the recipe unchanged for this checkout (its batches are global,
 128 + 50, so 64 + 25 per process), `--set data.batch.unlabeled=64 data.batch.labeled=25` for a base from before
-batches were global (they were per process then). Recipes are compared with their batches said per process. The
+batches were global (they were per process then; a base whose schema has `data.batch.per` gets the recipe unchanged). Recipes are compared with their batches said per process. The
 default base is the last commit before the layered redesign (docs/architecture.md).
 """
 from __future__ import annotations
@@ -102,6 +102,12 @@ def compare(reference: Path, candidate: Path) -> tuple[int, list[str], list[str]
     return tensors, differences, added
 
 
+def base_has_global_batches(tree: Path) -> bool:
+    """Whether the base's recipes give batches over all processes (its schema has `data.batch.per`)."""
+    schema = tree / "semiclust" / "schema.py"
+    return schema.is_file() and 'per: Literal["global", "process"]' in schema.read_text()
+
+
 def base_worktree(cache: Path, base: str) -> Path:
     """A checkout of `base` under `cache` (made once)."""
     commit = subprocess.run(["git", "rev-parse", base], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
@@ -127,6 +133,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.cases:
             recipe, processes, base_extra, extra = CASES[name]
+            base_extra = [] if base_has_global_batches(tree) else base_extra
             reference = tree.parent / "runs" / f"{name}-{args.epochs}"
             if not (reference / "checkpoints" / "final.pt").is_file():
                 train(tree, recipe, processes, base_extra, args.epochs, reference)

@@ -389,6 +389,26 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path, monkeyp
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_000000004.pt"]
 
 
+def test_non_finite_weights_at_a_periodic_checkpoint_print_the_users_command(tmp_path, capsys, monkeypatch):
+    """The resume command printed when a periodic checkpoint finds non-finite weights is the user's own, with their
+    --set overrides (it was `semiclust train RECIPE --out RUN --resume`, the --sets lost: issue 26)."""
+    original, calls = torch.optim.SGD.step, []
+
+    def blow_up(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 8:  # the update of step 7 leaves infinite weights behind a finite loss
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.SGD, "step", blow_up)
+    recipe = write_recipe(tmp_path, {"schedule.epochs": 3, "checkpoint.every_steps": 4, "checkpoint.every_epochs": 0})
+    code, _, err = run(capsys, "train", recipe, "--out", tmp_path / "run", "--set", "optim.momentum=0.8")
+    assert code == 1 and "the weights became non-finite at step 7" in err
+    assert "--set optim.momentum=0.8 --resume --set optim.lr=LOWER" in err
+
+
 # ---------------------------------------------------------------- 10. labeled_list paths
 def test_the_same_image_counts_once_however_its_path_is_written(tmp_path):
     from semiclust.data.datasets import build_dataset
