@@ -224,7 +224,7 @@ def worker_rows(dataset, workers: int) -> list[dict]:
     import torch
 
     from semiclust.data.loader import make_loader
-    from semiclust.schema import Loader
+    from semiclust.config.schema import Loader
 
     spec = Loader(workers=workers, prefetch=1, persistent_workers=False, pin_memory=False)
     rows = []
@@ -334,7 +334,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every row here")
     args = parser.parse_args()
     import semiclust
-    from semiclust.recipe import load_recipe
+    from semiclust.config.loader import load_recipe
 
     print(f"semiclust from {Path(semiclust.__file__).parent}; {machine()}", flush=True)
     tree = build_tree(args.dir.resolve(), args.list.resolve())

@@ -47,7 +47,7 @@ from torchvision import transforms as T
 from semiclust.data.decode import decode_rgb
 from semiclust.data.loader import cut_crops, image_generator
 from semiclust.data.transforms import CropAugment
-from semiclust.schema import Blur, ColorJitter, CropGroup
+from semiclust.config.schema import Blur, ColorJitter, CropGroup
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.228, 0.224, 0.225)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from semiclust.engine.trainer import train
-from semiclust.recipe import load_recipe
+from semiclust.config.loader import load_recipe
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ import torch
 
 from semiclust.engine.dry_run import probe_shapes, saved_bytes
 from semiclust.models.network import Network
-from semiclust.recipe import load_recipe, resolve
+from semiclust.config.loader import load_recipe, resolve
 
 try:
     from benchmarks.machine import cpu_model

@@ -39,7 +39,7 @@ from machine import cpu_model  # benchmarks/machine.py (scripts run from their f
 from semiclust import api
 from semiclust.data.datasets import Dataset, split_rows
 from semiclust.engine.trainer import train
-from semiclust.recipe import load_recipe
+from semiclust.config.loader import load_recipe
 from semiclust.registry import DATASETS
 
 PRIORS = ("uniform", "labeled", "estimated")

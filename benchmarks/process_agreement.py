@@ -98,7 +98,7 @@ def worker(recipe_path: str, out: str, target_steps: int, local_assignment: bool
     from semiclust.engine import dist
     from semiclust.engine.trainer import train
     from semiclust.methods import METHODS
-    from semiclust.recipe import load_recipe
+    from semiclust.config.loader import load_recipe
 
     recipe = load_recipe(recipe_path)
     method_class = METHODS.get(recipe.method.name)

@@ -68,7 +68,7 @@ def write_folder(folder: Path) -> Path:
 
 
 def seconds_of(budget: str) -> float:
-    from semiclust.schema import duration_seconds
+    from semiclust.config.schema import duration_seconds
 
     return duration_seconds(budget)
 
@@ -117,7 +117,7 @@ def run_logreg(seed: int) -> dict:
     from sklearn.linear_model import LogisticRegression
 
     from semiclust.engine.setup import draw_subset, load_dataset
-    from semiclust.recipe import load_recipe
+    from semiclust.config.loader import load_recipe
 
     started = time.perf_counter()
     recipe = load_recipe("fashion_mnist_suave", [f"seed={seed}"])

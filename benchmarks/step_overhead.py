@@ -49,8 +49,8 @@ from semiclust.engine.setup import build_run
 from semiclust.engine.step import train_step
 from semiclust.methods.base import GroupLayout
 from semiclust.models.backbones import create_backbone
-from semiclust.recipe import apply_overrides, load_raw, load_recipe, resolve
-from semiclust.schema import Recipe
+from semiclust.config.loader import apply_overrides, load_raw, load_recipe, resolve
+from semiclust.config.schema import Recipe
 
 # preset -> (shipped recipe, the GPUs its global batch and queue are written for)
 PRESETS = {"suave-r50-in1k": ("suave_r50_in1k_1pct", 8), "daino-vits-in1k": ("daino_vits_in1k_1pct", 16)}

@@ -99,7 +99,7 @@ def make_images(folder: Path, args) -> str:
 # ---------------------------------------------------------------- recipe
 def base_recipe(args, folder: Path) -> dict:
     """The shipped recipe on the generated ImageFolder, at its per-GPU batch, for about --steps steps."""
-    from semiclust.recipe import apply_overrides, load_raw
+    from semiclust.config.loader import apply_overrides, load_raw
 
     raw = load_raw(Path(args.recipe))
     data, gpus = raw["data"], RELEASE_GPUS.get(Path(args.recipe).stem, 8)
@@ -246,7 +246,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> None:
-    from semiclust.recipe import load_recipe
+    from semiclust.config.loader import load_recipe
 
     args = parse_args()
     signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(f"stopped by signal {number}"))

@@ -39,7 +39,7 @@ from rich.console import Console
 import semiclust.engine.trainer as trainer
 from machine import cpu_model  # benchmarks/machine.py (scripts run from their folder)
 from semiclust.engine.trainer import train
-from semiclust.recipe import load_recipe
+from semiclust.config.loader import load_recipe
 
 # method label -> stages (recipe name, extra overrides); "{previous}" is the previous stage's final checkpoint
 METHODS = {

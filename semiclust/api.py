@@ -21,31 +21,33 @@ from rich.console import Console
 
 from semiclust.assign import ASSIGNMENTS
 from semiclust.compare import Comparison, compare_runs
-from semiclust.data.check import DataReport, check_data as check_recipe_data
+from semiclust.data.check import DataReport, data_report
 from semiclust.data.datasets import DATASETS
 from semiclust.engine import dist
 from semiclust.engine.checkpoint import checked_classifier, checkpoint_file, load_checkpoint
 from semiclust.engine.device import resolve_device
-from semiclust.engine.dry_run import DryRun, dry_run as plan_run
-from semiclust.engine.trainer import TrainSummary, train as run_training
+from semiclust.engine.dry_run import DryRun, build_dry_run
+from semiclust.engine import trainer
+from semiclust.engine.trainer import TrainSummary
 from semiclust.errors import SemiclustError
-from semiclust.evaluate import EvalReport
-from semiclust.export import export_checkpoint, export_content
-from semiclust.export_hub import export_hub
-from semiclust.export_onnx import export_onnx
+from semiclust.evaluation.metrics import EvalReport
+from semiclust.export.safetensors import export_checkpoint, export_content
+from semiclust.export.hub import export_hub
+from semiclust.export.onnx import export_onnx
 from semiclust.label.suggest import Suggestion, suggest
 from semiclust.methods import METHODS
 from semiclust.models.backbones import BACKBONES
-from semiclust.models.classifier import ExportedClassifier, load_classifier as load_export
+from semiclust.models.classifier import ExportedClassifier, load_export
 from semiclust.plot import confusion_shown, plot_confusion
 from semiclust.predict import Prediction, collect_images, predict_files
-from semiclust.recipe_init import InitResult, init_recipe as write_new_recipe
-from semiclust.recipe import apply_overrides, load_recipe as read_recipe, resolve
-from semiclust.recipes_dir import RECIPES
-from semiclust.report import check_knn_memory, checkpoint_report
-from semiclust.schema import Recipe
+from semiclust.config.init import InitResult, new_recipe
+from semiclust.config import loader
+from semiclust.config.loader import apply_overrides, resolve
+from semiclust.config.shipped import RECIPES
+from semiclust.evaluation.report import check_knn_memory, checkpoint_report
+from semiclust.config.schema import Recipe
 from semiclust.storage.atomic import WriteFailed, check_writable
-from semiclust.validation import validate, with_legacy_batches
+from semiclust.config.validation import validate, with_legacy_batches
 
 RecipeLike = Recipe | str | Path
 
@@ -53,7 +55,7 @@ RecipeLike = Recipe | str | Path
 def load_recipe(recipe: RecipeLike, overrides: Sequence[str] = ()) -> Recipe:
     """A validated recipe from a file or a shipped recipe's name, `--set`-style overrides applied."""
     if not isinstance(recipe, Recipe):
-        return read_recipe(recipe, list(overrides))
+        return loader.load_recipe(recipe, list(overrides))
     if not overrides:
         return recipe
     return resolve(apply_overrides(recipe.model_dump(mode="json"), list(overrides)), f"recipe '{recipe.name}' with --set")
@@ -67,7 +69,7 @@ def train(recipe: RecipeLike, out: Path | str | None = None, overrides: Sequence
     `started` (time.time(); the CLI gives its process's start; default: this call)."""
     resolved = load_recipe(recipe, overrides)
     try:
-        summary = run_training(resolved, Path(out or Path("runs") / resolved.name), console, resume=resume,
+        summary = trainer.train(resolved, Path(out or Path("runs") / resolved.name), console, resume=resume,
                                overwrite=overwrite, resume_hint=resume_hint, started=started)
     except BaseException:
         dist.shutdown(together=False)  # the others may be stopping too, or still in a step: do not wait for them
@@ -80,7 +82,7 @@ def dry_run(recipe: RecipeLike, processes: int = 1, overrides: Sequence[str] = (
     """Build data, model and optimiser as training would for `processes` processes; train nothing."""
     if processes < 1:
         raise SemiclustError("--processes must be at least 1.")
-    return plan_run(load_recipe(recipe, overrides), processes)
+    return build_dry_run(load_recipe(recipe, overrides), processes)
 
 
 @dataclass
@@ -192,7 +194,7 @@ def predict(model: ExportedClassifier | Path | str, inputs: Sequence[Path | str]
 def check_data(recipe: RecipeLike, sample: int | None = 1000, overrides: Sequence[str] = (),
                advance: Callable[[int, int], None] = lambda done, total: None) -> DataReport:
     """Everything `semiclust data check` reports about a recipe's data; `sample` None decodes every file."""
-    return check_recipe_data(load_recipe(recipe, overrides), sample, advance)
+    return data_report(load_recipe(recipe, overrides), sample, advance)
 
 
 def compare(run_dirs: Sequence[Path | str], out: Path | str | None = None) -> Comparison:
@@ -206,7 +208,7 @@ def init_recipe(data: Path | str | None, budget: str = "30m", labels: Path | str
                 fraction: float | None = None, registered: tuple[str, Path | str | None] | None = None) -> InitResult:
     """A recipe for a folder of images (or a registered dataset: `registered` = (name, root)) and a time budget,
     fitted on this machine (`semiclust recipe init`)."""
-    return write_new_recipe(Path(data) if data is not None else None, budget, Path(labels) if labels else None,
+    return new_recipe(Path(data) if data is not None else None, budget, Path(labels) if labels else None,
                             Path(evaluation) if evaluation else None, method, per_class, fraction,
                             registered=registered)
 

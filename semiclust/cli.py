@@ -198,7 +198,7 @@ def compare(
 def recipe_show(recipe: str = RecipeArgument, overrides: Optional[list[str]] = SetOption) -> None:
     """Print the fully resolved recipe: every default filled in, overrides applied."""
     from semiclust import api
-    from semiclust.validation import dump_yaml
+    from semiclust.config.validation import dump_yaml
 
     print(dump_yaml(api.load_recipe(recipe, overrides or [])), end="")
 
@@ -223,7 +223,7 @@ def recipe_init(
     """Write a recipe for images semiclust has never seen: crop sizes from the images, a backbone width timed on
     this machine to fit the budget, batches from the labeled set, the method's defaults for small images."""
     from semiclust import api
-    from semiclust.recipe_init import refuse_existing
+    from semiclust.config.init import refuse_existing
     from semiclust.storage.atomic import check_writable, write_text
 
     refuse_existing(out, force)
@@ -240,7 +240,7 @@ def recipe_init(
 @recipe_app.command("reference")
 def recipe_reference() -> None:
     """Print the recipe reference (every key, type, default, meaning) as Markdown, generated from the schema."""
-    from semiclust.recipe_reference import render_reference
+    from semiclust.config.reference import render_reference
 
     print(render_reference(), end="")
 

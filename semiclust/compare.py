@@ -13,7 +13,7 @@ from semiclust.engine.metrics import read_metrics_file
 from semiclust.engine.run_dir import RunFiles, read_recipe_file
 from semiclust.errors import SemiclustError
 from semiclust.plot import plot_comparison
-from semiclust.validation import flat_values
+from semiclust.config.validation import flat_values
 
 
 @dataclass

@@ -15,7 +15,7 @@ from semiclust.data.folders import images_under
 from semiclust.data.loader import make_loader
 from semiclust.errors import SemiclustError
 from semiclust.models.classifier import ExportedClassifier, preprocess
-from semiclust.schema import Loader
+from semiclust.config.schema import Loader
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:

@@ -16,11 +16,11 @@ from semiclust.data.check import DataReport
 from semiclust.engine.dry_run import DryRun
 from semiclust.engine.numbers import lr_description
 from semiclust.engine.trainer import TrainSummary
-from semiclust.evaluate import EvalResult, top5_note
-from semiclust.export import timm_load_code
+from semiclust.evaluation.metrics import EvalResult, top5_note
+from semiclust.export.safetensors import timm_load_code
 from semiclust.label.suggest import Suggestion
 from semiclust.predict import Prediction
-from semiclust.schema import Recipe
+from semiclust.config.schema import Recipe
 
 MAX_JSON_CONFUSION = 100  # classes; above this the matrix is left out of --json (it is in the PNG)
 WORST_CLASSES = 10

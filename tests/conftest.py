@@ -37,7 +37,7 @@ def tiny_raw() -> dict:
 
 def train_once(tmp_path_factory, name: str, raw: dict):
     from semiclust.engine.trainer import train
-    from semiclust.recipe import resolve as validate
+    from semiclust.config.loader import resolve as validate
 
     return train(validate(raw), tmp_path_factory.mktemp(name) / "run")
 

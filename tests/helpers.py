@@ -42,7 +42,7 @@ def timm_recipe(backbone: str, kwargs: dict | None = None) -> dict:
 
 
 def make_recipe(raw: dict | None = None, **method_changes):
-    from semiclust.recipe import resolve as validate
+    from semiclust.config.loader import resolve as validate
 
     raw = copy.deepcopy(raw or TINY_RECIPE)
     raw["method"].update(method_changes)

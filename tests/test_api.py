@@ -13,7 +13,7 @@ from semiclust import api
 from semiclust.data.datasets import build_dataset
 from semiclust.engine.checkpoint import classifier_network, load_checkpoint
 from semiclust.errors import SemiclustError
-from semiclust.schema import Recipe
+from semiclust.config.schema import Recipe
 from tests.helpers import TINY_RECIPE
 
 

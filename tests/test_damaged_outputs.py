@@ -20,9 +20,9 @@ from semiclust.cli import main
 from semiclust.engine.checkpoint import load_checkpoint
 from semiclust.engine.metrics import read_metrics
 from semiclust.errors import SemiclustError
-from semiclust.evaluate import EvalReport, EvalResult, accuracy_result, per_class_accuracy
-from semiclust.export import export_checkpoint
-from semiclust.models.classifier import load_classifier
+from semiclust.evaluation.metrics import EvalReport, EvalResult, accuracy_result, per_class_accuracy
+from semiclust.export.safetensors import export_checkpoint
+from semiclust.models.classifier import load_export
 from semiclust.version import __version__
 from tests.helpers import run_python
 
@@ -82,7 +82,7 @@ BAD_METADATA = [
 def test_export_metadata_values_are_checked_against_bounds_before_use(exported, tmp_path, key, value, fragments):
     path = rewritten(exported, tmp_path, **{key: value})
     with pytest.raises(SemiclustError) as info:
-        load_classifier(path)
+        load_export(path)
     message = str(info.value)
     assert all(fragment in message for fragment in fragments), message
     assert "\n" not in message and len(message) < 700 and str(path) in message
@@ -90,7 +90,7 @@ def test_export_metadata_values_are_checked_against_bounds_before_use(exported, 
 
 def test_a_newer_export_format_asks_for_a_newer_semiclust(exported, tmp_path):
     with pytest.raises(SemiclustError, match="format_version 7: .*newer semiclust"):
-        load_classifier(rewritten(exported, tmp_path, format_version="7"))
+        load_export(rewritten(exported, tmp_path, format_version="7"))
 
 
 def test_predict_with_a_60000_pixel_eval_view_exits_2_before_allocating(exported, tmp_path, capsys):
@@ -129,14 +129,14 @@ def test_onnx_metadata_is_bounded_like_safetensors_metadata(exported, tmp_path, 
     model = tmp_path / "model.onnx"
     model.write_bytes(b"stand-in")
     with pytest.raises(SemiclustError, match="eval_view.size is 60000"):
-        load_classifier(model)
+        load_export(model)
     onnx_meta.update(eval_view=json.dumps(VIEW), onnx_output="scores")
     with pytest.raises(SemiclustError, match="onnx_output is 'scores'.*logits"):
-        load_classifier(model)
+        load_export(model)
 
 
 def test_hub_folder_config_of_another_shape_is_not_taken_for_a_previous_export(tmp_path):
-    from semiclust.export_hub import check_hub_folder
+    from semiclust.export.hub import check_hub_folder
 
     (tmp_path / "config.json").write_text("5")
     with pytest.raises(SemiclustError, match="not a previous `semiclust export --format hub`"):
@@ -152,7 +152,7 @@ import io, resource, torch
 from pathlib import Path
 from rich.console import Console
 from semiclust import api, render
-from semiclust.evaluate import EvalReport, EvalResult, per_class_accuracy
+from semiclust.evaluation.metrics import EvalReport, EvalResult, per_class_accuracy
 from tests.helpers import make_recipe
 k = 10_000
 confusion = torch.zeros(k, k, dtype=torch.long)
@@ -237,7 +237,7 @@ def test_a_wrong_shaped_tensor_in_an_export_is_named(exported, tmp_path):
     key = next(k for k in weights if k.endswith("weight"))
     path = rewritten(exported, tmp_path, tensors={**weights, key: torch.zeros(3)})
     with pytest.raises(SemiclustError, match=rf"'{key}' has shape \(3,\), expected \(.*damaged or edited"):
-        load_classifier(path)
+        load_export(path)
 
 
 @pytest.mark.parametrize("change, words", [

@@ -10,7 +10,7 @@ import pytest
 
 from semiclust.cli import main
 from semiclust.errors import SemiclustError
-from semiclust.recipe_reference import render_reference, undocumented_keys
+from semiclust.config.reference import render_reference, undocumented_keys
 from tests.data.files import labeled_list_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def workspace(tmp_path_factory):
     """A folder with what the docs' commands refer to: the shipped recipes, two short runs (the runs the
     docs train, made with 1 epoch), a folder of photos and a labeled list for the `labeled_list` example."""
     from semiclust.engine.trainer import train
-    from semiclust.recipe import load_recipe
+    from semiclust.config.loader import load_recipe
 
     folder = tmp_path_factory.mktemp("docs")
     (folder / "recipes").symlink_to(ROOT / "recipes")

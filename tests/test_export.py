@@ -9,7 +9,7 @@ from semiclust import load_classifier
 from semiclust.engine.checkpoint import load_checkpoint
 from semiclust.errors import SemiclustError
 from semiclust.engine.checkpoint import classifier_network
-from semiclust.export import export_checkpoint, recipe_sha256
+from semiclust.export.safetensors import export_checkpoint, recipe_sha256
 from tests.helpers import run_python
 
 

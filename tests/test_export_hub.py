@@ -9,7 +9,7 @@ import yaml
 from semiclust import api
 from semiclust.engine.checkpoint import classifier_network, load_checkpoint
 from semiclust.errors import SemiclustError
-from semiclust.export import recipe_sha256
+from semiclust.export.safetensors import recipe_sha256
 from tests.helpers import run_python
 
 ONLY_TIMM = """

@@ -9,9 +9,9 @@ from PIL import Image
 
 from semiclust.cli import main
 from semiclust.data.datasets import build_dataset
-from semiclust.evaluate import confusion_matrix, knn_scores, per_class_accuracy
-from semiclust.export import export_checkpoint
-from semiclust.models.classifier import load_classifier
+from semiclust.evaluation.metrics import confusion_matrix, knn_scores, per_class_accuracy
+from semiclust.export.safetensors import export_checkpoint
+from semiclust.models.classifier import load_export
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -37,7 +37,7 @@ def test_predict_writes_one_csv_row_per_image_matching_the_classifier(trained_ru
     assert code == 0 and "1 of 7 file(s) could not be read" in err
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert len(rows) == 7 and rows[0]["path"].endswith("broken.jpg") and rows[0]["error"]
-    classifier = load_classifier(model)
+    classifier = load_export(model)
     for row in rows[1:]:
         index = int(row["path"].rsplit("img", 1)[1].split(".")[0]) * 5
         with torch.no_grad():
@@ -99,8 +99,8 @@ def test_eval_knn_memory_all_votes_with_every_labeled_training_image(trained_run
     figure is the weighted kNN of the checkpoint's own features computed here; a bad value is named."""
     from semiclust.data.eval_views import EvalViews
     from semiclust.engine.checkpoint import classifier_network, load_checkpoint
-    from semiclust.evaluate import features_and_scores, topk_accuracy
-    from semiclust.validation import validate, with_legacy_batches
+    from semiclust.evaluation.metrics import features_and_scores, topk_accuracy
+    from semiclust.config.validation import validate, with_legacy_batches
 
     checkpoint = str(trained_run.checkpoint)
     code, out, _ = run(capsys, "eval", "-c", checkpoint, "--json", "--no-confusion", "--knn-memory", "all",
@@ -127,7 +127,7 @@ def test_eval_knn_memory_all_votes_with_every_labeled_training_image(trained_run
 
 
 def test_top_k_accuracy_is_exact_for_round_fractions():
-    from semiclust.evaluate import topk_accuracy
+    from semiclust.evaluation.metrics import topk_accuracy
 
     labels = torch.zeros(360, dtype=torch.long)
     scores = torch.zeros(360, 3)

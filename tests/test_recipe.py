@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from semiclust.errors import SemiclustError
-from semiclust.recipe import apply_overrides, dump_yaml, load_recipe, resolve as validate
+from semiclust.config.loader import apply_overrides, dump_yaml, load_recipe, resolve as validate
 from tests.helpers import TINY_RECIPE
 
 
@@ -150,7 +150,7 @@ def test_dump_round_trips_exactly():
 
 
 def test_shipped_recipes_validate():
-    from semiclust.recipes_dir import shipped_recipes
+    from semiclust.config.shipped import shipped_recipes
 
     shipped = shipped_recipes()
     assert {"digits_suave", "digits_daino", "digits_supervised"} <= set(shipped)
@@ -160,7 +160,7 @@ def test_shipped_recipes_validate():
 
 def test_a_bare_off_for_data_cache_means_off_as_yaml_reads_it():
     """`--set data.cache=off` and `cache: off` in YAML arrive as False (YAML 1.1); they mean "off", not an error."""
-    from semiclust.recipe import load_recipe
+    from semiclust.config.loader import load_recipe
 
     assert load_recipe("digits_suave", ["data.cache=off"]).data.cache == "off"
     assert load_recipe("digits_suave", ["data.cache=auto"]).data.cache == "auto"

@@ -1,4 +1,4 @@
-"""`semiclust recipe init` (semiclust/recipe_init.py), through the CLI in-process: the recipe it writes for an
+"""`semiclust recipe init` (semiclust/config/init.py), through the CLI in-process: the recipe it writes for an
 ImageFolder of 16-px images and for a folder of 64-px images with a labels list validates, names the data and
 the budget, and crops as the images' size asks; a folder it cannot use is a one-paragraph error, not a traceback;
 and the 64-px recipe trains inside a short budget."""
@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from semiclust import api
 from semiclust.cli import app
 from tests.test_cli import run as cli
-from semiclust.recipe import load_recipe
+from semiclust.config.loader import load_recipe
 from semiclust.data.datasets import build_dataset
-from semiclust.recipe_init import crop_sizes, grey_images
+from semiclust.config.init import crop_sizes, grey_images
 from tests.data.files import image_tree, save, stripes
 
 
@@ -197,8 +197,8 @@ def test_the_shipped_fashion_mnist_recipes_are_what_init_writes(tmp_path, monkey
 
     import numpy as np
 
-    from semiclust import recipe_init
-    from semiclust.recipes_dir import find_recipe
+    from semiclust.config import init as recipe_init
+    from semiclust.config.shipped import find_recipe
     from tests.data.test_array_datasets import idx_bytes, pixels
 
     shipped = find_recipe(f"fashion_mnist_{method}")

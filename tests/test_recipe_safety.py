@@ -14,8 +14,8 @@ import yaml
 
 from semiclust.errors import SemiclustError
 from semiclust.models.backbones import backbone_kwargs_problems, create_backbone
-from semiclust.recipe import apply_overrides, load_raw, load_recipe, parse_override, resolve
-from semiclust.validation import MAX_RECIPE_BYTES, load_yaml, read_yaml
+from semiclust.config.loader import apply_overrides, load_raw, load_recipe, parse_override, resolve
+from semiclust.config.validation import MAX_RECIPE_BYTES, load_yaml, read_yaml
 from tests.helpers import TINY_RECIPE
 from tests.test_cli import run as cli
 
@@ -199,7 +199,7 @@ def test_an_export_whose_metadata_names_a_checkpoint_path_is_refused(tmp_path):
     """`predict` rebuilds the network from an export's metadata: the same check, before timm sees the path."""
     from safetensors.torch import save_file
 
-    from semiclust.models.classifier import load_classifier
+    from semiclust.models.classifier import load_export
 
     victim = _written(tmp_path / "victim.pt", "not a checkpoint")
     spec = {"backbone": {"name": "tinyconv", "kwargs": {"widths": [4], "checkpoint_path": str(victim)}}}
@@ -208,7 +208,7 @@ def test_an_export_whose_metadata_names_a_checkpoint_path_is_refused(tmp_path):
                 "eval_view": '{"size": 8}', "mean": "[0.5]", "std": "[0.5]", "temperature": "0.1"}
     save_file({"x": torch.zeros(1)}, str(tmp_path / "model.safetensors"), metadata=metadata)
     with pytest.raises(SemiclustError, match="checkpoint_path"):
-        load_classifier(tmp_path / "model.safetensors")
+        load_export(tmp_path / "model.safetensors")
 
 
 def test_dry_run_names_a_refused_kwarg_in_one_paragraph(capsys, tmp_path):
@@ -254,7 +254,7 @@ def test_a_hint_or_a_listing_is_not_followed_by_a_second_full_stop():
 # ---------------------------------------------------------------- 6. recipe init never replaces a file unasked
 def test_recipe_init_refuses_an_existing_file_unless_forced(capsys, tmp_path, monkeypatch):
     from semiclust import api
-    from semiclust.recipe_init import InitResult
+    from semiclust.config.init import InitResult
 
     out = _written(tmp_path / "r.yaml", "mine: true\n")
     calls = []

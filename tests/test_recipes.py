@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from semiclust.cli import main
-from semiclust.recipe import Recipe, load_raw, load_recipe
+from semiclust.config.loader import Recipe, load_raw, load_recipe
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 ALL_RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))

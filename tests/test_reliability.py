@@ -370,7 +370,7 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path, monkeyp
     from semiclust.engine import step as step_module
     from semiclust.engine.trainer import train
     from semiclust.errors import SemiclustError
-    from semiclust.recipe import resolve
+    from semiclust.config.loader import resolve
 
     original = step_module.optimizer_step
 
@@ -413,7 +413,7 @@ def test_non_finite_weights_at_a_periodic_checkpoint_print_the_users_command(tmp
 def test_the_same_image_counts_once_however_its_path_is_written(tmp_path):
     from semiclust.data.datasets import build_dataset
     from semiclust.data.subsets import choose_labeled
-    from semiclust.schema import Labels
+    from semiclust.config.schema import Labels
 
     options = labeled_list_dataset(tmp_path / "good", per_class=2, unlabeled_per_class=3, eval_per_class=1)
     rows = (tmp_path / "good" / "labels.csv").read_text().splitlines()
@@ -521,7 +521,7 @@ def test_the_start_line_and_the_dry_run_agree_on_lr_scaling(tmp_path, capsys):
 def test_per_class_errors_name_the_classes_and_their_counts(tmp_path):
     from semiclust.data.subsets import choose_labeled
     from semiclust.errors import SemiclustError
-    from semiclust.schema import Labels
+    from semiclust.config.schema import Labels
 
     labels = torch.tensor([0] * 5 + [1] * 2 + [2] * 1)
     split = type("S", (), {"labels": labels, "__len__": lambda self: 8})()

@@ -45,7 +45,7 @@ def write_recipe(folder: Path, name: str = "tiny.yaml", **changes) -> Path:
 
 def recipe_of(**changes):
     """The tiny recipe, validated, with `section__key=value` changes."""
-    from semiclust.recipe import apply_overrides, resolve
+    from semiclust.config.loader import apply_overrides, resolve
 
     overrides = [f"{key.replace('__', '.')}={json.dumps(value)}" for key, value in changes.items()]
     return resolve(apply_overrides(copy.deepcopy(TINY_RECIPE), overrides), "test recipe")

@@ -12,7 +12,7 @@ from semiclust.assign.center_sharpen import CenterSharpenAssigner, CenterSharpen
 from semiclust.assign.sinkhorn import SinkhornAssigner, SinkhornSpec, sinkhorn
 from semiclust.errors import SemiclustError
 from semiclust.registry import ASSIGNMENTS
-from semiclust.schema import PartSpec
+from semiclust.config.schema import PartSpec
 
 __all__ = ["ASSIGNMENTS", "CenterSharpenAssigner", "CenterSharpenSpec", "SinkhornAssigner", "SinkhornSpec",
            "build_assigner", "center_sharpen", "sinkhorn", "updated_center"]

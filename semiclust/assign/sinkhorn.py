@@ -12,7 +12,7 @@ from torch import nn
 from semiclust.assign.prior import ClassPrior, PriorFields
 from semiclust.engine import dist
 from semiclust.registry import ASSIGNMENTS
-from semiclust.schema import PartSpec
+from semiclust.config.schema import PartSpec
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 

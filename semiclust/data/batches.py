@@ -21,7 +21,7 @@ from semiclust.data.mixup import mix_extend, mix_pair
 from semiclust.data.streams import IndexStream, Stream
 from semiclust.data.transforms import CropAugment
 from semiclust.errors import SemiclustError
-from semiclust.schema import Recipe
+from semiclust.config.schema import Recipe
 
 
 @dataclass

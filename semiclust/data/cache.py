@@ -9,7 +9,7 @@ import torch
 from semiclust.data.datasets import Dataset, FileSplit
 from semiclust.data.decode import UnreadableImage, decode_pixels, image_size, printable
 from semiclust.data.loader import make_loader
-from semiclust.schema import Data
+from semiclust.config.schema import Data
 
 CHUNK = 256
 SIZE_SAMPLE = 32  # headers read before deciding to decode a split

@@ -24,7 +24,7 @@ from semiclust.data.subsets import LabeledSubset, match_list
 from semiclust.engine.setup import draw_subset
 from semiclust.errors import SemiclustError, examples
 from semiclust.methods import METHODS
-from semiclust.schema import Recipe
+from semiclust.config.schema import Recipe
 
 
 @dataclass
@@ -164,7 +164,7 @@ def _unreadable(dataset: Dataset, subset: LabeledSubset | None, recipe: Recipe, 
     return f"decoded {what}", [f"unreadable image '{printable(splits[n].path(i))}': {reason}" for n, i, reason in bad]
 
 
-def check_data(recipe: Recipe, sample: int | None = 1000,
+def data_report(recipe: Recipe, sample: int | None = 1000,
                advance: Callable[[int, int], None] = lambda done, total: None) -> DataReport:
     """Everything `semiclust data check` prints; `sample` None decodes every file."""
     dataset = build_dataset(recipe.data.dataset, recipe.data.options)

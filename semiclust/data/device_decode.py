@@ -16,7 +16,7 @@ import torch
 
 from semiclust.data.decode import _CODEC_DEPRECATION, UnreadableImage, check_pixels, grey_uint8, open_regular
 from semiclust.data.transforms import crop_boxes
-from semiclust.schema import CropGroup
+from semiclust.config.schema import CropGroup
 
 Window = tuple[int, int, int, int]  # top, left, height, width in pixels of the decoded image
 

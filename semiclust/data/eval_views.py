@@ -10,7 +10,7 @@ from semiclust.data.datasets import FileSplit, Split
 from semiclust.data.decode import MAX_IMAGE_PIXELS
 from semiclust.data.loader import EvalFiles, make_loader
 from semiclust.data.transforms import center_view, normalize_, to_uint8
-from semiclust.schema import EvalView, Loader
+from semiclust.config.schema import EvalView, Loader
 
 
 class EvalViews:

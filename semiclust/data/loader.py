@@ -28,7 +28,7 @@ from semiclust.data.device_decode import DeviceJob, crop_windows, plain_jpeg
 from semiclust.data.streams import IndexStream
 from semiclust.data.transforms import center_view, to_uint8
 from semiclust.errors import SemiclustError
-from semiclust.schema import CropGroup, EvalView, Loader
+from semiclust.config.schema import CropGroup, EvalView, Loader
 
 MAX_SUBSTITUTES = 16  # consecutive unreadable images tolerated before a batch gives up
 _INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,

@@ -19,7 +19,7 @@ import numpy as np
 import semiclust.data.cache_dir as cache_dir
 from semiclust.data.datasets import FileSplit
 from semiclust.data.loader import find_unreadable
-from semiclust.schema import Loader
+from semiclust.config.schema import Loader
 from semiclust.version import __version__
 
 MAX_KEPT = 2_000_000  # identities kept per split root (40 bytes each)

@@ -19,7 +19,7 @@ from semiclust.data.datasets import UNLABELED, FileSplit, Split
 from semiclust.data.decode import file_problem, predicate, printable
 from semiclust.data.names import CHUNK, encode
 from semiclust.errors import SemiclustError, examples
-from semiclust.schema import Labels, Validation
+from semiclust.config.schema import Labels, Validation
 from semiclust.storage.atomic import write_text
 
 CANONICAL_LISTS = {

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from semiclust.schema import ColorJitter, CropGroup, EvalView
+from semiclust.config.schema import ColorJitter, CropGroup, EvalView
 
 LUMA = (0.299, 0.587, 0.114)
 

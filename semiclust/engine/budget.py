@@ -39,7 +39,7 @@ from semiclust.engine.signals import Stopped
 from semiclust.engine.state import process_state, restore, training_state
 from semiclust.engine.step import train_step
 from semiclust.errors import SemiclustError
-from semiclust.evaluate import predict_scores
+from semiclust.evaluation.metrics import predict_scores
 from semiclust.storage.atomic import write_text
 
 DRIFT = 0.02  # steps are planned 2% slower than measured, so that a slower stretch still ends inside the budget

@@ -15,9 +15,9 @@ import torch
 from semiclust.errors import SemiclustError
 from semiclust.models.network import (MAX_CLASSES, MAX_IN_CHANS, PROTOTYPE_KINDS, Network, mismatch_fix,
                                       network_with_weights)
-from semiclust.schema import Recipe
+from semiclust.config.schema import Recipe
 from semiclust.storage.tensors import FileRole, looks_like_safetensors, read_torch, shown, write_torch
-from semiclust.validation import validate_saved
+from semiclust.config.validation import validate_saved
 
 FORMAT = "semiclust-checkpoint"
 FORMAT_VERSION = 1

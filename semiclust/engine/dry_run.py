@@ -10,7 +10,7 @@ from torch import nn
 from semiclust.engine.loggers import check_installed
 from semiclust.engine.numbers import RunNumbers
 from semiclust.engine.setup import build_core, draw_subset, optimizer_for
-from semiclust.schema import Recipe
+from semiclust.config.schema import Recipe
 
 
 def parameter_counts(network: nn.Module) -> dict[str, int]:
@@ -82,7 +82,7 @@ class DryRun:
     init: str | None
 
 
-def dry_run(recipe: Recipe, processes: int) -> DryRun:
+def build_dry_run(recipe: Recipe, processes: int) -> DryRun:
     """Build the data (so missing files fail here), the model (with its initialisation) and the optimiser
     as training would, for `processes` processes, and estimate activation memory per process; a tracker
     package the recipe's loggers need but that is not installed is an error here already."""

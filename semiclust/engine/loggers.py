@@ -18,9 +18,9 @@ import yaml
 from semiclust.engine.run_dir import RunFiles
 from semiclust.errors import SemiclustError
 from semiclust.extras import require
-from semiclust.schema import Recipe, Tracking
+from semiclust.config.schema import Recipe, Tracking
 from semiclust.storage.atomic import write_text
-from semiclust.validation import flat_values
+from semiclust.config.validation import flat_values
 
 
 class Logger(Protocol):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from semiclust.data.streams import Stream
 from semiclust.engine.schedules import cosine, scaled_lr, warmup_cosine
 from semiclust.errors import SemiclustError
-from semiclust.schema import Batch, Recipe
+from semiclust.config.schema import Batch, Recipe
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from semiclust.schema import Optim
+from semiclust.config.schema import Optim
 
 
 class LARS(torch.optim.Optimizer):

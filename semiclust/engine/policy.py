@@ -8,7 +8,7 @@ import torch
 
 from semiclust.engine import dist
 from semiclust.engine.numbers import RunNumbers
-from semiclust.schema import Recipe
+from semiclust.config.schema import Recipe
 
 
 class Policy:

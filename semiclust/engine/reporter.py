@@ -18,8 +18,8 @@ from semiclust.engine.progress import TrainingProgress
 from semiclust.engine.run_dir import RunFiles
 from semiclust.engine.signals import Stopped, TrainingStopped
 from semiclust.engine.step import StepOutcome
-from semiclust.evaluate import EvalResult
-from semiclust.schema import Recipe
+from semiclust.evaluation.metrics import EvalResult
+from semiclust.config.schema import Recipe
 from semiclust.storage.atomic import write_bytes
 
 

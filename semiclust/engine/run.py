@@ -14,7 +14,7 @@ from semiclust.engine.finite import FiniteWatch
 from semiclust.engine.numbers import RunNumbers, Schedules
 from semiclust.methods.base import Method
 from semiclust.models.init import InitReport
-from semiclust.schema import Recipe
+from semiclust.config.schema import Recipe
 
 
 @dataclass

@@ -28,10 +28,10 @@ from semiclust.assign import ASSIGNMENTS
 from semiclust.engine import dist
 from semiclust.engine.checkpoint import latest_usable, periodic_checkpoints
 from semiclust.errors import SemiclustError, examples
-from semiclust.schema import Batch, Recipe
+from semiclust.config.schema import Batch, Recipe
 from semiclust.storage.atomic import TEMPORARY, check_writable, remove_stale_temporaries, write_text
 from semiclust.storage.lock import LOCK_NAME, FolderLock
-from semiclust.validation import dump_yaml, read_yaml, validate_saved
+from semiclust.config.validation import dump_yaml, read_yaml, validate_saved
 
 RESUMABLE_KEYS = ("optim.lr", "optim.clip_grad_norm")
 RESUMABLE_SECTIONS = ("schedule.", "runtime.", "checkpoint.", "eval.")

@@ -36,7 +36,7 @@ from semiclust.methods import METHODS, Method
 from semiclust.methods.queue import EmbeddingQueue, queue_per_process
 from semiclust.models.init import InitReport, initialize
 from semiclust.models.network import Network, keep_running_stats_in_recompute, teacher_of
-from semiclust.schema import Recipe
+from semiclust.config.schema import Recipe
 
 
 # BatchNorm buffers stay per process (SyncBatchNorm shares the statistics that matter); torch 2.14 renamed

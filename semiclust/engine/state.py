@@ -7,7 +7,7 @@ from semiclust.data.streams import Stream
 from semiclust.engine import dist
 from semiclust.engine.run import Run
 from semiclust.errors import SemiclustError
-from semiclust.engine.evaluation import Evaluation
+from semiclust.evaluation.during_training import RunEvaluation
 from semiclust.methods.base import Method
 from semiclust.version import __version__
 
@@ -30,7 +30,7 @@ def classifier_info(method: Method, channels: int, num_classes: int) -> dict:
             "matched": Stream.LABELED not in method.streams}
 
 
-def training_state(run: Run, step: int, evaluation: Evaluation | None, per_rank: list, skipped_steps: int) -> dict:
+def training_state(run: Run, step: int, evaluation: RunEvaluation | None, per_rank: list, skipped_steps: int) -> dict:
     """Everything a checkpoint of `run` at `step` holds (plain tensors and Python values)."""
     method, dataset, subset = run.method, run.dataset, run.subset
     state = {

@@ -33,10 +33,10 @@ from semiclust.engine.disk import needed_space
 from semiclust.engine.state import misfit, process_state, restore, training_state
 from semiclust.engine.step import StepOutcome, train_step, undo_buffers
 from semiclust.errors import SemiclustError, examples
-from semiclust.engine.evaluation import BestSoFar, Evaluation, evaluate_run
-from semiclust.evaluate import EvalResult
+from semiclust.evaluation.during_training import BestSoFar, RunEvaluation, evaluate_run
+from semiclust.evaluation.metrics import EvalResult
 from semiclust.plot import plot_confusion, plot_run
-from semiclust.schema import Recipe, Runtime
+from semiclust.config.schema import Recipe, Runtime
 from semiclust.storage.atomic import WriteFailed
 from semiclust.version import __version__
 
@@ -163,7 +163,7 @@ def save_last_step(run: Run, files: RunFiles, skipped: int, end: int, start_step
     return path
 
 
-def keep_if_best(run: Run, files: RunFiles, best: BestSoFar | None, evaluation: Evaluation, step: int,
+def keep_if_best(run: Run, files: RunFiles, best: BestSoFar | None, evaluation: RunEvaluation, step: int,
                  skipped: int) -> None:
     """checkpoints/best.pt, rewritten when the validation top-1 improves (data.validation)."""
     if best is not None and best.improved_by(evaluation, step):
@@ -336,7 +336,7 @@ def write_failed(err: WriteFailed, files: RunFiles, hint: str) -> SemiclustError
     return SemiclustError(f"{err}. {where}. Free some space (or choose another --out), then {then}.", exit_code=1)
 
 
-def save_final(run: Run, files: RunFiles, skipped: int, evaluation: Evaluation, end: int) -> None:
+def save_final(run: Run, files: RunFiles, skipped: int, evaluation: RunEvaluation, end: int) -> None:
     """checkpoints/final.pt (of step `end`), written by rank 0; every process learns whether it could be written."""
     state = checkpoint_state(run, end, skipped, evaluation)
     written_or_failed(lambda: save_checkpoint(state, files.final) if state is not None else None, run)
@@ -417,7 +417,7 @@ def file_counts(run: Run) -> dict:
     return {"corrupt_images": run.batches.corrupt_images} if run.batches.files is not None else {}
 
 
-def checkpoint_state(run: Run, step: int, skipped: int, evaluation: Evaluation | None = None) -> dict | None:
+def checkpoint_state(run: Run, step: int, skipped: int, evaluation: RunEvaluation | None = None) -> dict | None:
     """The checkpoint of `step` on rank 0 (every process's RNG and queue gathered), None elsewhere."""
     per_rank = dist.gather_objects(process_state(run.method, run.device))
     return training_state(run, step, evaluation, per_rank, skipped) if dist.is_main() else None

@@ -20,10 +20,10 @@ from semiclust.data.decode import printable
 from semiclust.data.eval_views import EvalViews
 from semiclust.engine.checkpoint import checkpoint_file, classifier_network, load_checkpoint
 from semiclust.errors import SemiclustError
-from semiclust.evaluate import features_and_scores
+from semiclust.evaluation.metrics import features_and_scores
 from semiclust.label.lists import read_rows
 from semiclust.models.network import Network
-from semiclust.schema import Recipe
+from semiclust.config.schema import Recipe
 
 Advance = Callable[[int, int], None]  # (images done, images in all)
 SELF_SUPERVISED = ("swav", "dino")  # methods whose prototypes are clusters, not classes

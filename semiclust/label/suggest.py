@@ -32,9 +32,9 @@ from semiclust.label.features import (Advance, Features, RunImages, already_labe
 from semiclust.label.lists import Provenance, relative_path, render_list
 from semiclust.label.select import Picks, typical_picks, uncertain_picks
 from semiclust.label.sheet import SheetItem, write_sheet
-from semiclust.recipe import apply_overrides, resolve
-from semiclust.recipe_init import fitted_recipe
-from semiclust.schema import Recipe
+from semiclust.config.loader import apply_overrides, resolve
+from semiclust.config.init import fitted_recipe
+from semiclust.config.schema import Recipe
 from semiclust.storage.atomic import check_writable, write_text
 
 CLUSTERS = 30  # the suggestion run's prototypes (data.options.clusters; --set changes it)

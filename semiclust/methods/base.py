@@ -22,7 +22,7 @@ from semiclust.methods.ema import average_momentum, average_update
 from semiclust.methods.losses import (combine_losses, labeled_fraction, pseudo_label_loss, pseudo_labels,
                                       soft_cross_entropy, swapped_cross_entropy)
 from semiclust.models.network import Network
-from semiclust.schema import MethodSpec
+from semiclust.config.schema import MethodSpec
 
 StudentForward = Callable[[list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
 

@@ -11,7 +11,7 @@ from semiclust.methods.base import Method, MethodDefaults
 from semiclust.methods.ema import ema_update
 from semiclust.models.network import Network
 from semiclust.registry import METHODS
-from semiclust.schema import MethodSpec
+from semiclust.config.schema import MethodSpec
 
 DINO_HEAD = {"hidden": 2048, "out": 256, "layers": 3, "batchnorm": False, "activation": "gelu", "init": "trunc_normal"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from semiclust.schema import Ema
+from semiclust.config.schema import Ema
 
 
 @torch.no_grad()

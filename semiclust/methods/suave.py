@@ -10,7 +10,7 @@ from semiclust.methods.base import Method, MethodDefaults
 from semiclust.methods.queue import EmbeddingQueue
 from semiclust.models.network import Network
 from semiclust.registry import METHODS
-from semiclust.schema import MethodSpec
+from semiclust.config.schema import MethodSpec
 
 SWAV_HEAD = {"hidden": 2048, "out": 128, "layers": 2, "batchnorm": True, "activation": "relu", "init": "default"}
 

@@ -21,7 +21,7 @@ from torch import nn
 from semiclust.errors import SemiclustError
 from semiclust.registry import unknown_name_message
 from semiclust.storage.tensors import FileRole, read_safetensors, read_torch
-from semiclust.validation import short
+from semiclust.config.validation import short
 
 _TIMM_ONLY = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "pretrained_model_args")
 HUB_WEIGHTS = "model.safetensors"  # the weights file of a hub-format folder (`semiclust export --format hub`)

@@ -17,7 +17,7 @@ from semiclust.data.transforms import center_view, luma, normalize_
 from semiclust.errors import SemiclustError
 from semiclust.extras import require
 from semiclust.models.network import MAX_CLASSES, MAX_IN_CHANS, PROTOTYPE_KINDS, mismatch_fix, network_with_weights
-from semiclust.schema import EvalView, ModelSpec
+from semiclust.config.schema import EvalView, ModelSpec
 from semiclust.storage.tensors import (FileRole, is_torch_file, looks_like_safetensors, read_safetensors,
                                        refuse_plain_pickle, require_file, shown)
 
@@ -229,7 +229,7 @@ def load_onnx_classifier(path: Path, device: torch.device) -> OnnxClassifier:
     return OnnxClassifier(session, metadata)
 
 
-def load_classifier(path: Path | str, device: str | torch.device = "cpu") -> ExportedClassifier:
+def load_export(path: Path | str, device: str | torch.device = "cpu") -> ExportedClassifier:
     """The classifier exported by `semiclust export --content classifier` (.safetensors, in eval mode on
     `device`) or by `semiclust export --format onnx` (.onnx, in an onnxruntime session)."""
     path = Path(path)

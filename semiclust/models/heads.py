@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semiclust.schema import Head
+from semiclust.config.schema import Head
 
 
 class ProjectionHead(nn.Module):

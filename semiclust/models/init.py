@@ -16,7 +16,7 @@ from torch import Tensor
 
 from semiclust.errors import SemiclustError, examples
 from semiclust.models.network import Network
-from semiclust.schema import InitSpec
+from semiclust.config.schema import InitSpec
 from semiclust.storage.tensors import FileRole, looks_like_safetensors, read_safetensors, read_torch, require_file
 
 PARTS = {"backbone": ("backbone",), "backbone_head": ("backbone", "head"), "all": ("backbone", "head", "prototypes")}

@@ -11,7 +11,7 @@ from torch import nn
 from semiclust.errors import SemiclustError, examples
 from semiclust.models.backbones import create_backbone
 from semiclust.models.heads import ProjectionHead, UnitPrototypes, WeightNormPrototypes
-from semiclust.schema import ModelSpec
+from semiclust.config.schema import ModelSpec
 from semiclust.version import __version__
 
 PrototypeKind = Literal["unit", "weight_norm"]

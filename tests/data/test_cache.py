@@ -20,7 +20,7 @@ from semiclust.data.decode import decode_pixels
 from semiclust.engine import setup
 from semiclust.engine.run_dir import RunFiles
 from semiclust.engine.setup import build_run
-from semiclust.recipe import resolve
+from semiclust.config.loader import resolve
 from tests.data.files import corrupt, decoded, image_tree, save, stripes
 from tests.helpers import TINY_RECIPE
 

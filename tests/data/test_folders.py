@@ -8,7 +8,7 @@ from semiclust.data.datasets import UNLABELED, build_dataset
 from semiclust.data.decode import UnreadableImage, decode_pixels, decode_rgb
 from semiclust.data.subsets import CANONICAL_LISTS, choose_labeled, match_list
 from semiclust.errors import SemiclustError
-from semiclust.schema import Labels
+from semiclust.config.schema import Labels
 from tests.data.files import corrupt, decoded, image_tree, labeled_list_dataset, save, stripes
 
 SIMCLR = Path(__file__).resolve().parents[3] / "shared" / "data" / "simclr_subsets"

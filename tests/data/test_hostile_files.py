@@ -243,7 +243,7 @@ def test_a_subset_naming_a_latin1_file_is_saved_and_reloaded(tmp_path):
 
 
 def test_predict_shows_a_latin1_name_escaped_in_table_csv_and_json(trained_run, tmp_path, capsys, monkeypatch):
-    from semiclust.export import export_checkpoint
+    from semiclust.export.safetensors import export_checkpoint
 
     needs_byte_names(tmp_path)
     model = tmp_path / "model.safetensors"
@@ -386,7 +386,7 @@ def test_float32_tiffs_are_scaled_by_their_range_or_refused(tmp_path):
 
 def test_data_check_prints_the_subset_that_train_draws_when_a_drawn_image_is_unreadable(capsys, tmp_path):
     from semiclust.data.subsets import choose_labeled
-    from semiclust.recipe import load_recipe
+    from semiclust.config.loader import load_recipe
 
     image_tree(tmp_path / "data" / "train", ["ant", "bee", "cow"], per_class=5)
     image_tree(tmp_path / "data" / "val", ["ant", "bee", "cow"], per_class=1, start_seed=50)

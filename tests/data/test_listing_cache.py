@@ -14,7 +14,7 @@ from semiclust.data import cache_dir, listing, readable
 from semiclust.data.datasets import build_dataset
 from semiclust.data.subsets import choose_labeled, match_list
 from semiclust.engine.setup import draw_subset
-from semiclust.schema import Labels
+from semiclust.config.schema import Labels
 from tests.data.files import corrupt, image_tree, save, stripes
 from tests.helpers import TINY_RECIPE, make_recipe
 

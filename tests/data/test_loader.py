@@ -9,7 +9,7 @@ from semiclust.data.loader import EvalFiles, TrainFiles, cut_crops, make_loader,
 from semiclust.data.datasets import ImageSplit
 from semiclust.data.transforms import center_view
 from semiclust.data.streams import labeled_stream, unlabeled_stream
-from semiclust.schema import CropGroup, EvalView, Loader
+from semiclust.config.schema import CropGroup, EvalView, Loader
 from tests.data.files import corrupt, image_tree
 
 GROUPS = [CropGroup(count=2, size=8, scale=(0.4, 1.0)), CropGroup(count=3, size=4, scale=(0.1, 0.4))]

@@ -13,7 +13,7 @@ import torch
 from semiclust.data.datasets import FileSplit, build_dataset, split_rows
 from semiclust.data.loader import make_loader
 from semiclust.data.names import FileNames
-from semiclust.schema import Loader
+from semiclust.config.schema import Loader
 from tests.data.files import image_tree, save, stripes
 
 NAMES = ["a/x.png", os.fsdecode(b"caf\xe9/caf\xe9.png"), "b/\u00e9t\u00e9 \U0001f600.JPEG", "c/d/e.jpg", "plain.png",

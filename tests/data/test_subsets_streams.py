@@ -5,7 +5,7 @@ from semiclust.data.datasets import ImageSplit
 from semiclust.data.streams import labeled_stream, unlabeled_stream
 from semiclust.data.subsets import choose_labeled, load_subset, save_subset
 from semiclust.errors import SemiclustError
-from semiclust.schema import Labels
+from semiclust.config.schema import Labels
 
 LABELS = torch.arange(10).repeat_interleave(20)  # 10 classes x 20 images
 SPLIT = ImageSplit(torch.zeros(len(LABELS), 1, 2, 2, dtype=torch.uint8), LABELS)

@@ -2,7 +2,7 @@ import torch
 import torch.nn.functional as F
 
 from semiclust.data.transforms import CropAugment, center_view, crop_boxes, gaussian_blur, grayscale, resized_crops
-from semiclust.schema import CropGroup, EvalView
+from semiclust.config.schema import CropGroup, EvalView
 
 
 def images(n=4, c=3, size=8, seed=0):

@@ -39,7 +39,7 @@ def main() -> None:
 
     from semiclust.engine import dist
     from semiclust.engine.trainer import train
-    from semiclust.recipe import load_recipe
+    from semiclust.config.loader import load_recipe
 
     recipe_path, out = sys.argv[1], Path(sys.argv[2])
     records, _ = record_targets(steps=3)

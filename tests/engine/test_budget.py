@@ -25,8 +25,8 @@ from semiclust.engine.budget import BudgetPlan, planned_steps
 from semiclust.engine.checkpoint import load_checkpoint
 from semiclust.engine.trainer import train
 from semiclust.errors import SemiclustError
-from semiclust.recipe import resolve
-from semiclust.schema import duration_seconds
+from semiclust.config.loader import resolve
+from semiclust.config.schema import duration_seconds
 from tests.helpers import TINY_RECIPE
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -26,7 +26,7 @@ from semiclust.data.transforms import crop_boxes, draw_jitter, gaussian_blur, gr
 from semiclust.engine import dist
 from semiclust.engine.finite import NONE, FiniteWatch
 from semiclust.errors import SemiclustError
-from semiclust.schema import ColorJitter, CropGroup
+from semiclust.config.schema import ColorJitter, CropGroup
 from tests.data.files import save
 from tests.helpers import TINY_RECIPE, make_recipe, poison_loss_at
 

@@ -16,7 +16,7 @@ import yaml
 
 from semiclust.engine.checkpoint import load_checkpoint, periodic_checkpoints
 from semiclust.engine.trainer import train
-from semiclust.recipe import resolve as validate
+from semiclust.config.loader import resolve as validate
 from tests.engine.dist_worker import record_targets
 from tests.helpers import TINY_RECIPE
 

@@ -9,7 +9,7 @@ import torch
 from semiclust.engine.checkpoint import periodic_checkpoints
 from semiclust.engine.trainer import train
 from semiclust.errors import SemiclustError
-from semiclust.recipe import resolve as validate
+from semiclust.config.loader import resolve as validate
 from tests.data.files import corrupt, labeled_list_dataset
 from tests.helpers import TINY_RECIPE
 

@@ -16,7 +16,7 @@ from semiclust.engine.budget import BudgetPlan
 from semiclust.engine.checkpoint import load_checkpoint
 from semiclust.engine.numbers import Schedules, run_numbers
 from semiclust.engine.trainer import train
-from semiclust.recipe import resolve
+from semiclust.config.loader import resolve
 from tests.engine.test_budget import budgeted, same
 from tests.helpers import TINY_RECIPE
 

@@ -12,7 +12,7 @@ from semiclust import api
 from semiclust.engine.loggers import mlflow_key
 from semiclust.engine.metrics import read_metrics
 from semiclust.errors import SemiclustError
-from semiclust.validation import flat_values
+from semiclust.config.validation import flat_values
 from tests.helpers import wandb_records
 
 SHORT = ["schedule.epochs=1", "schedule.warmup_epochs=0", "runtime.progress=none", "runtime.log_every_steps=2",

@@ -12,7 +12,7 @@ from semiclust.engine.checkpoint import load_checkpoint
 from semiclust.engine.setup import build_core, draw_subset
 from semiclust.engine.trainer import train
 from semiclust.methods.ema import average_update
-from semiclust.recipe import resolve
+from semiclust.config.loader import resolve
 from tests.helpers import TINY_RECIPE
 
 

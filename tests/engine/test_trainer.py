@@ -11,7 +11,7 @@ from semiclust.engine.trainer import train
 from semiclust.errors import SemiclustError
 from semiclust.storage.atomic import WriteFailed
 from semiclust.methods.base import Method, StepResult
-from semiclust.recipe import resolve as validate
+from semiclust.config.loader import resolve as validate
 from tests.helpers import TINY_RECIPE, make_recipe, poison_loss_at
 
 
@@ -96,7 +96,7 @@ def test_resume_requires_the_same_recipe(tmp_path):
 @pytest.mark.slow
 def test_digits_suave_beats_chance_by_far_in_a_short_run(tmp_path):
     """A 15-epoch digits run (~15 s): the prototype classifier must already be well above 80%."""
-    from semiclust.recipe import load_recipe
+    from semiclust.config.loader import load_recipe
 
     recipe = load_recipe("digits_suave", ["schedule.epochs=15", "eval.every_epochs=0", "runtime.progress=none"])
     assert train(recipe, tmp_path / "run").result.top1 >= 80.0
@@ -169,7 +169,7 @@ def test_resume_accepts_a_saved_recipe_from_before_a_key_was_added(tmp_path):
     import yaml
 
     from semiclust.engine.run_dir import RunFiles, decide_resume
-    from semiclust.validation import dump_yaml
+    from semiclust.config.validation import dump_yaml
 
     recipe = make_recipe()
     files = RunFiles(tmp_path)
@@ -189,7 +189,7 @@ def test_resume_accepts_a_saved_recipe_whose_assignment_section_predates_its_pri
     import yaml
 
     from semiclust.engine.run_dir import RunFiles, decide_resume
-    from semiclust.validation import dump_yaml
+    from semiclust.config.validation import dump_yaml
 
     recipe = make_recipe()
     files = RunFiles(tmp_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from semiclust import recipe_init
+from semiclust.config import init as recipe_init
 
 
 @pytest.mark.parametrize("epochs, warmup", [(100.0, 0.5), (5.0, 0.5), (2.0, 0.2), (0.3, 0.03)])

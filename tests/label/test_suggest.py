@@ -29,7 +29,7 @@ from semiclust.engine.checkpoint import load_checkpoint
 from semiclust.engine.setup import build_student
 from semiclust.label.lists import read_provenance, read_rows
 from semiclust.methods import METHODS
-from semiclust.recipe import load_recipe
+from semiclust.config.loader import load_recipe
 from tests.data.files import save, stripes
 from tests.label.pages import Sheet
 from tests.helpers import TINY_RECIPE

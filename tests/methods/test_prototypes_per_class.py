@@ -19,7 +19,7 @@ from semiclust.engine.checkpoint import classifier_network, load_checkpoint
 from semiclust.engine.trainer import train
 from semiclust.errors import SemiclustError
 from semiclust.models.network import Network, class_log_probabilities, class_scores
-from semiclust.recipe import resolve
+from semiclust.config.loader import resolve
 from tests.helpers import TINY_RECIPE
 
 

@@ -107,7 +107,7 @@ def test_daino_prototype_magnitude_is_decayed_only_when_asked(decayed):
 def test_daino_imagenet_recipes_compute_what_the_release_computed(name):
     """The release's student runs in eval mode, so its DropPath 0.1 never acts: the recipes say drop path 0, name
     the documented 0.1 in a comment, and decay g as the release does."""
-    from semiclust.recipe import find_recipe, load_recipe
+    from semiclust.config.loader import find_recipe, load_recipe
 
     recipe = load_recipe(name, [])
     assert recipe.model.backbone.kwargs.get("drop_path_rate") == 0.0

@@ -24,7 +24,7 @@ from semiclust.errors import SemiclustError
 from semiclust.methods import METHODS
 from semiclust.models.init import initialize, read_checkpoint
 from semiclust.models.network import Network
-from semiclust.schema import InitSpec
+from semiclust.config.schema import InitSpec
 from tests.helpers import TINY_RECIPE, make_recipe
 
 RESNET = {"name": "resnet18", "kwargs": {"layers": [1, 1, 1, 1]}}  # timm names = torchvision names

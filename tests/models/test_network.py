@@ -9,7 +9,7 @@ from semiclust.errors import SemiclustError
 from semiclust.models.backbones import create_backbone
 from semiclust.models.heads import UnitPrototypes, WeightNormPrototypes
 from semiclust.models.network import Network
-from semiclust.recipe import resolve as validate
+from semiclust.config.loader import resolve as validate
 from tests.helpers import TINY_RECIPE
 
 

@@ -27,9 +27,9 @@ from semiclust.engine.setup import build_run
 from semiclust.engine.step import train_step
 from semiclust.errors import SemiclustError
 from semiclust.label.lists import read_provenance, read_rows, refuse_unlabeled
-from semiclust.recipe import resolve
-from semiclust.schema import Recipe, duration_seconds
-from semiclust.validation import validate_saved
+from semiclust.config.loader import resolve
+from semiclust.config.schema import Recipe, duration_seconds
+from semiclust.config.validation import validate_saved
 
 # Measured on Fashion-MNIST, 10 labels per class, 5 minutes on 2 cores (docs/method.md, "Small real images"):
 # widths [16, 32, 64] with three convolutions per stage (3.7 epochs) reached 79.1%, with two (5.2 epochs) 78.8%;
@@ -285,7 +285,7 @@ def start_from(raw: dict, start: WarmStart, method: str) -> str:
     return what
 
 
-def init_recipe(data: Path | None, budget: str, labels: Path | None = None, evaluation: Path | None = None,
+def new_recipe(data: Path | None, budget: str, labels: Path | None = None, evaluation: Path | None = None,
                 method: str = "suave", per_class: int | None = None, fraction: float | None = None,
                 name: str | None = None, device: str = "cpu",
                 registered: tuple[str, Path | None] | None = None) -> InitResult:

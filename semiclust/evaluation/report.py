@@ -11,8 +11,8 @@ from semiclust.data.eval_views import EvalViews
 from semiclust.data.subsets import listing_change
 from semiclust.engine.checkpoint import classifier_network
 from semiclust.errors import SemiclustError
-from semiclust.evaluate import EvalReport, evaluation_report
-from semiclust.schema import Recipe
+from semiclust.evaluation.metrics import EvalReport, evaluation_report
+from semiclust.config.schema import Recipe
 
 
 def labeled_memory(dataset: Dataset, state: dict) -> tuple[Split | None, str | None]:

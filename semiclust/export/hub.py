@@ -16,12 +16,12 @@ import yaml
 
 from semiclust.engine.checkpoint import classifier_network, load_checkpoint, with_network
 from semiclust.errors import SemiclustError
-from semiclust.export import export_metadata, timm_load_code
+from semiclust.export.safetensors import export_metadata, timm_load_code
 from semiclust.methods import METHODS
 from semiclust.models.backbones import HUB_WEIGHTS
 from semiclust.storage.atomic import write_text
 from semiclust.storage.tensors import write_safetensors
-from semiclust.validation import dump_yaml
+from semiclust.config.validation import dump_yaml
 
 HUB_FILES = ("config.json", HUB_WEIGHTS, "README.md", "recipe.yaml")
 MAX_CONFIG_BYTES = 1 << 20  # a hub config.json semiclust writes is a few KB

@@ -20,9 +20,9 @@ from semiclust.data.streams import Stream
 from semiclust.errors import SemiclustError
 from semiclust.methods import METHODS
 from semiclust.models.backbones import backbone_kwargs_problems, check_backbone_name
-from semiclust.recipes_dir import find_recipe
-from semiclust.schema import Recipe
-from semiclust.validation import (RecipeYamlError, clipped, describe_errors, dump_yaml, invalid_recipe_message,
+from semiclust.config.shipped import find_recipe
+from semiclust.config.schema import Recipe
+from semiclust.config.validation import (RecipeYamlError, clipped, describe_errors, dump_yaml, invalid_recipe_message,
                                   load_yaml, read_yaml, short)
 
 __all__ = ["apply_overrides", "dump_yaml", "load_raw", "load_recipe", "parse_override", "resolve"]

@@ -13,11 +13,11 @@ from semiclust.data.streams import Stream
 from semiclust.engine.checkpoint import load_checkpoint
 from semiclust.engine.reporter import Reporter
 from semiclust.engine.run import Run
-from semiclust.evaluate import EvalResult, evaluate, evaluate_with_confusion
+from semiclust.evaluation.metrics import EvalResult, evaluate, evaluate_with_confusion
 
 
 @dataclass
-class Evaluation:
+class RunEvaluation:
     """One evaluation: the classifier's test result and confusion matrix, the test top-1 of the networks
     beside it, and the classifier's validation result (each None or empty when there is nothing to measure)."""
 
@@ -41,10 +41,10 @@ class Evaluation:
         return f" ({'; '.join(parts)})" if parts else ""
 
 
-def evaluate_run(run: Run, step: int, reporter: Reporter) -> Evaluation:
+def evaluate_run(run: Run, step: int, reporter: Reporter) -> RunEvaluation:
     """Every evaluation of `run` at `step`, recorded as one metrics record (nothing without evaluation splits)."""
     matched = Stream.LABELED not in run.method.streams
-    evaluation = Evaluation()
+    evaluation = RunEvaluation()
     if run.eval_views is not None:
         split = run.dataset.test_split_name
         evaluation.result, evaluation.confusion = evaluate_with_confusion(run.method.classifier, run.eval_views, split,
@@ -74,7 +74,7 @@ class BestSoFar:
         test = EvalResult(**state["eval"]) if "eval" in state else None
         return cls(state["validation"]["top1"], state["step"], test)
 
-    def improved_by(self, evaluation: Evaluation, step: int) -> bool:
+    def improved_by(self, evaluation: RunEvaluation, step: int) -> bool:
         """Whether this evaluation is a new best (strictly better validation top-1); remembers it if so."""
         if evaluation.validation is None or evaluation.validation.top1 <= self.top1:
             return False

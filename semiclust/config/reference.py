@@ -17,11 +17,11 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from semiclust.assign import ASSIGNMENTS
-from semiclust.schema import PartSpec, Recipe
+from semiclust.config.schema import PartSpec, Recipe
 
 HEADER = """# Recipe reference
 
-Generated from the schema in `semiclust/schema.py` and each registered part's own section by
+Generated from the schema in `semiclust/config/schema.py` and each registered part's own section by
 `semiclust recipe reference`; do not edit by hand (`tests/test_docs.py` regenerates it and fails on
 any difference). Every section forbids unknown keys. `semiclust recipe show RECIPE` prints a recipe
 with every default filled in; the method's own defaults (head shape, assignment, optimiser) are

@@ -12,7 +12,7 @@ def recipe_dirs() -> list[Path]:
     if os.environ.get("SEMICLUST_RECIPES"):
         candidates.append(Path(os.environ["SEMICLUST_RECIPES"]))
     candidates.append(Path.cwd() / "recipes")
-    candidates.append(Path(__file__).resolve().parent.parent / "recipes")
+    candidates.append(Path(__file__).resolve().parents[2] / "recipes")
     seen: list[Path] = []
     for folder in candidates:
         if folder.is_dir() and folder.resolve() not in [s.resolve() for s in seen]:

@@ -2,7 +2,7 @@
 
 This is the leaf of the package: it imports nothing of semiclust, so every layer can take a `Recipe`
 or one of its sections. What needs the registries (method defaults, registered names, a part's own
-section) is done by the recipe loader, `semiclust/recipe.py`, before and after validation.
+section) is done by the recipe loader, `semiclust/config/loader.py`, before and after validation.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Leaf-level like the schema (pydantic, yaml and the errors only): the trainer, evaluation and export
 validate the recipes saved in run directories and checkpoints with it. The recipe loader
-(`semiclust/recipe.py`) adds the registries' checks on top and words its problems the same way. It also
+(`semiclust/config/loader.py`) adds the registries' checks on top and words its problems the same way. It also
 reads every recipe YAML (`load_yaml`, `read_yaml`: size, alias and nesting limits, duplicate keys refused),
 and bounds every value a message shows (`short`).
 """
@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from semiclust.registry import closest
-from semiclust.schema import PartSpec, Recipe
+from semiclust.config.schema import PartSpec, Recipe
 from semiclust.errors import SemiclustError
 
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few KB; a file this large is not one (1 MiB)

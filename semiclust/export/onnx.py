@@ -17,7 +17,7 @@ from torch import nn
 
 from semiclust.engine.checkpoint import classifier_network, load_checkpoint, with_network
 from semiclust.errors import SemiclustError
-from semiclust.export import export_metadata
+from semiclust.export.safetensors import export_metadata
 from semiclust.extras import require
 from semiclust.storage.atomic import write_bytes
 
