@@ -20,8 +20,9 @@ from semiclust.data.loader import Corrupt, TrainFiles, make_loader
 from semiclust.data.mixup import mix_extend, mix_pair
 from semiclust.data.streams import IndexStream, Stream
 from semiclust.data.transforms import CropAugment
-from semiclust.errors import SemiclustError
 from semiclust.config.schema import Recipe
+from semiclust.engine.numbers import RunNumbers
+from semiclust.errors import SemiclustError
 
 
 @dataclass
@@ -50,14 +51,14 @@ class BatchMaker:
     """Builds the StepBatch of each stream position from the index streams with seeded augmentation.
 
     `unlabeled` always paces the epochs; it and `labeled` are drawn from only when the method uses
-    their stream. `total_positions` bounds the file loader's order."""
+    their stream. The run's length, read from the run's numbers, bounds the file loader's order."""
 
     def __init__(self, recipe: Recipe, dataset: Dataset, unlabeled: IndexStream, labeled: IndexStream | None,
-                 streams: frozenset[Stream], total_positions: int, device: torch.device, channels_last: bool,
+                 streams: frozenset[Stream], numbers: RunNumbers, device: torch.device, channels_last: bool,
                  rank: int, world: int):
         data = recipe.data
         self.dataset, self.device, self.recipe, self.streams = dataset, device, recipe, streams
-        self.channels_last, self.world, self.total_positions = channels_last, world, total_positions
+        self.channels_last, self.world, self.numbers = channels_last, world, numbers
         self.unlabeled, self.labeled = unlabeled, labeled
         self.crop_groups = [CropAugment(g, dataset.mean, dataset.std) for g in data.unlabeled.crops]
         self.labeled_view = CropAugment(data.labeled, dataset.mean, dataset.std)
@@ -79,8 +80,14 @@ class BatchMaker:
         self.corrupt_images = 0
         self.on_corrupt: Callable[[list[Corrupt]], None] = lambda corrupt: None  # the trainer's warning
 
+    @property
+    def total_positions(self) -> int:
+        """The stream positions of the whole run (its steps, each of `optim.accumulate_steps` batches)."""
+        return self.numbers.total_steps * self.accumulate
+
     def restart(self) -> None:
-        """Forget the file loader's position (it restarts at the next position asked for)."""
+        """Forget the file loader's position (it restarts at the next position asked for: after a resume, a
+        calibration, or a new length)."""
         self._items, self._next_position = None, -1
 
     def micro_batches(self, step: int):

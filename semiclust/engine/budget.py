@@ -30,13 +30,12 @@ import torch
 from semiclust.data.datasets import split_rows
 from semiclust.data.eval_views import EvalViews
 from semiclust.engine import dist
-from semiclust.engine.checkpoint import save_checkpoint
+from semiclust.engine.checkpoint import Checkpoint, save_checkpoint
 from semiclust.engine.metrics import MetricsLog
-from semiclust.engine.numbers import Schedules
 from semiclust.engine.run import Run
 from semiclust.engine.run_dir import RunFiles
 from semiclust.engine.signals import Stopped
-from semiclust.engine.state import process_state, restore, training_state
+from semiclust.engine.state import process_state, restore_run, run_checkpoint
 from semiclust.engine.step import train_step
 from semiclust.errors import SemiclustError
 from semiclust.evaluation.metrics import predict_scores
@@ -110,17 +109,17 @@ class BudgetPlan:
         return cls(**fields)
 
 
-def snapshot(run: Run) -> dict:
+def snapshot(run: Run) -> Checkpoint:
     """Everything a step changes, as a checkpoint holds it (this process's own entry of per_rank only), copied so
     that the calibration steps cannot reach it."""
     per_rank: list = [None] * dist.world_size()
     per_rank[dist.rank()] = process_state(run.method, run.device)
-    return copy.deepcopy(training_state(run, 0, None, per_rank, 0))
+    return copy.deepcopy(run_checkpoint(run, 0, 0, per_rank))
 
 
-def put_back(run: Run, state: dict) -> None:
+def put_back(run: Run, snapshot_of_run: Checkpoint) -> None:
     """The snapshot back into the live objects, as a resume puts a checkpoint back, and the batches restarted."""
-    restore(state, run)
+    restore_run(snapshot_of_run, run)
     run.batches.restart()
 
 
@@ -165,7 +164,7 @@ def seconds_per_checkpoint(run: Run, files: RunFiles) -> float:
     started = time.perf_counter()
     if dist.is_main():
         probe = files.checkpoints / ".calibration.pt"
-        save_checkpoint(training_state(run, 0, None, per_rank, 0), probe)
+        save_checkpoint(run_checkpoint(run, 0, 0, per_rank), probe)
         probe.unlink(missing_ok=True)
     return time.perf_counter() - started
 
@@ -217,12 +216,12 @@ def calibrate(run: Run, files: RunFiles, budget_s: float, started: float, start_
     """Measure (on a snapshot, put back afterwards) and decide the number of steps, counting from
     `start_step` (a resumed run); rank 0's decision on all processes. When `stopping()` turns true (a signal,
     asked after each measured step and each measurement) the run is put back as it was and `Stopped` raised."""
-    state = snapshot(run)
+    before = snapshot(run)
     try:
         step_s = seconds_per_step(run, budget_s, stopping) + seconds_of_bookkeeping(run, files)
         eval_s = seconds_per_evaluation(run)
     finally:
-        put_back(run, state)  # the evaluation's loader drew from the global generator too
+        put_back(run, before)  # the evaluation's loader drew from the global generator too
     checkpoint_s = seconds_per_checkpoint(run, files)
     if stopping():
         raise Stopped("a signal")
@@ -288,17 +287,15 @@ def replanned(plan: BudgetPlan, run: Run, done: int, pace_s: float | None, start
 
 
 def retarget(run: Run, total_steps: int) -> None:
-    """Give the run its decided length: the run numbers, the schedules, the method's and the loader's ends."""
-    run.numbers = dataclasses.replace(run.numbers, total_steps=total_steps)
-    run.schedules = Schedules(run.recipe, run.numbers)
-    run.method.total_steps = total_steps
-    run.batches.total_positions = total_steps * run.recipe.optim.accumulate_steps
-    run.batches.restart()
+    """Give the run its decided length: one change, to the run's numbers, which the schedules, the method, the
+    policy, the reporter and the batches read; the file loader restarts to cover the new end."""
     if run.numbers.warmup_steps >= total_steps:
         raise SemiclustError(
             f"the budget of {run.recipe.schedule.budget} allows {total_steps} steps "
             f"({total_steps / run.numbers.steps_per_epoch:.2f} epochs), fewer than the warm-up of "
             f"schedule.warmup_epochs {run.recipe.schedule.warmup_epochs}; shorten the warm-up or give a longer budget.")
+    run.numbers.retarget(total_steps)
+    run.batches.restart()
 
 
 def plan_budget(run: Run, files: RunFiles, resumed: bool, started: float, start_step: int,

@@ -1,17 +1,21 @@
 """The numbers a run is made of (global batches, steps, warm-up, scaled lr): the one place they are
-derived, for training and the dry run alike."""
+derived, for training and the dry run alike, and the one object that holds them during a run. A budget's
+re-plan changes the run's length here, and only here (`RunNumbers.retarget`): the schedules, the policy, the
+reporter and the batches read it from this object when they need it (timm's rule: counts are not copied)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from semiclust.data.streams import Stream
-from semiclust.engine.schedules import cosine, scaled_lr, warmup_cosine
 from semiclust.errors import SemiclustError
 from semiclust.config.schema import Batch, Recipe
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunNumbers:
+    """The numbers of one run. Every field is fixed once derived, except `total_steps`, which a budget decides
+    (calibration, re-plans) through `retarget`; whoever needs the length reads it here."""
+
     world: int
     process_unlabeled: int  # this process's share of a micro-batch, what its streams draw
     process_labeled: int
@@ -23,6 +27,15 @@ class RunNumbers:
     warmup_steps: int
     peak_lr: float
     backbone_warmup_steps: int = 0  # the head warm-up (optim.backbone_warmup_epochs), in steps
+
+    def retarget(self, total_steps: int) -> None:
+        """The run's decided length (a budget's calibration or re-plan): the one change a run's numbers see."""
+        self.total_steps = total_steps
+
+
+def scaled_lr(lr: float, global_batch: int, reference_batch: int | None) -> float:
+    """The linear scaling rule: lr * global_batch / reference_batch (unchanged if no reference)."""
+    return lr if reference_batch is None else lr * global_batch / reference_batch
 
 
 def process_batches(batch: Batch, world: int, accumulate: int) -> tuple[int, int]:
@@ -70,64 +83,6 @@ def run_numbers(recipe: Recipe, train_size: int, world: int, streams: frozenset[
     return RunNumbers(world, process_unlabeled, process_labeled, unlabeled, labeled, images, steps, total,
                       round(recipe.schedule.warmup_epochs * steps), scaled_lr(optim.lr, reference, optim.lr_reference_batch),
                       round(optim.backbone_warmup_epochs * steps))
-
-
-@dataclass(frozen=True)
-class Schedules:
-    """The learning rate and weight decay at each step: pure functions of the global step."""
-
-    recipe: Recipe
-    numbers: RunNumbers
-
-    def lr(self, step: int) -> float:
-        """Warm-up then cosine to final_lr over the first stage; in the fine-tuning stage, its own cosine."""
-        s, n = self.recipe.schedule, self.numbers
-        start = self.finetune_start
-        if s.finetune is not None and step >= start:  # (a budget's calibration steps may pass the stand-in length)
-            return cosine(step - start, n.total_steps - start, self.finetune_peak_lr, s.finetune.final_lr)
-        return warmup_cosine(step, start, n.warmup_steps, n.peak_lr, s.final_lr, s.warmup_start_lr)
-
-    @property
-    def finetune_start(self) -> int:
-        """The first step of the fine-tuning stage (the run's length when it has none): the last
-        `schedule.finetune.share` of the steps, at least one, after at least one step of the first stage."""
-        total, finetune = self.numbers.total_steps, self.recipe.schedule.finetune
-        if finetune is None:
-            return total
-        return min(max(total - round(finetune.share * total), 1), total - 1) if total > 1 else total
-
-    @property
-    def finetune_peak_lr(self) -> float:
-        """The stage's peak lr, scaled by the global batch as optim.lr is."""
-        n, optim = self.numbers, self.recipe.optim
-        return n.peak_lr * self.recipe.schedule.finetune.lr / optim.lr
-
-    def pseudo_label_threshold(self, step: int) -> float | None:
-        """The confidence pseudo-labels need at `step` when the fine-tuning stage trains on them, else None (the
-        method's own unlabeled targets)."""
-        finetune = self.recipe.schedule.finetune
-        if finetune is None or finetune.targets != "pseudo_labels" or step < self.finetune_start:
-            return None
-        return finetune.threshold
-
-    def labeled_weight(self, step: int) -> float | None:
-        """The labeled loss's weight at `step` when the schedule sets one (the fine-tuning stage's), else None:
-        the method's own (method.labeled_weight, or row counts)."""
-        finetune = self.recipe.schedule.finetune
-        return finetune.labeled_weight if finetune is not None and step >= self.finetune_start else None
-
-    def backbone_frozen(self, step: int) -> bool:
-        """Whether the head warm-up holds the backbone still at `step` (frozen, not merely slowed)."""
-        return step < self.numbers.backbone_warmup_steps and self.recipe.optim.backbone_warmup_lr_scale == 0
-
-    def backbone_scale(self, step: int) -> float:
-        """The backbone's share of the lr at `step`: the warm-up's scale during it, 1 after."""
-        return self.recipe.optim.backbone_warmup_lr_scale if step < self.numbers.backbone_warmup_steps else 1.0
-
-    def weight_decay(self, step: int) -> float:
-        optim = self.recipe.optim
-        end = optim.weight_decay_end if optim.weight_decay_end is not None else optim.weight_decay
-        return cosine(step, self.numbers.total_steps, optim.weight_decay, end)
 
 
 def lr_description(recipe: Recipe, numbers: RunNumbers) -> str:

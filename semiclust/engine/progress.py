@@ -7,6 +7,8 @@ from typing import Literal
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from semiclust.engine.numbers import RunNumbers
+
 
 def format_stats(parts: dict[str, float], lr: float, images_per_second: float) -> str:
     shown = [f"loss {parts['loss']:.4f}"]
@@ -19,12 +21,12 @@ def format_stats(parts: dict[str, float], lr: float, images_per_second: float) -
 
 
 class TrainingProgress:
-    """Shows epoch, step, loss parts, lr, images/s and ETA."""
+    """Shows epoch, step, loss parts, lr, images/s and ETA; the run's length is read from its numbers, so that a
+    budget's re-plan shows at once."""
 
-    def __init__(self, console: Console, total_steps: int, start_step: int, steps_per_epoch: int,
-                 mode: Literal["rich", "plain", "none"]):
-        self.console, self.mode = console, mode
-        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+    def __init__(self, console: Console, numbers: RunNumbers, start_step: int, mode: Literal["rich", "plain", "none"]):
+        self.console, self.mode, self.numbers = console, mode, numbers
+        total_steps, steps_per_epoch = numbers.total_steps, numbers.steps_per_epoch
         self.started, self.start_step = time.perf_counter(), start_step
         self._bar: Progress | None = None
         if mode == "rich":
@@ -37,16 +39,11 @@ class TrainingProgress:
                                             epoch=start_step // steps_per_epoch, stats="")
             self._bar.start()
 
-    def retarget(self, total_steps: int) -> None:
-        """The run's new length (a budget's re-plan)."""
-        self.total_steps = total_steps
-        if self._bar is not None:
-            self._bar.update(self._task, total=total_steps)
-
     def advance(self, step: int) -> None:
         """Called after every step (cheap)."""
         if self._bar is not None:
-            self._bar.update(self._task, completed=step + 1, epoch=step // self.steps_per_epoch)
+            self._bar.update(self._task, completed=step + 1, total=self.numbers.total_steps,
+                             epoch=step // self.numbers.steps_per_epoch)
 
     def report(self, step: int, parts: dict[str, float], lr: float, images_per_second: float) -> None:
         """Called every log interval with fresh numbers."""
@@ -56,9 +53,10 @@ class TrainingProgress:
         elif self.mode == "plain":
             done = step + 1 - self.start_step
             elapsed = time.perf_counter() - self.started
-            eta = elapsed / max(done, 1) * (self.total_steps - step - 1)
+            total, epoch = self.numbers.total_steps, step // self.numbers.steps_per_epoch
+            eta = elapsed / max(done, 1) * (total - step - 1)
             self.console.print(
-                f"epoch {step // self.steps_per_epoch} step {step + 1}/{self.total_steps}  {stats}  ETA {eta:,.0f}s",
+                f"epoch {epoch} step {step + 1}/{total}  {stats}  ETA {eta:,.0f}s",
                 highlight=False, soft_wrap=True,
             )
 

@@ -65,16 +65,11 @@ class Reporter:
         mode = runtime.progress if runtime.progress != "auto" else ("rich" if console.is_terminal else "plain")
         self.metrics = MetricsLog(files.metrics, enabled=dist.is_main())
         self.loggers: list[Logger] = open_loggers(files, recipe, resume) if dist.is_main() else []
-        self.progress = TrainingProgress(console, numbers.total_steps, start_step, numbers.steps_per_epoch,
+        self.progress = TrainingProgress(console, numbers, start_step,
                                          mode if dist.is_main() else "none")  # rank 0 reports for everyone
         self.numbers, self.log_every, self.console = numbers, runtime.log_every_steps, console
         self.started = time.perf_counter()
         self.window_start, self.window_steps, self.data_seconds = self.started, 0, 0.0
-
-    def retarget(self, numbers: RunNumbers) -> None:
-        """A new length for the run (a budget's re-plan): the records and the display count to it."""
-        self.numbers = numbers
-        self.progress.retarget(numbers.total_steps)
 
     def __enter__(self) -> "Reporter":
         return self

@@ -11,7 +11,8 @@ from semiclust.data.datasets import Dataset
 from semiclust.data.eval_views import EvalViews
 from semiclust.data.subsets import LabeledSubset
 from semiclust.engine.finite import FiniteWatch
-from semiclust.engine.numbers import RunNumbers, Schedules
+from semiclust.engine.numbers import RunNumbers
+from semiclust.engine.schedules import Schedules
 from semiclust.methods.base import Method
 from semiclust.models.init import InitReport
 from semiclust.config.schema import Recipe
@@ -29,7 +30,7 @@ class Run:
     schedules: Schedules
     method: Method
     optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
+    scaler: torch.amp.GradScaler  # enabled under fp16 autocast only; its calls pass through otherwise
     batches: BatchMaker
     eval_views: EvalViews | None
     device: torch.device

@@ -26,10 +26,6 @@ class StepOutcome:
     buffers_before: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def backward(loss: torch.Tensor, scaler) -> None:
-    (scaler.scale(loss) if scaler is not None else loss).backward()
-
-
 def gradient_sync(run: Run, last: bool):
     """Gradients are all-reduced once per optimiser step: on the last micro-batch only."""
     return run.runner.no_sync() if run.numbers.world > 1 and not last else contextlib.nullcontext()
@@ -40,8 +36,6 @@ def train_step(run: Run, step: int) -> StepOutcome:
     optimiser step only if the loss was finite on every process (all processes agree, so they stay in step)."""
     schedules = run.schedules
     set_lr_and_decay(run.optimizer, schedules.lr(step), schedules.weight_decay(step), schedules.backbone_scale(step))
-    run.method.scheduled_labeled_weight = schedules.labeled_weight(step)
-    run.method.pseudo_label_threshold = schedules.pseudo_label_threshold(step)
     hold_backbone(run, step)
     keep = bool(run.recipe.runtime.skip_nonfinite_steps)  # a skipped step must not leave NaNs in queue, center, BN
     outcome = StepOutcome({}, True, 0.0, {k: v.clone() for k, v in run.method.named_buffers()} if keep else {})
@@ -60,7 +54,7 @@ def train_step(run: Run, step: int) -> StepOutcome:
                 watch.note(out.loss, step)  # on the device; the trainer reads it once per log window
             else:
                 outcome.finite &= bool(torch.isfinite(out.loss))
-            backward(out.loss / accumulate, run.scaler)  # also when non-finite: ranks stay in step
+            run.scaler.scale(out.loss / accumulate).backward()  # also when non-finite: ranks stay in step
         for key, value in out.parts.items():
             outcome.parts[key] = outcome.parts.get(key, 0) + value / accumulate
     if watch is None:
@@ -82,25 +76,21 @@ def undo_buffers(run: Run, outcome: StepOutcome) -> None:
     with torch.no_grad():
         for name, value in run.method.named_buffers():
             value.copy_(outcome.buffers_before[name])
-    for module in run.method.modules():
-        if hasattr(module, "buffers_changed"):
-            module.buffers_changed()
+    run.method.buffers_replaced()
 
 
 def optimizer_step(run: Run, step: int) -> None:
-    """Optional clipping, the optimiser step and the method's post-step bookkeeping."""
+    """Optional clipping, the optimiser step and the method's post-step bookkeeping. The gradient scaler is on only
+    under fp16 autocast; off, its calls pass the loss and the step through unchanged (nanoGPT's
+    GradScaler(enabled=...))."""
     method, optimizer, scaler = run.method, run.optimizer, run.scaler
-    if scaler is not None:
-        scaler.unscale_(optimizer)
+    scaler.unscale_(optimizer)
     method.zero_frozen_grads(step)
     if run.schedules.backbone_frozen(step):  # no update at all: not even momentum or weight decay moves it
         for p in method.student.backbone.parameters():
             p.grad = None
     if run.recipe.optim.clip_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(method.trainable_parameters(), run.recipe.optim.clip_grad_norm)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     method.after_optimizer_step(step)

@@ -14,7 +14,8 @@ from semiclust.engine import budget as budget_module
 from semiclust.engine import signals
 from semiclust.engine.budget import BudgetPlan
 from semiclust.engine.checkpoint import load_checkpoint
-from semiclust.engine.numbers import Schedules, run_numbers
+from semiclust.engine.numbers import run_numbers
+from semiclust.engine.schedules import Schedules
 from semiclust.engine.trainer import train
 from semiclust.config.loader import resolve
 from tests.engine.test_budget import budgeted, same
@@ -100,7 +101,7 @@ def test_a_budgeted_run_resumes_bit_identically_across_the_switch(tmp_path, monk
             monkeypatch.setattr(budget_module, "calibrate", lambda *a, **k: pytest.fail("a resume must not calibrate"))
             resumed = train(recipe, split, resume=True)
             a, b = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
-            assert a["step"] == b["step"] == 36 and resumed.steps == 36 - stop_at
+            assert a.step == b.step == 36 and resumed.steps == 36 - stop_at
             for key in ("method", "optimizer", "augment_rng", "per_rank", "eval"):
                 same(a[key], b[key], key)
             monkeypatch.setattr(budget_module, "calibrate", lambda run, *a, **k: plan)

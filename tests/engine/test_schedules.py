@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from semiclust.engine.schedules import cosine, scaled_lr, warmup_cosine
+from semiclust.engine.numbers import scaled_lr
+from semiclust.engine.schedules import cosine, warmup_cosine
 
 
 def test_warmup_is_linear_then_cosine_to_final():
