@@ -65,8 +65,12 @@ class Registry(Generic[T]):
         self.get(name)
         return self._specs[name]
 
-    def specs(self) -> dict[str, type]:
-        return dict(sorted(self._specs.items()))
+    def specs(self, default: type | None = None) -> dict[str, type]:
+        """The recipe section class of each entry registered with one (with `default`: of every entry, `default`
+        standing for those registered without)."""
+        if default is None:
+            return dict(sorted(self._specs.items()))
+        return {name: self._specs.get(name, default) for name in self.names()}
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries

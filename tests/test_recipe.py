@@ -76,7 +76,7 @@ def test_unknown_registry_names_suggest_the_closest():
 def test_cross_field_rules():
     assert "exactly one of per_class, fraction or list" in error_for(changed("data.labels", {"per_class": 2, "fraction": 0.1}))
     raw = changed("method.queue", {"length": 64})
-    raw["method"]["name"] = "daino"
+    raw["method"]["assignment"] = {"name": "center_sharpen"}
     assert "method.queue is used only by assignments that take a queue (sinkhorn)" in error_for(raw)
     assert "first 3 unlabeled crops" in error_for(changed("method.target_crops", 3))  # third crop is 4 px
     dino_globals = changed("data.unlabeled", {"crops": [{"count": 1, "size": 8, "blur": {"p": 1.0}},
@@ -164,3 +164,43 @@ def test_a_bare_off_for_data_cache_means_off_as_yaml_reads_it():
 
     assert load_recipe("digits_suave", ["data.cache=off"]).data.cache == "off"
     assert load_recipe("digits_suave", ["data.cache=auto"]).data.cache == "auto"
+
+
+@pytest.mark.parametrize("method, key, value, owners", [
+    ("supervised", "queue", {"length": 64}, "suave, swav"),
+    ("daino", "queue", {"length": 64, "start_epoch": 1}, "suave, swav"),
+    ("suave", "teacher", {"momentum": 0.996}, "daino, dino"),
+    ("supervised", "teacher", {"momentum_end": 0.999}, "daino, dino"),
+])
+def test_an_option_the_chosen_method_does_not_take_is_an_error_naming_the_method(method, key, value, owners):
+    """Each method owns its recipe section (issue 26): a `supervised` recipe with method.queue.length: 64 validated,
+    and the queue was silently never built."""
+    raw = changed(f"method.{key}", value)
+    raw["method"]["name"] = method
+    assert f"method '{method}' does not take '{key}' (an option of {owners})" in error_for(raw)
+
+
+def test_a_recipe_written_before_methods_owned_their_sections_still_reads():
+    """`semiclust recipe show` printed method.queue and method.teacher for every method: a recipe that carries the
+    one its method does not take, at its old defaults, reads as before (the section is dropped); one whose value
+    would now be ignored is refused (above). The recipe of every shipped method shows only its own section."""
+    from semiclust.config.loader import resolve
+
+    for method in ("suave", "swav", "daino", "dino", "supervised"):
+        raw = copy.deepcopy(TINY_RECIPE)
+        raw["method"] = {"name": method, "queue": {"length": 0, "start_epoch": 0},
+                         "teacher": {"momentum": 0.99, "momentum_end": 1.0}}
+        dumped = resolve(raw).model_dump(mode="json")["method"]
+        assert ("queue" in dumped) == (method in ("suave", "swav"))
+        assert ("teacher" in dumped) == (method in ("daino", "dino"))
+
+
+def test_a_saved_recipe_keeps_loading_with_the_sections_its_method_ignored():
+    """A checkpoint or run directory of an earlier version saved every method's recipe with both sections, whatever
+    they held (a value there did nothing): it reads back with the section its method does not take dropped."""
+    from semiclust.config.validation import validate_saved
+
+    saved = validate(copy.deepcopy(TINY_RECIPE)).model_dump(mode="json")
+    saved["method"]["teacher"] = {"momentum": 0.5, "momentum_end": 0.7}  # ignored by suave then
+    recipe = validate_saved(saved, "the checkpoint's recipe")
+    assert recipe.method.queue.length == 0 and "teacher" not in recipe.model_dump(mode="json")["method"]

@@ -265,8 +265,7 @@ def warm_start(labels: Path) -> WarmStart | None:
         raise SemiclustError(f"'{labels}' was suggested with the run whose checkpoint is '{origin.checkpoint}', which "
                              "is gone; put the run back, or delete the '# run:' and '# checkpoint:' lines of the list "
                              "to write a recipe that starts from random weights.")
-    state = load_checkpoint(origin.checkpoint)
-    recipe = validate_saved(state.get("recipe"), f"the recipe of '{origin.checkpoint}'")
+    recipe = validate_saved(load_checkpoint(origin.checkpoint).recipe, f"the recipe of '{origin.checkpoint}'")
     model = recipe.model.model_dump(mode="json", exclude={"init"})
     return WarmStart(origin.run or origin.checkpoint.parent.parent, origin.checkpoint, model, recipe.method.name,
                      origin.images)

@@ -23,7 +23,8 @@ from semiclust.models.backbones import backbone_kwargs_problems, check_backbone_
 from semiclust.config.shipped import find_recipe
 from semiclust.config.schema import Recipe
 from semiclust.config.validation import (RecipeYamlError, clipped, describe_errors, dump_yaml, invalid_recipe_message,
-                                  load_yaml, read_yaml, short)
+                                         load_yaml, read_yaml, registered_sections, short,
+                                         without_other_methods_sections)
 
 __all__ = ["apply_overrides", "dump_yaml", "load_raw", "load_recipe", "parse_override", "resolve"]
 
@@ -171,11 +172,13 @@ def kwargs_problems(raw: dict[str, Any]) -> list[str]:
 
 
 def resolve(raw: dict[str, Any], source: str = "recipe") -> Recipe:
-    """Method defaults, registered names and parts, then validation: one readable error for everything."""
-    raw = with_method_defaults(raw)
+    """Method defaults, registered names and parts, then validation, `method` by the chosen method's own section
+    (a former shared section it does not take is read while at its old defaults): one readable error for
+    everything."""
+    raw = without_other_methods_sections(with_method_defaults(raw), saved=False)
     problems = name_problems(raw) + kwargs_problems(raw)
     try:
-        recipe = Recipe.model_validate(raw, context={"assignment_specs": ASSIGNMENTS.specs()})
+        recipe = Recipe.model_validate(raw, context=registered_sections())
     except ValidationError as err:
         problems = describe_errors(err) + problems
     else:
@@ -186,8 +189,9 @@ def resolve(raw: dict[str, Any], source: str = "recipe") -> Recipe:
 
 
 def method_problems(recipe: Recipe) -> list[str]:
-    """Options the chosen method cannot use: the mixed unlabeled view needs two target crops of a method that
-    trains on unlabeled data; a weight average is redundant beside a teacher (which is one, and is evaluated)."""
+    """Options the chosen method's streams cannot use: the mixed unlabeled view needs two target crops of a method
+    that trains on unlabeled data; several prototypes per class need labels. (An option a method does not take at
+    all is refused by its own section.)"""
     if recipe.method.name not in METHODS:
         return []
     kind, spec, problems = METHODS.get(recipe.method.name), recipe.method, []
@@ -199,9 +203,6 @@ def method_problems(recipe: Recipe) -> list[str]:
     if recipe.model.head.prototypes_per_class > 1 and Stream.LABELED not in kind.streams:
         problems.append(f"'model.head.prototypes_per_class' ties several prototypes to each class, but method "
                         f"'{spec.name}' trains without labels, so its prototypes are clusters, not classes: set it to 1")
-    if spec.ema.enabled and "teacher" in kind.parts:
-        problems.append(f"'method.ema': method '{spec.name}' already evaluates an EMA of its weights (its teacher, "
-                        "method.teacher); set method.ema.enabled: false")
     return problems
 
 

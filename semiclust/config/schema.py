@@ -286,21 +286,6 @@ class PartSpec(BaseModel):
         return type(self) is not PartSpec
 
 
-class Queue(Strict):
-    """Suave/SwAV queue of past unlabeled embeddings, used by Sinkhorn once full (0 = off)."""
-
-    length: Annotated[int, Field(ge=0)] = Field(0,
-        description="embeddings kept in total over processes (0 = no queue); used only once full")
-    start_epoch: Annotated[int, Field(ge=0)] = Field(0, description="epoch from which the queue is filled and used")
-
-
-class Teacher(Strict):
-    """Daino/DINO EMA teacher: momentum follows a per-step cosine from `momentum` to `momentum_end`."""
-
-    momentum: Probability = Field(0.990, description="EMA momentum at the first step")
-    momentum_end: Probability = Field(1.0, description="EMA momentum at the last step")
-
-
 class Mixup(Strict):
     """Appends a mixed copy of the labeled batch: Mixup with probability mixup_prob, else CutMix."""
 
@@ -331,7 +316,15 @@ class Ema(Strict):
                                               "and exported (else the online network, with the average reported beside)")
 
 
-class MethodSpec(Strict):
+class MethodSpec(BaseModel):
+    """The keys every method takes. A method's own recipe section is a subclass of it, registered with the method
+    (`@METHODS.register(name, spec=...)`) and declaring the method's own options (Suave's `queue`, Daino's
+    `teacher`) with unknown keys forbidden, so that an option the chosen method does not take is an error naming the
+    method; the recipe loader validates `method` with the chosen method's class. Unknown keys are kept by this
+    generic class only, so that a saved recipe reads back without the methods' modules."""
+
+    model_config = ConfigDict(extra="allow")
+
     name: str = Field(description="suave, daino, swav, dino or supervised (`semiclust list methods`); sets the defaults "
                       "of head, assignment and optimiser")
     temperature: Annotated[float, Field(gt=0)] = Field(0.1,
@@ -345,8 +338,6 @@ class MethodSpec(Strict):
         description="how many of the first unlabeled crops make targets (SwAV's crops for assignment, DINO's teacher crops)")
     assignment: SerializeAsAny[PartSpec] = Field(
         description="how unlabeled targets are made; its keys are those of the named assignment (see below)")
-    queue: Queue = Queue()
-    teacher: Teacher = Teacher()
     mixup: Mixup = Mixup()
     unlabeled_mixup: UnlabeledMixup = UnlabeledMixup()
     ema: Ema = Ema()
@@ -363,12 +354,16 @@ class MethodSpec(Strict):
             return specs[value["name"]].model_validate(value, context=info.context)
         return value
 
-    @model_validator(mode="after")
-    def _queue_has_a_taker(self) -> "MethodSpec":
-        if self.queue.length and self.assignment.typed and not self.assignment.takes_queue:
-            raise ValueError(f"method.queue is used only by assignments that take a queue (sinkhorn), not by "
-                             f"'{self.assignment.name}': set its length to 0")
-        return self
+    @property
+    def typed(self) -> bool:
+        """Whether the chosen method's own section class checked this section (not just the generic one)."""
+        return type(self) is not MethodSpec
+
+
+class PlainMethodSpec(MethodSpec):
+    """The section of a method without options of its own (supervised): the keys every method takes, nothing else."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 # ---------------------------------------------------------------- optimisation and runtime
@@ -561,12 +556,30 @@ class Recipe(Strict):
     seed: int = Field(0, description="seed of everything random (subset draw, weights, augmentation, streams)")
     data: Data
     model: ModelSpec
-    method: MethodSpec
+    method: SerializeAsAny[MethodSpec]
     optim: Optim
     schedule: Schedule
     runtime: Runtime = Runtime()
     checkpoint: CheckpointSpec = CheckpointSpec()
     eval: EvalSpec = EvalSpec()
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_section(cls, value: Any, info: ValidationInfo) -> Any:
+        """With the registered method sections in the validation context, `method` is validated by the chosen
+        method's own class (an option another method owns is an error naming the method); without them, or for an
+        unknown method (the loader names it), the section stays generic."""
+        specs = (info.context or {}).get("method_specs") or {}
+        if not isinstance(value, dict) or value.get("name") not in specs:
+            return value
+        section = specs[value["name"]]
+        foreign = [key for key in value if key not in section.model_fields and any(
+            key in other.model_fields for other in specs.values())]
+        if foreign:
+            owners = sorted(name for name, other in specs.items() if foreign[0] in other.model_fields)
+            raise ValueError(f"method '{value['name']}' does not take '{foreign[0]}' (an option of "
+                             f"{', '.join(owners)}); remove method.{foreign[0]} or choose one of those methods")
+        return section.model_validate(value, context=info.context)
 
     @field_validator("name")
     @classmethod

@@ -18,9 +18,9 @@ from typing import Annotated, Any, Union
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from semiclust.registry import closest
-from semiclust.config.schema import PartSpec, Recipe
+from semiclust.config.schema import MethodSpec, PartSpec, PlainMethodSpec, Recipe
 from semiclust.errors import SemiclustError
+from semiclust.registry import ASSIGNMENTS, METHODS, closest
 
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few KB; a file this large is not one (1 MiB)
 MAX_YAML_NODES = 100_000  # values once every alias is expanded (a full recipe has a few hundred)
@@ -29,19 +29,52 @@ MAX_YAML_DEPTH = 64  # sections and lists inside one another (a recipe nests abo
 MAX_PROBLEMS = 12  # problems one message lists; the rest are counted
 
 
+def registered_sections() -> dict[str, dict[str, type]]:
+    """The validation context that checks each registered part's section with its own class: the assignments' and
+    the methods' (a method registered without a section of its own takes the keys every method takes, no other).
+    The registries hold the parts whose modules are imported (every built-in one once `semiclust.methods` is)."""
+    return {"assignment_specs": ASSIGNMENTS.specs(), "method_specs": METHODS.specs(default=PlainMethodSpec)}
+
+
 def validate(raw: dict[str, Any], source: str = "recipe", context: dict | None = None) -> Recipe:
-    """Validate a raw dict into a Recipe; every problem becomes one readable SemiclustError."""
+    """Validate a raw dict into a Recipe, each registered part's section by its own class (`registered_sections`,
+    unless `context` is given); every problem becomes one readable SemiclustError."""
     try:
-        return Recipe.model_validate(raw, context=context)
+        return Recipe.model_validate(raw, context=registered_sections() if context is None else context)
     except ValidationError as err:
         raise SemiclustError(invalid_recipe_message(source, describe_errors(err))) from None
 
 
 def validate_saved(raw: dict[str, Any], source: str, context: dict | None = None) -> Recipe:
     """A recipe saved by semiclust (a run directory's recipe.yaml, a checkpoint's): as `validate`, and one saved
-    before batches were global (its data.batch has no `per`) keeps meaning what it meant, batches per process.
-    `context` (the registered assignment sections) fills the keys an assignment gained since with their defaults."""
-    return validate(with_legacy_batches(raw), source, context)
+    before batches were global (its data.batch has no `per`) keeps meaning what it meant, batches per process; the
+    sections every method's recipe held before each method owned its own (`method.queue`, `method.teacher`) are
+    dropped where the chosen method does not take them (they did nothing there). Keys a part gained since take
+    their defaults."""
+    return validate(without_other_methods_sections(with_legacy_batches(raw)), source, context)
+
+
+# The sections every method's recipe held before each method owned its section (issue 26), at their defaults then:
+# a recipe file that carries one for a method that does not take it (as `semiclust recipe show` printed every
+# recipe) still reads while it holds those defaults; a saved recipe's is dropped whatever it holds.
+SHARED_BEFORE = {"queue": {"length": 0, "start_epoch": 0}, "teacher": {"momentum": 0.990, "momentum_end": 1.0}}
+
+
+def without_other_methods_sections(raw: Any, saved: bool = True) -> Any:
+    """`raw` without the sections of SHARED_BEFORE that its method does not take: all of them in a saved recipe,
+    those at their former defaults otherwise (a value that would now be ignored stays, and is refused)."""
+    method = raw.get("method") if isinstance(raw, dict) else None
+    section = METHODS.specs(default=PlainMethodSpec).get(method.get("name")) if isinstance(method, dict) else None
+    if section is None:
+        return raw
+    dropped = {key for key, defaults in SHARED_BEFORE.items() if key in method and key not in section.model_fields
+               and (saved or at_defaults(method[key], defaults))}
+    return {**raw, "method": {k: v for k, v in method.items() if k not in dropped}} if dropped else raw
+
+
+def at_defaults(value: Any, defaults: dict[str, Any]) -> bool:
+    """Whether a section holds only keys of `defaults`, at those values."""
+    return isinstance(value, dict) and all(key in defaults and value[key] == defaults[key] for key in value)
 
 
 def with_legacy_batches(raw: dict[str, Any]) -> dict[str, Any]:
@@ -241,7 +274,10 @@ def _unwrap(annotation: Any) -> list[Any]:
 
 
 def part_sections(model: type[BaseModel]) -> list[type[BaseModel]]:
-    """A registered part's section classes: the subclasses of PartSpec (or `model` itself otherwise)."""
+    """A registered part's section classes: the subclasses of PartSpec, the methods' sections (or `model` itself
+    otherwise)."""
+    if model is MethodSpec:
+        return [MethodSpec, *dict.fromkeys(METHODS.specs(default=PlainMethodSpec).values())]
     if model is not PartSpec:
         return [model]
     found, todo = [], list(PartSpec.__subclasses__())

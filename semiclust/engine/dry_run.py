@@ -90,7 +90,7 @@ def build_dry_run(recipe: Recipe, processes: int) -> DryRun:
     core = build_core(recipe, lambda dataset: draw_subset(dataset, recipe), 0, processes)
     dataset, method, numbers = core.dataset, core.method, core.numbers
     optimizer = optimizer_for(method, recipe, numbers, torch.device("cpu"))
-    teacher = getattr(method, "teacher", None)
+    teacher = method.networks().get("teacher")  # Daino's EMA teacher, the one network beside the student it trains
     per_image = activation_bytes_per_image(method.student, recipe, dataset.channels)
     images = numbers.images_per_step // (processes * recipe.optim.accumulate_steps)  # per process and batch
     half = recipe.runtime.precision in ("bf16", "fp16")
@@ -99,6 +99,6 @@ def build_dry_run(recipe: Recipe, processes: int) -> DryRun:
         recipe.runtime.precision, recipe.runtime.precision)
     return DryRun(dataset.name, len(dataset.train), len(core.subset.indices), core.subset.identity,
                   None if dataset.test is None else len(dataset.test), dataset.num_classes, core.numbers,
-                  parameter_counts(method.student), sum(p.numel() for p in teacher.parameters()) if teacher else 0,
+                  parameter_counts(method.student), sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0,
                   f"{recipe.optim.name}, {len(optimizer.param_groups)} parameter group(s)", gib, precision,
                   core.init_report.summary() if core.init_report else None)

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from semiclust.assign import build_assigner
+from semiclust.assign.prior import ClassPrior
 from semiclust.data.batches import BatchMaker
 from semiclust.data.cache import cache_in_memory
 from semiclust.data.datasets import Dataset, FileSplit, build_dataset, split_rows
@@ -26,16 +26,17 @@ from semiclust.data.subsets import LabeledSubset, choose_labeled, choose_validat
 from semiclust.engine import dist
 from semiclust.engine.device import autocast_dtype, uses_channels_last
 from semiclust.engine.finite import FiniteWatch
-from semiclust.engine.numbers import RunNumbers, Schedules, run_numbers
+from semiclust.engine.numbers import RunNumbers, process_batches, run_numbers
 from semiclust.engine.optim import build_optimizer
 from semiclust.engine.run import Run
 from semiclust.engine.run_dir import RunFiles
+from semiclust.engine.schedules import Schedules
 from semiclust.engine.syncbn import convert_sync_batchnorm
 from semiclust.errors import SemiclustError, examples
 from semiclust.methods import METHODS, Method
-from semiclust.methods.queue import EmbeddingQueue, queue_per_process
+from semiclust.methods.base import PartKit
 from semiclust.models.init import InitReport, initialize
-from semiclust.models.network import Network, keep_running_stats_in_recompute, teacher_of
+from semiclust.models.network import Network, keep_running_stats_in_recompute
 from semiclust.config.schema import Recipe
 
 
@@ -109,28 +110,20 @@ def build_student(recipe: Recipe, in_chans: int, num_classes: int, kind: type[Me
 
 
 def assemble_method(kind: type[Method], recipe: Recipe, student: Network, in_chans: int, num_classes: int,
-                    steps_per_epoch: int, world: int, total_steps: int | None = None) -> Method:
-    """The method with its parts: the assigner (when it uses unlabeled data) and what `kind.parts` names."""
-    spec = recipe.method
-    extra = {}
-    if "queue" in kind.parts:
-        length = queue_per_process(spec.queue.length, world) if spec.queue.length else 0
-        extra["queue"] = EmbeddingQueue(spec.target_crops, length, recipe.model.head.out) if length else None
-    if "teacher" in kind.parts:
-        extra["teacher"] = teacher_of(student, recipe.model, in_chans, num_classes, kind.prototypes)
-    if spec.ema.enabled:
-        extra["ema"] = teacher_of(student, recipe.model, in_chans, num_classes, kind.prototypes)
-    assigner = (build_assigner(spec.assignment, num_classes, recipe.model.head.prototypes_per_class)
-                if Stream.UNLABELED in kind.streams else None)
-    total = total_steps or steps_per_epoch * (recipe.schedule.epochs or 1)
-    return kind(spec, student, assigner, steps_per_epoch, total, **extra)
+                    schedules: Schedules, processes: int) -> Method:
+    """The method with its parts, made by the method's own `build` from the kit of this run."""
+    kit = PartKit(recipe, student, schedules, in_chans, num_classes, processes, kind.prototypes)
+    return kind.build(kit)
 
 
 def build_method(recipe: Recipe, num_classes: int, in_chans: int, steps_per_epoch: int, world: int = 1) -> Method:
-    """The recipe's method with freshly built parts (for a notebook or a test; training uses build_core)."""
+    """The recipe's method with freshly built parts and `steps_per_epoch` steps an epoch (for a notebook or a test;
+    training uses build_core)."""
     kind = METHODS.get(recipe.method.name)
+    shares = process_batches(recipe.data.batch, world, recipe.optim.accumulate_steps)[0] * world
+    numbers = run_numbers(recipe, steps_per_epoch * shares * recipe.optim.accumulate_steps, world, kind.streams)
     student, _ = build_student(recipe, in_chans, num_classes, kind)
-    return assemble_method(kind, recipe, student, in_chans, num_classes, steps_per_epoch, world)
+    return assemble_method(kind, recipe, student, in_chans, num_classes, Schedules(recipe, numbers), world)
 
 
 @dataclass
@@ -142,6 +135,7 @@ class Core:
     unlabeled: IndexStream
     labeled: IndexStream | None
     numbers: RunNumbers
+    schedules: Schedules
     method: Method
     init_report: InitReport | None
     notes: list[str]
@@ -170,12 +164,11 @@ def build_core(recipe: Recipe, subset_for: Callable[[Dataset], LabeledSubset], r
                if Stream.LABELED in kind.streams else None)
     torch.manual_seed(recipe.seed)  # identical initial weights on every process
     student, report = build_student(recipe, dataset.channels, dataset.num_classes, kind)
-    method = assemble_method(kind, recipe, student, dataset.channels, dataset.num_classes, numbers.steps_per_epoch,
-                             world, numbers.total_steps)
-    prior = getattr(method.assigner, "prior", None)
-    if prior is not None:
+    schedules = Schedules(recipe, numbers)
+    method = assemble_method(kind, recipe, student, dataset.channels, dataset.num_classes, schedules, world)
+    for prior in (module for module in method.modules() if isinstance(module, ClassPrior)):
         prior.use_counts(class_counts(dataset.train.labels, subset.indices, dataset.num_classes))
-    return Core(dataset, subset, unlabeled, labeled, numbers, method, report, notes, validation)
+    return Core(dataset, subset, unlabeled, labeled, numbers, schedules, method, report, notes, validation)
 
 
 def optimizer_for(method: Method, recipe: Recipe, numbers: RunNumbers, device: torch.device) -> torch.optim.Optimizer:
@@ -211,14 +204,14 @@ def build_run(recipe: Recipe, files: RunFiles, device: torch.device, resume: boo
     runner, sync_bn, channels_last = place(core.method, recipe, device, world)
     torch.manual_seed(recipe.seed + 1 + rank)
     dataset, numbers = core.dataset, core.numbers
-    batches = BatchMaker(recipe, dataset, core.unlabeled, core.labeled, core.method.streams,
-                         numbers.total_steps * recipe.optim.accumulate_steps, device, channels_last, rank, world)
+    batches = BatchMaker(recipe, dataset, core.unlabeled, core.labeled, core.method.streams, numbers, device,
+                         channels_last, rank, world)
     eval_views = None if dataset.test is None else views_of(dataset.test, recipe, dataset, device)
     validation_views = None if core.validation is None else views_of(
         split_rows(dataset.train, core.validation.indices), recipe, dataset, device)
     amp_dtype = autocast_dtype(recipe.runtime.precision, device)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    return Run(recipe, dataset, core.subset, numbers, Schedules(recipe, numbers), core.method,
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)  # off: its calls pass through
+    return Run(recipe, dataset, core.subset, numbers, core.schedules, core.method,
                optimizer_for(core.method, recipe, numbers, device), scaler, batches, eval_views, device, amp_dtype,
                runner, sync_bn, core.init_report, core.notes, validation_views, core.validation,
                FiniteWatch(device) if device.type == "cuda" and not recipe.runtime.skip_nonfinite_steps else None)

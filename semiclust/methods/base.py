@@ -5,24 +5,28 @@ one backbone call per resolution, head + prototypes on everything, outputs split
 for the unlabeled target crops (never from labeled images); one cross-entropy on both, each part
 weighted by its number of prediction rows.
 
-A method is given its parts (the student network, the assigner, and what `parts` names: a queue, a
-teacher) by the composition root, `engine/setup.py`; it reads no file and knows no process count.
+A method is given its parts (the student network, the assigner, the schedules, and its own: a queue, a
+teacher); its `build` says which of them to make from the `PartKit` the composition root (`engine/setup.py`)
+hands it, so that a method with a new kind of part is one file. It reads no file and knows no process count.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, ClassVar, Literal
 
 import torch
 from torch import nn
 
+from semiclust.assign import build_assigner
+from semiclust.config.schema import MethodSpec, Recipe
 from semiclust.data.batches import StepBatch
 from semiclust.data.streams import BOTH, Stream
+from semiclust.engine.schedules import Schedules
 from semiclust.methods.ema import average_momentum, average_update
 from semiclust.methods.losses import (combine_losses, labeled_fraction, pseudo_label_loss, pseudo_labels,
                                       soft_cross_entropy, swapped_cross_entropy)
-from semiclust.models.network import Network
-from semiclust.config.schema import MethodSpec
+from semiclust.methods.per_process import PerProcess
+from semiclust.models.network import Network, teacher_of
 
 StudentForward = Callable[[list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
 
@@ -34,6 +38,40 @@ class MethodDefaults:
     assignment: str
     head: dict = field(default_factory=dict)
     optim: dict = field(default_factory=dict)
+
+
+@dataclass
+class PartKit:
+    """What the composition root hands a method's `build`: the recipe, the student, the schedules and the sizes a
+    part is made with, and the makers of the parts every method may take (the assigner, a copy of the student)."""
+
+    recipe: Recipe
+    student: Network
+    schedules: Schedules
+    in_chans: int
+    num_classes: int
+    processes: int
+    prototypes: Literal["unit", "weight_norm"] = "unit"
+
+    @property
+    def spec(self) -> MethodSpec:
+        """The method's own recipe section (its registered class)."""
+        return self.recipe.method
+
+    def student_copy(self) -> Network:
+        """A network of the student's shape holding the student's weights, without gradients (a teacher, an
+        average)."""
+        return teacher_of(self.student, self.recipe.model, self.in_chans, self.num_classes, self.prototypes)
+
+    def average(self) -> Network | None:
+        """The weight average of `method.ema`, when it is on."""
+        return self.student_copy() if self.spec.ema.enabled else None
+
+    def assigner(self, streams: frozenset[Stream]) -> nn.Module | None:
+        """The registered assignment of `method.assignment`, for a method that trains on unlabeled images."""
+        if Stream.UNLABELED not in streams:
+            return None
+        return build_assigner(self.spec.assignment, self.num_classes, self.recipe.model.head.prototypes_per_class)
 
 
 @dataclass
@@ -92,28 +130,29 @@ class GroupLayout:
 
 
 class Method(nn.Module):
-    """Base of every method. Class attributes declare the streams it draws from, the parts it takes
-    beyond student and assigner, its prototype kind and its recipe defaults."""
+    """Base of every method. Class attributes declare the streams it draws from, its prototype kind and its recipe
+    defaults; its recipe section is the class registered with it; its parts are typed members, made by `build`."""
 
-    streams: frozenset[Stream] = BOTH
-    parts: tuple[str, ...] = ()  # extra parts the composition root builds for it: "queue", "teacher"
-    prototypes: Literal["unit", "weight_norm"] = "unit"
-    defaults = MethodDefaults(assignment="sinkhorn")
-    summary = ""
-    per_process_prefixes: tuple[str, ...] = ("queue.",)  # state_dict entries each process keeps for itself
+    streams: ClassVar[frozenset[Stream]] = BOTH
+    prototypes: ClassVar[Literal["unit", "weight_norm"]] = "unit"
+    defaults: ClassVar[MethodDefaults] = MethodDefaults(assignment="sinkhorn")
+    summary: ClassVar[str] = ""
 
-    def __init__(self, spec: MethodSpec, student: Network, assigner: nn.Module | None, steps_per_epoch: int,
-                 total_steps: int, ema: Network | None = None):
+    def __init__(self, spec: MethodSpec, student: Network, assigner: nn.Module | None, schedules: Schedules,
+                 ema: Network | None = None):
         super().__init__()
         self.spec = spec
         self.student = student
         self.assigner = assigner
-        self.steps_per_epoch = steps_per_epoch
-        self.total_steps = total_steps
-        self.scheduled_labeled_weight: float | None = None  # set for each step by the schedule (a fine-tuning stage)
-        self.pseudo_label_threshold: float | None = None  # set likewise: the stage trains on pseudo-labels
-        if ema is not None:  # registered only when on, so that checkpoints without it keep their keys
-            self.ema = ema
+        self.schedules = schedules  # the scheduled values of each step, read from the run's numbers
+        self.ema = ema  # the weight average of method.ema: a member (and state-dict entries) only when on
+
+    @classmethod
+    def build(cls, kit: PartKit) -> "Method":
+        """The method with its parts made from the composition root's kit; a method with parts of its own (a queue,
+        a teacher) overrides this to make them."""
+        average = kit.average()
+        return cls(kit.spec, kit.student, kit.assigner(cls.streams), kit.schedules, ema=average)
 
     # ---- what subclasses provide
     def targets(self, embeddings: list[torch.Tensor], scores: list[torch.Tensor], crops: list[torch.Tensor],
@@ -143,7 +182,7 @@ class Method(nn.Module):
     @property
     def average(self) -> Network | None:
         """The weight average of `method.ema`, when it is on."""
-        return getattr(self, "ema", None)
+        return self.ema
 
     @property
     def classifier(self) -> Network:
@@ -153,12 +192,20 @@ class Method(nn.Module):
         return average if average is not None and self.spec.ema.evaluate else self.student
 
     def networks(self) -> dict[str, Network]:
-        """Every network a checkpoint can give as a classifier, by the state-dict prefix it has there."""
-        named = {"student": self.student}
-        for name in ("teacher", "ema"):
-            if isinstance(getattr(self, name, None), Network):
-                named[name] = getattr(self, name)
-        return named
+        """Every network a checkpoint can give as a classifier (the student, a teacher, the weight average), by the
+        state-dict prefix it has there: the method's members that are networks."""
+        return {name: module for name, module in self.named_children() if isinstance(module, Network)}
+
+    def per_process_state(self) -> dict[str, torch.Tensor]:
+        """The state each process keeps for itself (its `PerProcess` parts: SwAV's queue), as state-dict entries."""
+        return {f"{name}.{key}": value.detach().cpu() for name, module in self.named_children()
+                if isinstance(module, PerProcess) for key, value in module.state_dict().items()}
+
+    def buffers_replaced(self) -> None:
+        """Tell the parts that keep a buffer's value on the host that the buffers were put back (a skipped step)."""
+        for module in self.modules():
+            if isinstance(module, PerProcess):
+                module.buffers_changed()
 
     def beside(self) -> dict[str, Network]:
         """Networks evaluated beside the classifier and reported under their name (the online network and
@@ -169,9 +216,6 @@ class Method(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.student.parameters() if p.requires_grad]
-
-    def epoch_of(self, step: int) -> int:
-        return step // self.steps_per_epoch
 
     def training_step(self, batch: StepBatch, step: int, student: StudentForward | None = None) -> StepResult:
         """The step's single loss. `student` runs the student on the crop groups: the network itself, or
@@ -187,8 +231,9 @@ class Method(nn.Module):
             logits = self.student.class_scores(pieces.labeled).float() / tau  # log-softmax: log p(class)
             loss = soft_cross_entropy(logits, batch.labeled_targets, self.spec.label_smoothing)
             rows["labeled"] = (loss, len(batch.labeled))
-        if self.uses_unlabeled and self.pseudo_label_threshold is not None:
-            rows["unlabeled"] = (self._pseudo_label_loss(pieces, layout, parts),
+        threshold = self.schedules.pseudo_label_threshold(step)
+        if self.uses_unlabeled and threshold is not None:
+            rows["unlabeled"] = (self._pseudo_label_loss(pieces, layout, parts, threshold),
                                  len(layout.unlabeled[0]) * len(layout.unlabeled))
         elif self.uses_unlabeled:
             with torch.no_grad():
@@ -200,7 +245,7 @@ class Method(nn.Module):
                                  self._mixed_rows(len(batch.mixed)))
         for name, (loss, _) in rows.items():
             parts[f"loss_{name}"] = loss.detach()
-        loss = self._combined(rows, parts, scores)
+        loss = self._combined(rows, parts, scores, self.schedules.labeled_weight(step))
         parts["loss"] = loss.detach()
         return StepResult(loss, parts)
 
@@ -209,13 +254,14 @@ class Method(nn.Module):
         teacher reads its teacher's."""
         return [s.detach() for s in pieces.scores[: self.spec.target_crops]]
 
-    def _pseudo_label_loss(self, pieces: "StepPieces", layout: "GroupLayout", parts: dict) -> torch.Tensor:
+    def _pseudo_label_loss(self, pieces: "StepPieces", layout: "GroupLayout", parts: dict,
+                           threshold: float) -> torch.Tensor:
         """Self-training (schedule.finetune.targets: pseudo_labels): every crop towards the class the classifier
         gives the image with at least the threshold's probability; the share of images kept is logged."""
         tau, pool = self.spec.temperature, self.student.class_scores
         with torch.no_grad():
             source = [pool(s).float() / tau for s in self.pseudo_label_scores(pieces, layout.unlabeled)]
-        labels, keep = pseudo_labels(source, self.pseudo_label_threshold)
+        labels, keep = pseudo_labels(source, threshold)
         parts["pseudo_label_share"] = keep.float().mean()
         return pseudo_label_loss([pool(s).float() / tau for s in pieces.scores], labels, keep)
 
@@ -224,9 +270,10 @@ class Method(nn.Module):
         return 1 if self.spec.unlabeled_mixup.weight == "views" else images
 
     def _combined(self, rows: dict[str, tuple[torch.Tensor, int]], parts: dict[str, torch.Tensor],
-                  like: torch.Tensor) -> torch.Tensor:
+                  like: torch.Tensor, scheduled: float | None) -> torch.Tensor:
         """Row-count weighting of the parts: the labeled part against the unlabeled ones (the swapped loss
-        and the mixed view, themselves weighted by their rows), or the one part a single-stream method has."""
+        and the mixed view, themselves weighted by their rows), or the one part a single-stream method has; the
+        labeled weight the schedule sets (`scheduled`, a fine-tuning stage) wins over method.labeled_weight."""
         unlabeled, n_unlabeled = rows.get("unlabeled", (None, 0))
         if "mixed" in rows:
             mixed, n_mixed = rows["mixed"]
@@ -235,7 +282,7 @@ class Method(nn.Module):
         if self.streams != BOTH:
             return rows["labeled"][0] if self.uses_labels else unlabeled
         labeled, n_labeled = rows["labeled"]
-        fixed = self.spec.labeled_weight if self.scheduled_labeled_weight is None else self.scheduled_labeled_weight
+        fixed = self.spec.labeled_weight if scheduled is None else scheduled
         weight = labeled_fraction(n_labeled, n_unlabeled, fixed)
         parts["labeled_weight"] = torch.full((), weight, dtype=torch.float32, device=like.device)  # no host copy
         return combine_losses(labeled, n_labeled, unlabeled, n_unlabeled, fixed)

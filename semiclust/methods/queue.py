@@ -1,10 +1,23 @@
-"""SwAV's queue of past unlabeled embeddings: more columns for Sinkhorn when batches are small."""
+"""SwAV's queue of past unlabeled embeddings: more columns for Sinkhorn when batches are small; its recipe
+section (`method.queue`, which Suave and SwAV take) and how a method's queue is made from it."""
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import Annotated
 
+import torch
+from pydantic import Field
+
+from semiclust.config.schema import Strict
 from semiclust.errors import SemiclustError
+from semiclust.methods.per_process import PerProcess
+
+
+class Queue(Strict):
+    """Suave/SwAV queue of past unlabeled embeddings, used by Sinkhorn once full (0 = off)."""
+
+    length: Annotated[int, Field(ge=0)] = Field(0,
+        description="embeddings kept in total over processes (0 = no queue); used only once full")
+    start_epoch: Annotated[int, Field(ge=0)] = Field(0, description="epoch from which the queue is filled and used")
 
 
 def queue_per_process(total: int, processes: int) -> int:
@@ -17,10 +30,17 @@ def queue_per_process(total: int, processes: int) -> int:
     return total // processes
 
 
-class EmbeddingQueue(nn.Module):
+def queue_for(spec: Queue, target_crops: int, dim: int, processes: int) -> EmbeddingQueue | None:
+    """This process's queue of `method.queue` (its share of the total length), or None when the length is 0."""
+    length = queue_per_process(spec.length, processes) if spec.length else 0
+    return EmbeddingQueue(target_crops, length, dim) if length else None
+
+
+class EmbeddingQueue(PerProcess):
     """The last `length` L2-normalised embeddings of each target crop (never labeled samples).
 
-    Newest first. Its contents and fill level are buffers, so they are checkpointed with the method.
+    Newest first. Its contents and fill level are buffers, so they are checkpointed with the method, for each
+    process apart (it holds this process's own embeddings).
     """
 
     def __init__(self, crops: int, length: int, dim: int):
@@ -47,10 +67,6 @@ class EmbeddingQueue(nn.Module):
     def buffers_changed(self) -> None:
         """The buffers were replaced (a checkpoint loaded, a skipped step undone): read the fill level again."""
         self._filled_here = None
-
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self.buffers_changed()
 
     @torch.no_grad()
     def push(self, per_crop: list[torch.Tensor]) -> None:

@@ -138,7 +138,7 @@ def test_a_grouped_classifier_gives_c_classes_in_eval_export_and_predict(grouped
     from semiclust.data.datasets import build_dataset
 
     state = load_checkpoint(grouped_run.checkpoint)
-    assert state["method"]["student.prototypes.weight"].shape[0] == 12
+    assert state.method["student.prototypes.weight"].shape[0] == 12
     report = api.evaluate(grouped_run.checkpoint, knn=0, write_confusion=False).report
     assert len(report.classes) == 4 and report.confusion.shape == (4, 4)
     assert report.result.top1 == pytest.approx(grouped_run.result.top1)
