@@ -47,7 +47,7 @@ from semiclust.config.shipped import RECIPES
 from semiclust.evaluation.report import check_knn_memory, checkpoint_report
 from semiclust.config.schema import Recipe
 from semiclust.storage.atomic import WriteFailed, check_writable
-from semiclust.config.validation import validate, with_legacy_batches
+from semiclust.config.validation import validate_saved
 
 RecipeLike = Recipe | str | Path
 
@@ -113,16 +113,15 @@ def evaluate(checkpoint: Path | str, overrides: Sequence[str] = (), device: str 
     check_knn_memory(knn_memory)
     evaluated = checkpoint_file(checkpoint)
     png, png_skipped = confusion_target(evaluated, confusion, write_confusion)
-    state = load_checkpoint(evaluated)
-    checked_classifier(state)
-    saved = with_legacy_batches(state["recipe"])
-    raw = apply_overrides(json.loads(json.dumps(saved)), list(overrides)) if overrides else saved
-    recipe = validate(raw, "the checkpoint's recipe with --set overrides" if overrides else "the checkpoint's recipe")
-    report, skipped = checkpoint_report(state, recipe, resolve_device(device), knn, knn_temperature, knn_memory)
-    evaluation = Evaluation(report, Path(checkpoint), state["step"], recipe, png, skipped, knn_memory,
+    saved = load_checkpoint(evaluated)
+    checked_classifier(saved)
+    raw = apply_overrides(json.loads(json.dumps(saved.recipe)), list(overrides)) if overrides else saved.recipe
+    recipe = validate_saved(raw, "the checkpoint's recipe with --set overrides" if overrides else "the checkpoint's recipe")
+    report, skipped = checkpoint_report(saved, recipe, resolve_device(device), knn, knn_temperature, knn_memory)
+    evaluation = Evaluation(report, Path(checkpoint), saved.step, recipe, png, skipped, knn_memory,
                             confusion_skipped=png_skipped)
     if png is not None:
-        draw_confusion(evaluation, f"{recipe.name}, step {state['step']}: top-1 {report.result.top1:.2f}% on "
+        draw_confusion(evaluation, f"{recipe.name}, step {saved.step}: top-1 {report.result.top1:.2f}% on "
                                    f"{report.result.n} images")
     return evaluation
 

@@ -38,8 +38,8 @@ def test_load_recipe_reads_files_and_shipped_names_and_applies_overrides(tiny_fi
 def test_train_writes_the_run_and_returns_its_final_evaluation(tiny_file, tmp_path):
     summary = api.train(tiny_file, tmp_path / "run", overrides=["schedule.epochs=1"])
     state = load_checkpoint(summary.checkpoint)
-    assert summary.steps == state["step"] == 6 and summary.main_process
-    assert state["eval"]["top1"] == summary.result.top1
+    assert summary.steps == state.step == 6 and summary.main_process
+    assert state.eval["top1"] == summary.result.top1
     assert (tmp_path / "run" / "recipe.yaml").is_file() and (tmp_path / "run" / "labeled_subset.json").is_file()
 
 
@@ -58,7 +58,7 @@ def test_evaluate_reproduces_the_final_top1_and_writes_the_confusion_png(trained
     png = tmp_path / "confusion.png"
     evaluation = api.evaluate(trained_run.run_dir, confusion=png, knn=5)
     assert evaluation.report.result.top1 == trained_run.result.top1
-    assert evaluation.step == load_checkpoint(trained_run.checkpoint)["step"]
+    assert evaluation.step == load_checkpoint(trained_run.checkpoint).step
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and evaluation.confusion_png == png
     assert evaluation.report.knn_memory == 8 and evaluation.knn_skipped is None  # 2 labeled per class, 4 classes
     assert int(evaluation.report.confusion.sum()) == evaluation.report.result.n

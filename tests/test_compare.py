@@ -41,7 +41,7 @@ def test_compare_reports_what_the_run_files_say(three_runs):
     for path, run in zip(three_runs, comparison.runs):
         evals, train = records(path, "eval"), records(path, "train")
         assert len(evals) == 2 and run.label == path.name and run.finished
-        assert run.final["top1"] == load_checkpoint(path / "checkpoints" / "final.pt")["eval"]["top1"] == evals[-1]["top1"]
+        assert run.final["top1"] == load_checkpoint(path / "checkpoints" / "final.pt").eval["top1"] == evals[-1]["top1"]
         assert run.best["top1"] == max(r["top1"] for r in evals)
         assert run.images_per_second == statistics.median(r["img_per_s"] for r in train)
         assert run.seconds == train[-1]["elapsed_s"]

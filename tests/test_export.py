@@ -31,8 +31,8 @@ def test_exported_backbone_loads_in_plain_timm_with_the_same_features(trained, t
     with torch.no_grad():
         assert torch.equal(model(images), network.backbone(images))
         assert not torch.allclose(fresh(images), network.backbone(images))
-    assert json.loads(meta["classes"]) == state["classes"] and meta["recipe_sha256"] == recipe_sha256(state["recipe"])
-    assert meta["labeled_sha256"] == state["labeled_sha256"] and json.loads(meta["mean"]) == state["mean"]
+    assert json.loads(meta["classes"]) == state.classes and meta["recipe_sha256"] == recipe_sha256(state.recipe)
+    assert meta["labeled_sha256"] == state.labeled_sha256 and json.loads(meta["mean"]) == state.mean
     assert json.loads(meta["input_size"]) == [3, 16, 16] and meta["content"] == "backbone"
 
 
@@ -59,9 +59,9 @@ def test_whole_classifier_round_trips_with_the_same_logits(trained, tmp_path):
     classifier = load_classifier(out)
     images = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        expected = network(images) / state["recipe"]["method"]["temperature"]
+        expected = network(images) / state.recipe["method"]["temperature"]
     assert torch.equal(classifier(images), expected)
-    assert classifier.classes == state["classes"] and classifier.view.size == 16
+    assert classifier.classes == state.classes and classifier.view.size == 16
 
 
 def test_corrupt_truncated_or_backbone_only_files_are_clear_errors(trained, tmp_path):

@@ -34,14 +34,14 @@ def test_plain_timm_loads_the_folder_with_semiclusts_features(run_name, architec
     assert result.returncode == 0, result.stderr[-2000:]
     with torch.no_grad():
         assert torch.equal(torch.load(tmp_path / "features.pt"), network.eval().backbone(images))
-    assert json.loads(result.stdout) == [state["mean"], [3, 16, 16]]  # timm's data config is the evaluation view's
+    assert json.loads(result.stdout) == [state.mean, [3, 16, 16]]  # timm's data config is the evaluation view's
     config = json.loads((tmp_path / "hub" / "config.json").read_text())
     assert config["architecture"] == architecture and config["num_classes"] == 0 and config["num_features"] == features
-    assert config["pretrained_cfg"]["mean"] == state["mean"] and config["pretrained_cfg"]["input_size"] == [3, 16, 16]
+    assert config["pretrained_cfg"]["mean"] == state.mean and config["pretrained_cfg"]["input_size"] == [3, 16, 16]
     assert sorted(p.name for p in (tmp_path / "hub").iterdir()) == ["README.md", "config.json", "model.safetensors",
                                                                     "recipe.yaml"]
-    assert yaml.safe_load((tmp_path / "hub" / "recipe.yaml").read_text()) == state["recipe"]
-    assert meta["recipe_sha256"] == recipe_sha256(state["recipe"]) and meta["file_format"] == "hub"
+    assert yaml.safe_load((tmp_path / "hub" / "recipe.yaml").read_text()) == state.recipe
+    assert meta["recipe_sha256"] == recipe_sha256(state.recipe) and meta["file_format"] == "hub"
 
 
 def test_the_model_card_names_method_data_subset_result_protocol_and_version(trained_run, tmp_path):
@@ -50,9 +50,9 @@ def test_the_model_card_names_method_data_subset_result_protocol_and_version(tra
     state = load_checkpoint(trained_run.checkpoint)
     front = yaml.safe_load(card.split("---")[1])
     assert front["library_name"] == "timm" and "suave" in front["tags"]
-    for expected in (f"top-1 **{state['eval']['top1']:.2f}%**", f"{state['eval']['n']} images of the `test` split",
+    for expected in (f"top-1 **{state.eval['top1']:.2f}%**", f"{state.eval['n']} images of the `test` split",
                      "**final** step 6 (not the best evaluation during training)", "prototype classifier of the trained network",
-                     state["labeled_sha256"], recipe_sha256(state["recipe"]), "semiclust 0.1.0", "`synthetic`",
+                     state.labeled_sha256, recipe_sha256(state.recipe), "semiclust 0.1.0", "`synthetic`",
                      "8 training images", "timm.create_model('local-dir:DIR', pretrained=True)", "SwAV + labels"):
         assert expected in card, expected
     assert "import semiclust" not in card  # a timm architecture needs nothing of semiclust

@@ -100,7 +100,7 @@ def test_eval_knn_memory_all_votes_with_every_labeled_training_image(trained_run
     from semiclust.data.eval_views import EvalViews
     from semiclust.engine.checkpoint import classifier_network, load_checkpoint
     from semiclust.evaluation.metrics import features_and_scores, topk_accuracy
-    from semiclust.config.validation import validate, with_legacy_batches
+    from semiclust.config.validation import validate_saved
 
     checkpoint = str(trained_run.checkpoint)
     code, out, _ = run(capsys, "eval", "-c", checkpoint, "--json", "--no-confusion", "--knn-memory", "all",
@@ -111,10 +111,10 @@ def test_eval_knn_memory_all_votes_with_every_labeled_training_image(trained_run
     network, _ = classifier_network(state)
     dataset = build_dataset("synthetic", {"num_classes": 4, "size": 16, "channels": 3, "train_per_class": 24,
                                           "test_per_class": 8})
-    recipe = validate(with_legacy_batches(state["recipe"]))
+    recipe = validate_saved(state.recipe, "the checkpoint's recipe")
 
     def features(split):
-        views = EvalViews(split, recipe.data.eval, tuple(state["mean"]), tuple(state["std"]), 64,
+        views = EvalViews(split, recipe.data.eval, tuple(state.mean), tuple(state.std), 64,
                           torch.device("cpu"), recipe.data.loader)
         return features_and_scores(network, views)
 

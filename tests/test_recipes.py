@@ -319,17 +319,17 @@ def suave_final_checkpoint(tmp_path_factory):
     semiclust checkpoint of the stage-1 recipe's Suave (ResNet-50, 3 prototypes for the 3 tiny classes),
     written by semiclust's own save_checkpoint with the entries `model.init` reads. Nothing is trained."""
     from semiclust import __version__
-    from semiclust.engine.checkpoint import save_checkpoint
+    from semiclust.engine.checkpoint import Checkpoint, save_checkpoint
     from semiclust.engine.setup import build_method
 
     recipe = load_recipe(recipe_path("suave_r50_in1k_1pct"), ["model.init=null"])
     torch.manual_seed(0)
     method = build_method(recipe, len(WNIDS), 3, 1)
     path = tmp_path_factory.mktemp("runs") / "suave_r50_in1k_1pct" / "checkpoints" / "final.pt"
-    save_checkpoint({"semiclust_version": __version__, "recipe": recipe.model_dump(mode="json"), "step": 500,
+    save_checkpoint(Checkpoint.from_dict({"semiclust_version": __version__, "recipe": recipe.model_dump(mode="json"), "step": 500,
                      "epoch": 100, "method": method.state_dict(), "classes": WNIDS,
                      "classifier": {"prefix": "student", "prototypes": method.prototypes, "in_chans": 3,
-                                    "num_classes": len(WNIDS), "matched": False}}, path)
+                                    "num_classes": len(WNIDS), "matched": False}}), path)
     yield path
     path.unlink()
 

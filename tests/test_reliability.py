@@ -356,11 +356,11 @@ def test_the_nan_message_never_names_an_unreadable_checkpoint(tmp_path, monkeypa
     files = RunFiles(tmp_path)
     files.checkpoints.mkdir(parents=True)
     good = files.checkpoints / "step_000000006.pt"
-    from semiclust.engine.checkpoint import save_checkpoint
+    from semiclust.engine.checkpoint import Checkpoint, save_checkpoint
 
-    save_checkpoint({"step": 6}, good)
+    save_checkpoint(Checkpoint(step=6), good)
     (files.checkpoints / "step_000000012.pt").write_bytes(b"garbage")
-    message = str(non_finite_error(13, {"loss": float("nan")}, files, 0))
+    message = str(non_finite_error(13, {"loss": float("nan")}, files, 0, "semiclust train r.yaml --out run --resume"))
     assert str(good) in message and "step_000000012" not in message
 
 

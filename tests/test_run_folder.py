@@ -107,7 +107,7 @@ def test_overwrite_removes_only_the_files_semiclust_wrote(tmp_path, capsys):
     assert code == 0, err
     assert (out / "checkpoints" / "my_pretrained.pt").read_text() == "w" and (out / "my_notes.md").read_text() == "notes"
     assert "kept 'checkpoints/my_pretrained.pt'" in " ".join(stdout.split())
-    assert load_checkpoint(out / "checkpoints" / "final.pt")["recipe"]["seed"] == 3
+    assert load_checkpoint(out / "checkpoints" / "final.pt").recipe["seed"] == 3
 
 
 def test_a_run_written_before_the_marker_is_adopted(tmp_path, capsys):
@@ -153,9 +153,9 @@ def raise_signal_during(monkeypatch, owner, name: str, when=lambda *a, **k: True
 
 def same_weights(a: Path, b: Path) -> None:
     first, second = load_checkpoint(a), load_checkpoint(b)
-    assert first["step"] == second["step"]
-    for key, value in first["method"].items():
-        assert torch.equal(value, second["method"][key]), key
+    assert first.step == second.step
+    for key, value in first.method.items():
+        assert torch.equal(value, second.method[key]), key
 
 
 def resumed_to_the_end(recipe, out: Path, reference: Path, message: str) -> None:
@@ -183,7 +183,7 @@ def test_sigterm_during_the_final_evaluation_leaves_the_last_step_to_resume(tmp_
     assert sent["n"] == 1 and info.value.exit_code == 143
     message = str(info.value)
     assert "stopped by SIGTERM outside a training step" in message and "step_000000018.pt" in message
-    assert load_checkpoint(out / "checkpoints" / "step_000000018.pt")["step"] == 18
+    assert load_checkpoint(out / "checkpoints" / "step_000000018.pt").step == 18
     monkeypatch.undo()
     resumed_to_the_end(recipe, out, uninterrupted, message)
     assert not (out / "checkpoints" / "step_000000018.pt").exists()  # final.pt holds that step now
@@ -205,7 +205,7 @@ def test_sigterm_during_a_periodic_checkpoint_stops_after_the_next_step(tmp_path
     raise_signal_during(monkeypatch, trainer_module, "save_periodic")
     with pytest.raises(SemiclustError, match="stopped by SIGTERM after step 7") as info:
         trainer_module.train(recipe, out)
-    assert load_checkpoint(out / "checkpoints" / "step_000000007.pt")["step"] == 7
+    assert load_checkpoint(out / "checkpoints" / "step_000000007.pt").step == 7
     monkeypatch.undo()
     resumed_to_the_end(recipe, out, uninterrupted, str(info.value))
 
@@ -228,7 +228,7 @@ def test_sigterm_during_a_budgets_calibration_writes_the_first_step(tmp_path, mo
     with pytest.raises(SemiclustError, match="during the budget's calibration after step 0"):
         trainer_module.train(recipe, out)
     state = load_checkpoint(out / "checkpoints" / "step_000000000.pt")
-    assert state["step"] == 0 and not (out / "budget.json").exists() and not (out / ".lock").exists()
+    assert state.step == 0 and not (out / "budget.json").exists() and not (out / ".lock").exists()
     monkeypatch.undo()
     summary = trainer_module.train(recipe, out, resume=True)  # calibrates again, then trains to its end
     assert summary.steps > 0 and (out / "checkpoints" / "final.pt").is_file()
@@ -287,7 +287,7 @@ def test_resume_passes_over_a_checkpoint_of_the_wrong_shape(tmp_path, capsys):
     assert code == 0, err
     said = " ".join(stdout.split())
     assert f"passed over checkpoint '{out / 'checkpoints' / 'step_000000012.pt'}': tensor '{key}' has shape (3, 3)" in said
-    assert "resuming at step 6" in said and load_checkpoint(out / "checkpoints" / "final.pt")["step"] == 18
+    assert "resuming at step 6" in said and load_checkpoint(out / "checkpoints" / "final.pt").step == 18
 
 
 def test_a_damaged_recipe_yaml_is_named_and_resume_uses_the_checkpoints_copy(tmp_path, capsys):
@@ -380,7 +380,7 @@ def test_a_signal_to_the_whole_process_group_checkpoints_with_loader_workers(tmp
     said = " ".join(err.split())
     assert process.returncode == code and "Traceback" not in said, said
     step = int(said.split(" after step ")[1].split(";")[0])
-    assert load_checkpoint(out / "checkpoints" / f"step_{step:09d}.pt")["step"] == step
+    assert load_checkpoint(out / "checkpoints" / f"step_{step:09d}.pt").step == step
     assert not (out / ".lock").exists()
 
 

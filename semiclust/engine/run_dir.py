@@ -9,8 +9,8 @@ files and adopted. One live run per folder (an OS lock, storage/lock.py); a fold
 is reused only with --resume or --overwrite, while one whose start failed before any step is simply started
 again. Nothing of the run being replaced is removed before the new start is built (recipe, data, labeled
 subset, networks): see `begin_files`. --resume accepts the changes that do not alter what was already
-computed (optim.lr, optim.clip_grad_norm, schedule.*, runtime.*, checkpoint.*, eval.*), which are printed
-and recorded in recipe_history.jsonl. Rank 0 decides and tells the other processes.
+computed (RESUMABLE_KEYS and RESUMABLE_SECTIONS; `resumable_keys()` words them for every message), which are
+printed and recorded in recipe_history.jsonl. Rank 0 decides and tells the other processes.
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from pathlib import Path
 
 import yaml
 
-from semiclust.assign import ASSIGNMENTS
 from semiclust.engine import dist
 from semiclust.engine.checkpoint import latest_usable, periodic_checkpoints
 from semiclust.errors import SemiclustError, examples
@@ -33,8 +32,8 @@ from semiclust.storage.atomic import TEMPORARY, check_writable, remove_stale_tem
 from semiclust.storage.lock import LOCK_NAME, FolderLock
 from semiclust.config.validation import dump_yaml, read_yaml, validate_saved
 
-RESUMABLE_KEYS = ("optim.lr", "optim.clip_grad_norm")
-RESUMABLE_SECTIONS = ("schedule.", "runtime.", "checkpoint.", "eval.")
+RESUMABLE_KEYS = ("optim.lr", "optim.clip_grad_norm")  # what --resume may change: these keys, and every key of
+RESUMABLE_SECTIONS = ("schedule.", "runtime.", "checkpoint.", "eval.")  # these sections
 
 MARKER = ".semiclust-run"  # written into a folder semiclust created or found empty: this folder is a run directory
 RUN_FILES = ("recipe.yaml", "budget.json", "recipe_history.jsonl", "labeled_subset.json", "validation_subset.json",
@@ -209,13 +208,18 @@ def resumable(key: str) -> bool:
     return key in RESUMABLE_KEYS or key.startswith(RESUMABLE_SECTIONS)
 
 
+def resumable_keys() -> str:
+    """What --resume may change, in words: 'optim.lr, optim.clip_grad_norm, schedule.*, ... and eval.*'."""
+    names = [*RESUMABLE_KEYS, *(section + "*" for section in RESUMABLE_SECTIONS)]
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
 def decide_resume(files: RunFiles, recipe: Recipe) -> Claim:
     """--resume in a folder that holds a run: the saved recipe, with the changes that may be made."""
     if files.final.exists():
         raise SemiclustError(f"'{files.root}' already finished (checkpoints/final.pt exists); nothing to resume.")
     saved, source, damage = saved_recipe(files)
-    sections = {"assignment_specs": ASSIGNMENTS.specs()}  # a recipe saved before new keys gains their defaults
-    saved = validate_saved(saved, source, sections).model_dump(mode="json")
+    saved = validate_saved(saved, source).model_dump(mode="json")  # a recipe saved before new keys gains their defaults
     recipe = same_batches_as_saved(recipe, saved)
     changes = recipe_differences(saved, recipe.model_dump(mode="json"))
     refused = [f"{key}: {old!r} vs {new!r}" for key, (old, new) in changes.items() if not resumable(key)]
@@ -223,8 +227,7 @@ def decide_resume(files: RunFiles, recipe: Recipe) -> Claim:
         raise SemiclustError(
             f"--resume: the recipe differs from the one saved in '{files.recipe}' in {len(refused)} key(s) that would "
             f"change what was already computed: {examples(refused, 10, quote=False)}. Resume with the saved values (or "
-            "drop those --set), or start a new run in another --out. (optim.lr, optim.clip_grad_norm, schedule.*, "
-            "runtime.*, checkpoint.* and eval.* may change on resume.)")
+            f"drop those --set), or start a new run in another --out. ({resumable_keys()} may change on resume.)")
     notes = [f"changed on resume: {key}: {old!r} -> {new!r}" for key, (old, new) in changes.items()]
     if damage:
         notes.insert(0, f"warning: '{files.recipe}' {damage}; resuming with the recipe saved in {source}, which is "
@@ -254,10 +257,10 @@ def saved_recipe(files: RunFiles) -> tuple[dict, str, str | None]:
     if saved is not None:
         return saved, f"'{files.recipe}'", None
     found = latest_usable(files.checkpoints)
-    if found is None or not isinstance(found[1].get("recipe"), dict):
+    if found is None or not isinstance(found[1].recipe, dict):
         raise SemiclustError(f"--resume: '{files.recipe}' {damage} and no readable checkpoint holds a copy of the "
                              "recipe, so the run cannot be checked; start a new run in another --out.")
-    return found[1]["recipe"], f"checkpoint '{found[0]}'", damage
+    return found[1].recipe, f"checkpoint '{found[0]}'", damage
 
 
 def same_batches_as_saved(recipe: Recipe, saved: dict) -> Recipe:

@@ -1,10 +1,14 @@
-"""The training state a checkpoint holds, and putting it back into the live objects (exact resume)."""
+"""A run's objects as a checkpoint holds them, and putting them back (exact resume): the weights and buffers,
+the optimiser, the gradient scaler, every generator, each process's own state, and what describes the run (recipe,
+classes, labeled subset, classifier). The loop's own state (its step, the skipped steps) comes with it from the
+trainer's `LoopState`."""
 from __future__ import annotations
 
 import torch
 
 from semiclust.data.streams import Stream
 from semiclust.engine import dist
+from semiclust.engine.checkpoint import Checkpoint, ClassifierInfo, RankState
 from semiclust.engine.run import Run
 from semiclust.errors import SemiclustError
 from semiclust.evaluation.during_training import RunEvaluation
@@ -12,74 +16,51 @@ from semiclust.methods.base import Method
 from semiclust.version import __version__
 
 
-def process_state(method: Method, device: torch.device) -> dict:
-    """What differs between processes and must be saved for each: RNG states and the method's
-    per-process buffers (the Suave queue holds this process's own embeddings)."""
-    state = {"torch": torch.get_rng_state(), "local": {k: v.detach().cpu() for k, v in method.state_dict().items()
-                                                      if k.startswith(method.per_process_prefixes)}}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+def process_state(method: Method, device: torch.device) -> RankState:
+    """What differs between processes and must be saved for each: RNG states and the method's per-process parts
+    (the Suave queue holds this process's own embeddings)."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return RankState(torch.get_rng_state(), method.per_process_state(), cuda)
 
 
-def classifier_info(method: Method, channels: int, num_classes: int) -> dict:
+def classifier_info(method: Method, channels: int, num_classes: int) -> ClassifierInfo:
     """How to rebuild the evaluated network from the method's state (checkpoint.classifier_network)."""
     prefix = next(name for name, network in method.networks().items() if network is method.classifier)
-    return {"prefix": prefix,
-            "prototypes": method.prototypes, "in_chans": channels, "num_classes": num_classes,
-            "matched": Stream.LABELED not in method.streams}
+    return ClassifierInfo(prefix, method.prototypes, channels, num_classes, Stream.LABELED not in method.streams)
 
 
-def training_state(run: Run, step: int, evaluation: RunEvaluation | None, per_rank: list, skipped_steps: int) -> dict:
-    """Everything a checkpoint of `run` at `step` holds (plain tensors and Python values)."""
-    method, dataset, subset = run.method, run.dataset, run.subset
-    state = {
-        "semiclust_version": __version__,
-        "recipe": run.recipe.model_dump(mode="json"),
-        "step": step,
-        "epoch": step // run.numbers.steps_per_epoch,
-        "world_size": dist.world_size(),
-        "method": method.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
-        "augment_rng": run.batches.generator.get_state().cpu(),
-        **({"augment_host_rng": run.batches.host_generator.get_state()}
-           if run.batches.host_generator is not run.batches.generator else {}),
-        "per_rank": per_rank,
-        "skipped_steps": skipped_steps,
-        "classes": list(dataset.classes),
-        "mean": list(dataset.mean),
-        "std": list(dataset.std),
-        "labeled_indices": subset.indices.clone(),
-        "labeled_sha256": subset.digest,
-        "labeled_list_sha256": subset.list_sha256,
-        "labeled_files": ([dataset.train.files[i] for i in subset.indices.tolist()]
-                          if not dataset.in_memory else None),
-        "corrupt_images": run.batches.corrupt_images,
-        "classifier": classifier_info(method, dataset.channels, dataset.num_classes),
-    }
-    if run.validation is not None:
-        state["validation_indices"] = run.validation.indices.clone()
-    if evaluation is not None:
-        if evaluation.result is not None:
-            state["eval"] = evaluation.result.as_dict()
-        if evaluation.beside:  # the test results of the other networks, for an export of one of them
-            state["eval_beside"] = {name: r.as_dict() for name, r in evaluation.beside.items()}
-        if evaluation.validation is not None:
-            state["validation"] = evaluation.validation.as_dict()
-    return state
+def run_checkpoint(run: Run, step: int, skipped_steps: int, per_rank: list[RankState | None],
+                   evaluation: RunEvaluation | None = None) -> Checkpoint:
+    """Everything a checkpoint of `run` after `step` steps holds (plain tensors and Python values once written)."""
+    method, dataset, subset, batches = run.method, run.dataset, run.subset, run.batches
+    evaluation = evaluation or RunEvaluation()
+    return Checkpoint(
+        semiclust_version=__version__, recipe=run.recipe.model_dump(mode="json"), step=step,
+        epoch=run.schedules.epoch(step), world_size=dist.world_size(), method=method.state_dict(),
+        optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
+        augment_rng=batches.generator.get_state().cpu(),
+        augment_host_rng=batches.host_generator.get_state() if batches.host_generator is not batches.generator else None,
+        per_rank=per_rank, skipped_steps=skipped_steps, classes=list(dataset.classes), mean=list(dataset.mean),
+        std=list(dataset.std), labeled_indices=subset.indices.clone(), labeled_sha256=subset.digest,
+        labeled_list_sha256=subset.list_sha256,
+        labeled_files=[dataset.train.files[i] for i in subset.indices.tolist()] if not dataset.in_memory else None,
+        corrupt_images=batches.corrupt_images, classifier=classifier_info(method, dataset.channels, dataset.num_classes),
+        validation_indices=run.validation.indices.clone() if run.validation is not None else None,
+        eval=evaluation.result.as_dict() if evaluation.result is not None else None,
+        eval_beside={name: r.as_dict() for name, r in evaluation.beside.items()} or None,  # for an export of one
+        validation=evaluation.validation.as_dict() if evaluation.validation is not None else None)
 
 
-def misfit(state: dict, method: Method) -> str | None:
+def misfit(checkpoint: Checkpoint, method: Method) -> str | None:
     """Why a checkpoint's weights cannot go into this run's networks (a tensor missing, unexpected or of another
     shape: a damaged or edited file), or None: resume then falls back to the previous checkpoint rather than fail
     half-way through loading this one."""
     expected = method.state_dict()
-    saved = state.get("method")
-    if not isinstance(saved, dict):
+    if not isinstance(checkpoint.method, dict):
         return "it holds no network weights"
-    mine = state.get("per_rank", [{}])[dist.rank()] if isinstance(state.get("per_rank"), list) else {}
-    saved = {**saved, **(mine.get("local", {}) if isinstance(mine, dict) else {})}
+    mine = checkpoint.rank_state(dist.rank())
+    local = mine.local if mine is not None and isinstance(mine.local, dict) else {}
+    saved = {**checkpoint.method, **local}
     for key, tensor in expected.items():
         found = saved.get(key)
         if not isinstance(found, torch.Tensor):
@@ -91,23 +72,22 @@ def misfit(state: dict, method: Method) -> str | None:
     return f"it holds tensors this run's networks do not have (e.g. '{extra[0]}')" if extra else None
 
 
-def restore(state: dict, run: Run) -> int:
-    """Load a periodic checkpoint into the live objects; returns the step to continue from."""
-    if state.get("world_size", 1) != dist.world_size():
+def restore_run(checkpoint: Checkpoint, run: Run) -> None:
+    """Load a checkpoint into the run's live objects (the loop's own state is the trainer's to restore)."""
+    if checkpoint.world_size != dist.world_size():
         raise SemiclustError(
-            f"--resume: the checkpoint was written by {state['world_size']} process(es) but this run has "
+            f"--resume: the checkpoint was written by {checkpoint.world_size} process(es) but this run has "
             f"{dist.world_size()}; resume with the same number of processes (exact resume depends on it)."
         )
-    mine = state["per_rank"][dist.rank()]
-    run.method.load_state_dict({**state["method"], **mine["local"]})
-    run.optimizer.load_state_dict(state["optimizer"])
-    if run.scaler is not None and state.get("scaler"):
-        run.scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(mine["torch"].cpu())
-    if run.device.type == "cuda" and "cuda" in mine:
-        torch.cuda.set_rng_state(mine["cuda"].cpu(), run.device)
-    run.batches.generator.set_state(state["augment_rng"].cpu())
-    if run.batches.host_generator is not run.batches.generator and "augment_host_rng" in state:
-        run.batches.host_generator.set_state(state["augment_host_rng"])
-    run.batches.corrupt_images = state.get("corrupt_images", 0)
-    return state["step"]
+    mine = checkpoint.rank_state(dist.rank())
+    run.method.load_state_dict({**checkpoint.method, **mine.local})
+    run.optimizer.load_state_dict(checkpoint.optimizer)
+    if checkpoint.scaler:
+        run.scaler.load_state_dict(checkpoint.scaler)
+    torch.set_rng_state(mine.torch.cpu())
+    if run.device.type == "cuda" and mine.cuda is not None:
+        torch.cuda.set_rng_state(mine.cuda.cpu(), run.device)
+    run.batches.generator.set_state(checkpoint.augment_rng.cpu())
+    if run.batches.host_generator is not run.batches.generator and checkpoint.augment_host_rng is not None:
+        run.batches.host_generator.set_state(checkpoint.augment_host_rng)
+    run.batches.corrupt_images = checkpoint.corrupt_images

@@ -70,9 +70,9 @@ class BestSoFar:
     def of(cls, path: Path, resume: bool) -> "BestSoFar":
         if not (resume and path.is_file()):
             return cls()
-        state = load_checkpoint(path)
-        test = EvalResult(**state["eval"]) if "eval" in state else None
-        return cls(state["validation"]["top1"], state["step"], test)
+        best = load_checkpoint(path)
+        test = EvalResult(**best.eval) if best.eval is not None else None
+        return cls(EvalResult(**best.validation).top1, best.step, test)
 
     def improved_by(self, evaluation: RunEvaluation, step: int) -> bool:
         """Whether this evaluation is a new best (strictly better validation top-1); remembers it if so."""

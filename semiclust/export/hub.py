@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from semiclust.engine.checkpoint import classifier_network, load_checkpoint, with_network
+from semiclust.engine.checkpoint import Checkpoint, classifier_network, load_checkpoint, with_network
 from semiclust.errors import SemiclustError
 from semiclust.export.safetensors import export_metadata, timm_load_code
 from semiclust.methods import METHODS
@@ -67,43 +67,43 @@ def hub_config(metadata: dict[str, str], backbone) -> dict:
             "semiclust": {**provenance, "classes": json.loads(metadata["classes"]), "format_version": metadata["format_version"]}}
 
 
-def card_data(state: dict) -> list[str]:
+def card_data(checkpoint: Checkpoint) -> list[str]:
     """The model card's data section: the data set, and which training images had labels (with hashes)."""
-    data, labels = state["recipe"]["data"], state["recipe"]["data"]["labels"]
+    data, labels = checkpoint.recipe["data"], checkpoint.recipe["data"]["labels"]
     drawn = {k: v for k, v in labels.items() if v is not None}
     lines = [f"- data set: `{data['dataset']}` with options `{json.dumps(data['options'], sort_keys=True)}`, "
-             f"{len(state['classes'])} classes",
-             f"- labeled subset: {len(state['labeled_indices'])} training images (`data.labels`: `{json.dumps(drawn)}`), "
-             f"SHA-256 of the sorted indices `{state.get('labeled_sha256')}`"]
-    if state.get("labeled_list_sha256"):
-        lines.append(f"- labeled list file SHA-256 `{state['labeled_list_sha256']}`")
-    if state["recipe"]["method"]["name"] == "supervised":
+             f"{len(checkpoint.classes)} classes",
+             f"- labeled subset: {len(checkpoint.labeled_indices)} training images (`data.labels`: "
+             f"`{json.dumps(drawn)}`), SHA-256 of the sorted indices `{checkpoint.labeled_sha256}`"]
+    if checkpoint.labeled_list_sha256:
+        lines.append(f"- labeled list file SHA-256 `{checkpoint.labeled_list_sha256}`")
+    if checkpoint.recipe["method"]["name"] == "supervised":
         return lines + ["- training used the labeled images only"]
-    if state["classifier"].get("matched"):
+    if checkpoint.classifier.matched:
         return lines + ["- training used no labels (the labeled subset is only the kNN diagnostic's memory)"]
     return lines + ["- every training image was also used without its label (the unlabeled stream)"]
 
 
-def card_evaluation(state: dict) -> list[str]:
+def card_evaluation(checkpoint: Checkpoint) -> list[str]:
     """The evaluation result and its protocol: which network, which split and view, and which step."""
-    info, view = state["classifier"], state["recipe"]["data"]["eval"]
-    network = "the EMA teacher" if info["prefix"] == "teacher" else "the trained network"
-    if "eval" not in state:
-        return [f"No evaluation: the data set has no evaluation split (step {state['step']})."]
-    result = state["eval"]
-    matched = " (prototypes matched to classes by the Hungarian algorithm)" if info.get("matched") else ""
+    info, view, step = checkpoint.classifier, checkpoint.recipe["data"]["eval"], checkpoint.step
+    network = "the EMA teacher" if info.prefix == "teacher" else "the trained network"
+    if checkpoint.eval is None:
+        return [f"No evaluation: the data set has no evaluation split (step {step})."]
+    result = checkpoint.eval
+    matched = " (prototypes matched to classes by the Hungarian algorithm)" if info.matched else ""
     return [f"- top-1 **{result['top1']:.2f}%**, top-5 {result['top5']:.2f}% on the {result['n']} images of the "
             f"`{result['split']}` split",
             f"- protocol: the prototype classifier of {network} (argmax of the prototype scores{matched}), one "
-            f"centre view (`{json.dumps(view)}`), evaluated once at the **final** step {state['step']} "
+            f"centre view (`{json.dumps(view)}`), evaluated once at the **final** step {step} "
             "(not the best evaluation during training)",
             "- this folder holds the backbone only (the features that classifier used); export the whole classifier "
             "with `semiclust export --content classifier` or `--format onnx`"]
 
 
-def model_card(state: dict, metadata: dict[str, str], folder: Path) -> str:
+def model_card(checkpoint: Checkpoint, metadata: dict[str, str], folder: Path) -> str:
     """README.md of the folder: a Hugging Face model card (front matter) saying what the model is and how it was made."""
-    recipe, name = state["recipe"], state["recipe"]["method"]["name"]
+    recipe, name = checkpoint.recipe, checkpoint.recipe["method"]["name"]
     load = "\n".join(line.replace(str(folder), "DIR") for line in timm_load_code(metadata, str(folder)))
     front = {"library_name": "timm", "tags": ["semiclust", name, "semi-supervised", "image-feature-extraction"]}
     return "\n".join([
@@ -116,8 +116,8 @@ def model_card(state: dict, metadata: dict[str, str], folder: Path) -> str:
         "## Preprocessing", "",
         f"Evaluation view `{metadata['eval_view']}`, mean `{metadata['mean']}`, std `{metadata['std']}`, "
         f"input size `{metadata['input_size']}` (also in config.json's `pretrained_cfg`).", "",
-        "## Data", "", *card_data(state), "",
-        "## Evaluation", "", *card_evaluation(state), "",
+        "## Data", "", *card_data(checkpoint), "",
+        "## Evaluation", "", *card_evaluation(checkpoint), "",
         "## Recipe", "",
         f"`recipe.yaml` in this folder is the recipe exactly as it ran (`{recipe['name']}`, SHA-256 of its canonical "
         f"JSON `{metadata['recipe_sha256']}`); `semiclust train recipe.yaml` trains it again.", "",
@@ -131,12 +131,12 @@ def export_hub(checkpoint: Path, out: Path, network: str | None = None) -> dict[
     is written atomically and config.json last, so a folder with a new config.json is complete."""
     out = Path(out)
     check_hub_folder(out)
-    state = with_network(load_checkpoint(Path(checkpoint)), network)
-    network, recipe = classifier_network(state)
-    metadata = {**export_metadata(state, "backbone"), "file_format": "hub"}
+    chosen = with_network(load_checkpoint(Path(checkpoint)), network)
+    network, recipe = classifier_network(chosen)
+    metadata = {**export_metadata(chosen, "backbone"), "file_format": "hub"}
     tensors = {k: v.detach().contiguous().cpu() for k, v in network.backbone.state_dict().items()}
     write_safetensors(tensors, metadata, out / HUB_WEIGHTS)
     write_text(out / "recipe.yaml", dump_yaml(recipe))  # as the run directory's recipe.yaml
-    write_text(out / "README.md", model_card(state, metadata, out))
+    write_text(out / "README.md", model_card(chosen, metadata, out))
     write_text(out / "config.json", json.dumps(hub_config(metadata, network.backbone), indent=2) + "\n")
     return metadata

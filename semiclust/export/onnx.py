@@ -59,13 +59,13 @@ def export_onnx(checkpoint: Path, out: Path, network: str | None = None) -> dict
     if Path(out).suffix != ".onnx":
         raise SemiclustError(f"--out '{out}' must end in .onnx with --format onnx.")
     onnx = require("onnx", "onnx", "semiclust export --format onnx")
-    state = with_network(load_checkpoint(Path(checkpoint)), network)
-    network, recipe = classifier_network(state)
+    chosen = with_network(load_checkpoint(Path(checkpoint)), network)
+    network, recipe = classifier_network(chosen)
     if hasattr(network.backbone, "set_grad_checkpointing"):
         network.backbone.set_grad_checkpointing(False)  # a training-time memory saving; nothing to trace
-    metadata = {**export_metadata(state, "classifier"), "file_format": "onnx", "onnx_input": INPUT,
+    metadata = {**export_metadata(chosen, "classifier"), "file_format": "onnx", "onnx_input": INPUT,
                 "onnx_output": OUTPUT}
-    channels, size = state["classifier"]["in_chans"], recipe.data.eval.size
+    channels, size = chosen.classifier.in_chans, recipe.data.eval.size
     graph = onnx.load_from_string(onnx_bytes(Logits(network.eval(), recipe.method.temperature),
                                              torch.zeros(2, channels, size, size)))
     onnx.helper.set_model_props(graph, metadata)

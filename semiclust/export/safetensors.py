@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 
-from semiclust.engine.checkpoint import classifier_network, load_checkpoint, with_network
+from semiclust.engine.checkpoint import Checkpoint, classifier_network, load_checkpoint, with_network
 from semiclust.errors import SemiclustError
 from semiclust.models.backbones import SMALL_IMAGE_BACKBONES
 from semiclust.models.classifier import EXPORT_FORMAT, EXPORT_FORMAT_VERSION
@@ -43,29 +43,29 @@ def recipe_sha256(recipe: dict) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def export_metadata(state: dict, content: str) -> dict[str, str]:
-    """The metadata of an export of checkpoint `state` (a dict as `semiclust train` writes it)."""
-    recipe, info = state["recipe"], state["classifier"]
+def export_metadata(checkpoint: Checkpoint, content: str) -> dict[str, str]:
+    """The metadata of an export of a checkpoint (its classifier already checked, `checked_classifier`)."""
+    recipe, info = checkpoint.recipe, checkpoint.classifier
     model = recipe["model"]
     timm_kwargs = dict(model["backbone"]["kwargs"])
-    if info["in_chans"] != 3:
-        timm_kwargs["in_chans"] = info["in_chans"]
+    if info.in_chans != 3:
+        timm_kwargs["in_chans"] = info.in_chans
     view = recipe["data"]["eval"]
     size = view["size"]
     metadata = {
         "format": EXPORT_FORMAT, "format_version": FORMAT_VERSION, "content": content,
         "architecture": model["backbone"]["name"], "timm_kwargs": json.dumps(timm_kwargs),
-        "in_chans": str(info["in_chans"]), "input_size": json.dumps([info["in_chans"], size, size]),
-        "eval_view": json.dumps(view), "mean": json.dumps(state["mean"]), "std": json.dumps(state["std"]),
-        "num_classes": str(info["num_classes"]), "classes": json.dumps(state["classes"]),
-        "temperature": str(recipe["method"]["temperature"]), "prototypes": info["prototypes"],
-        "model_spec": json.dumps({**model, "init": None, "grad_checkpointing": False}), "network": info["prefix"],
+        "in_chans": str(info.in_chans), "input_size": json.dumps([info.in_chans, size, size]),
+        "eval_view": json.dumps(view), "mean": json.dumps(checkpoint.mean), "std": json.dumps(checkpoint.std),
+        "num_classes": str(info.num_classes), "classes": json.dumps(checkpoint.classes),
+        "temperature": str(recipe["method"]["temperature"]), "prototypes": info.prototypes,
+        "model_spec": json.dumps({**model, "init": None, "grad_checkpointing": False}), "network": info.prefix,
         "recipe_name": recipe["name"], "recipe_sha256": recipe_sha256(recipe),
-        "labeled_sha256": state.get("labeled_sha256") or "", "labeled_list_sha256": state.get("labeled_list_sha256") or "",
-        "step": str(state["step"]), "semiclust_version": __version__,
+        "labeled_sha256": checkpoint.labeled_sha256 or "", "labeled_list_sha256": checkpoint.labeled_list_sha256 or "",
+        "step": str(checkpoint.step), "semiclust_version": __version__,
     }
-    if "eval" in state:
-        metadata["eval"] = json.dumps(state["eval"])
+    if checkpoint.eval is not None:
+        metadata["eval"] = json.dumps(checkpoint.eval)
     return metadata
 
 
@@ -94,10 +94,10 @@ def export_checkpoint(checkpoint: Path, out: Path, content: str = "backbone", ne
     check_writable(out, "--out", "Choose a writable .safetensors path for the export.")
     if Path(out).suffix != ".safetensors":
         raise SemiclustError(f"--out '{out}' must end in .safetensors (timm recognises the format by the suffix).")
-    state = with_network(load_checkpoint(Path(checkpoint)), network)
-    network, _ = classifier_network(state)
+    chosen = with_network(load_checkpoint(Path(checkpoint)), network)
+    network, _ = classifier_network(chosen)
     part = network.backbone if content == "backbone" else network
     tensors = {k: v.detach().contiguous().cpu() for k, v in part.state_dict().items()}
-    metadata = export_metadata(state, content)
+    metadata = export_metadata(chosen, content)
     write_safetensors(tensors, metadata, out)  # atomic: a reader never sees half a file
     return metadata

@@ -18,7 +18,7 @@ import torch
 from semiclust.data.datasets import Dataset, FileSplit, ImageSplit, Split, build_dataset
 from semiclust.data.decode import printable
 from semiclust.data.eval_views import EvalViews
-from semiclust.engine.checkpoint import checkpoint_file, classifier_network, load_checkpoint
+from semiclust.engine.checkpoint import Checkpoint, checkpoint_file, classifier_network, load_checkpoint
 from semiclust.errors import SemiclustError
 from semiclust.evaluation.metrics import features_and_scores
 from semiclust.label.lists import read_rows
@@ -34,7 +34,7 @@ class RunImages:
     """A run's checkpoint, rebuilt network and recipe, and its training images (`dataset.train`)."""
 
     checkpoint: Path
-    state: dict
+    state: Checkpoint
     network: Network
     recipe: Recipe
     dataset: Dataset
@@ -141,7 +141,7 @@ def image_features(run: RunImages, device: torch.device, advance: Advance = lamb
     the class scores at the method's temperature."""
     recipe, state = run.recipe, run.state
     loader = recipe.data.loader.model_copy(update={"persistent_workers": False})
-    views = EvalViews(indexed(run.dataset.train), recipe.data.eval, tuple(state["mean"]), tuple(state["std"]),
+    views = EvalViews(indexed(run.dataset.train), recipe.data.eval, tuple(state.mean), tuple(state.std),
                       recipe.eval.batch_size, device, loader, recipe.data.max_image_pixels)
     counted = Counted(views, advance)
     network = run.network.to(device)
@@ -153,7 +153,7 @@ def image_features(run: RunImages, device: torch.device, advance: Advance = lamb
 def already_labeled(run: RunImages) -> np.ndarray:
     """The training images the run had labels for: its labeled subset, and for a `labeled_list` every listed label."""
     labeled = np.zeros(len(run.dataset.train), dtype=bool)
-    indices = run.state.get("labeled_indices")
+    indices = run.state.labeled_indices
     if indices is not None and len(indices):
         labeled[np.asarray(indices, dtype=np.int64)] = True
     if run.recipe.data.dataset == "labeled_list":

@@ -179,11 +179,12 @@ def unlearned_note(run: RunImages) -> str | None:
             continue
         if isinstance(record, dict) and record.get("type") == "train" and isinstance(record.get("loss"), (int, float)):
             losses.append(float(record["loss"]))
-    uniform = math.log(run.state["classifier"]["num_classes"])
+    prototypes = run.state.classifier.num_classes
+    uniform = math.log(prototypes)
     if not losses or losses[-1] < UNLEARNED * uniform:
         return None
     return (f"the self-supervised run's last loss is {losses[-1]:.2f}, still near {uniform:.2f} (ln of its "
-            f"{run.state['classifier']['num_classes']} prototypes: uniform predictions), so it has hardly started to "
+            f"{prototypes} prototypes: uniform predictions), so it has hardly started to "
             "learn and the picks are little better than random ones; give it a longer --budget (or --set "
             "data.batch.unlabeled=128 for more steps)")
 

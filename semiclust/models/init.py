@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from semiclust.errors import SemiclustError, examples
+from semiclust.engine.checkpoint import is_checkpoint_content, method_tensors
 from semiclust.models.network import Network
 from semiclust.config.schema import InitSpec
 from semiclust.storage.tensors import FileRole, looks_like_safetensors, read_safetensors, read_torch, require_file
@@ -120,8 +121,7 @@ def detect_layout(loaded: Loaded) -> str:
     content = loaded.content
     if _semiclust_export(loaded.metadata):
         return "safetensors"
-    if "semiclust_version" in content or content.get("format") == "semiclust-checkpoint" or isinstance(
-            content.get("method"), dict):
+    if is_checkpoint_content(content):
         return "semiclust"
     if isinstance(content.get("student"), dict) and isinstance(content.get("teacher"), dict):
         return "dino"
@@ -146,8 +146,7 @@ def extract_state(loaded: Loaded, layout: str, key: str) -> tuple[dict[str, Tens
     if layout == "dino" and isinstance(content.get(key), dict):
         return _tensors(content[key]), f"'{key}'"
     if layout == "semiclust":
-        method = content.get("method") if isinstance(content.get("method"), dict) else content
-        tensors = _tensors(method)
+        tensors = _tensors(method_tensors(content))
         if any(k.startswith(("student.", "teacher.")) for k in tensors):
             prefix = f"{key}."
             return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, f"'{key}'"

@@ -195,7 +195,7 @@ def test_a_budgeted_command_ends_inside_its_budget(tmp_path):
     assert plan.planned_end_s >= 0.85 * plan.budget_s and plan.planned_end_s <= plan.budget_s, plan
     # every decision is shown, with runtime.progress none too (the length changes under the user's eyes)
     assert plan.replans and all(f"re-planned at step {at} " in done.stdout for at, _ in plan.replans), done.stdout
-    final = load_checkpoint(tmp_path / "run" / "checkpoints" / "final.pt")["step"]
+    final = load_checkpoint(tmp_path / "run" / "checkpoints" / "final.pt").step
     cut = "to stay inside its budget" in done.stdout + done.stderr
     assert final == plan.total_steps or (cut and 0 < final < plan.total_steps), (final, plan, done.stdout[-1000:])
 
@@ -246,7 +246,7 @@ def test_a_budgeted_run_resumes_bit_identically(tmp_path, monkeypatch, restore_t
         split = tmp_path / f"split{stop_at}"
         with pytest.raises(SemiclustError, match=f"stopped by .* after step {stop_at}"):
             train(recipe, split)
-        assert load_checkpoint(split / "checkpoints" / f"step_{stop_at:09d}.pt")["step"] == stop_at
+        assert load_checkpoint(split / "checkpoints" / f"step_{stop_at:09d}.pt").step == stop_at
         before = BudgetPlan.load(split / "budget.json")
         assert [at for at, _ in before.replans] == [at for at in (40, 84, 126) if at <= stop_at]
         monkeypatch.setattr(signals.StopRequest, "requested", real)
@@ -256,10 +256,10 @@ def test_a_budgeted_run_resumes_bit_identically(tmp_path, monkeypatch, restore_t
         monkeypatch.setattr(budget_module, "calibrate", lambda *a, **k: pytest.fail("a resume must not calibrate again"))
         resumed = train(recipe, split, resume=True)
         a, b = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
-        assert a["step"] == b["step"] == 180 and resumed.steps == 180 - stop_at
-        assert a["method"].keys() == b["method"].keys() and len(a["method"]) > 0
-        for key, value in a["method"].items():
-            assert torch.equal(value, b["method"][key]), key
+        assert a.step == b.step == 180 and resumed.steps == 180 - stop_at
+        assert a.method.keys() == b.method.keys() and len(a.method) > 0
+        for key, value in a.method.items():
+            assert torch.equal(value, b.method[key]), key
         for key in ("optimizer", "augment_rng", "per_rank", "eval"):
             same(a[key], b[key], key)
         after = BudgetPlan.load(split / "budget.json")  # the decisions not reached before the stop: made by the resume

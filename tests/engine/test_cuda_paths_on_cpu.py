@@ -167,23 +167,22 @@ def test_on_a_cpu_the_host_generator_is_the_augmentation_generator_and_a_separat
     no extra entry; a separate host generator (as on CUDA) is saved as augment_host_rng and restored exactly."""
     from semiclust.engine.run_dir import RunFiles
     from semiclust.engine.setup import build_run
-    from semiclust.engine.state import restore
-    from semiclust.engine.trainer import checkpoint_state
+    from semiclust.engine.state import process_state, restore_run, run_checkpoint
 
     run = build_run(make_recipe(), RunFiles(tmp_path), CPU, resume=False)
     batches = run.batches
     assert batches.host_generator is batches.generator and batches.generator.device == CPU
-    assert "augment_host_rng" not in checkpoint_state(run, 0, 0)
+    assert "augment_host_rng" not in run_checkpoint(run, 0, 0, [None]).as_dict()
 
     batches.host_generator = torch.Generator().manual_seed(12345)  # what BatchMaker makes on CUDA
     torch.rand(3, generator=batches.host_generator)
-    state = checkpoint_state(run, 0, 0)
-    assert torch.equal(state["augment_host_rng"], batches.host_generator.get_state())
-    assert not torch.equal(state["augment_host_rng"], state["augment_rng"])
+    state = run_checkpoint(run, 0, 0, [process_state(run.method, CPU)])
+    assert torch.equal(state.augment_host_rng, batches.host_generator.get_state())
+    assert not torch.equal(state.augment_host_rng, state.augment_rng)
     host_next = torch.rand(4, generator=batches.host_generator)
     device_next = torch.rand(4, generator=batches.generator)
     torch.rand(10, generator=batches.host_generator)  # both have moved on; restore the checkpoint
-    restore(state, run)
+    restore_run(state, run)
     assert torch.equal(torch.rand(4, generator=batches.host_generator), host_next)
     assert torch.equal(torch.rand(4, generator=batches.generator), device_next)
 

@@ -56,7 +56,7 @@ def train_losses(run: Path) -> list[dict]:
 
 
 def method_weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)["method"]
+    return load_checkpoint(path).method
 
 
 @pytest.fixture(scope="module")

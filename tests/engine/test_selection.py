@@ -46,8 +46,8 @@ def test_a_run_with_validation_keeps_best_pt_and_reports_final_and_best(tmp_path
     assert len(evaluations) == 4 and all("validation_top1" in r for r in evaluations)
     best_record = max(evaluations, key=lambda r: (r["validation_top1"], -r["step"]))
     best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
-    assert summary.best.step == best["step"] == best_record["step"]
-    assert summary.best.top1 == best["validation"]["top1"] == best_record["validation_top1"]
+    assert summary.best.step == best.step == best_record["step"]
+    assert summary.best.top1 == best.validation["top1"] == best_record["validation_top1"]
     assert summary.best.test.top1 == best_record["top1"] and summary.result.top1 == evaluations[-1]["top1"]
     saved = json.loads((tmp_path / "run" / "validation_subset.json").read_text())
     labeled = json.loads((tmp_path / "run" / "labeled_subset.json").read_text())
@@ -90,7 +90,7 @@ def test_suave_with_an_average_evaluates_it_beside_and_exports_it(tmp_path):
 
     raw = tiny(method__ema={"enabled": True, "evaluate": True, "momentum": 0.9})
     summary = train(resolve(raw), tmp_path / "run")
-    state = load_checkpoint(summary.checkpoint)["method"]
+    state = load_checkpoint(summary.checkpoint).method
     ema_keys = [k for k in state if k.startswith("ema.")]
     assert not torch.equal(state["ema.backbone.features.0.weight"], state["student.backbone.features.0.weight"])
     assert ema_keys == ["ema." + k[len("student."):] for k in state if k.startswith("student.")]
@@ -120,8 +120,8 @@ def test_head_warm_up_leaves_the_backbone_bit_unchanged_then_trains_it_and_resum
     spe = core.numbers.steps_per_epoch
     saved = {int(p.stem.split("_")[1]): p for p in (tmp_path / "run" / "checkpoints").glob("step_*.pt")}
     assert spe in saved and spe - 2 in saved, "the test needs checkpoints at and before the end of the warm-up"
-    switch = load_checkpoint(saved[spe])["method"]
-    final = load_checkpoint(summary.checkpoint)["method"]
+    switch = load_checkpoint(saved[spe]).method
+    final = load_checkpoint(summary.checkpoint).method
     assert any(not torch.equal(final[k], v) for k, v in start.items())  # trained after the warm-up
     assert all(torch.equal(switch[k], v) for k, v in start.items())
     assert any(not torch.equal(switch[k], core.method.state_dict()[k]) for k in switch if k.startswith("student.head."))
@@ -131,7 +131,7 @@ def test_head_warm_up_leaves_the_backbone_bit_unchanged_then_trains_it_and_resum
     for path in (resumed / "checkpoints").glob("step_*.pt"):
         if int(path.stem.split("_")[1]) != spe - 2:
             path.unlink()
-    again = load_checkpoint(train(recipe, resumed, resume=True).checkpoint)["method"]
+    again = load_checkpoint(train(recipe, resumed, resume=True).checkpoint).method
     for key, value in final.items():
         assert torch.equal(again[key], value), f"{key} differs after resuming across the switch"
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from semiclust.engine import checkpoint as checkpoint_module
-from semiclust.engine.checkpoint import load_checkpoint, save_checkpoint
+from semiclust.engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from semiclust.engine.trainer import train
 from semiclust.errors import SemiclustError
 from semiclust.storage.atomic import WriteFailed
@@ -46,21 +46,21 @@ def test_learns_the_synthetic_classes(tmp_path):
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "c.pt"
-    save_checkpoint({"value": torch.tensor([1.0])}, path)
+    save_checkpoint(Checkpoint(step=1, method={"value": torch.tensor([1.0])}), path)
 
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint_module.torch, "save", crash)
     with pytest.raises(WriteFailed, match="could not write .*c.pt': disk full"):
-        save_checkpoint({"value": torch.tensor([2.0])}, path)
-    assert load_checkpoint(path)["value"].item() == 1.0
+        save_checkpoint(Checkpoint(step=2, method={"value": torch.tensor([2.0])}), path)
+    assert load_checkpoint(path).method["value"].item() == 1.0
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
 
 
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     path = tmp_path / "c.pt"
-    save_checkpoint({"value": torch.zeros(1000)}, path)
+    save_checkpoint(Checkpoint(method={"value": torch.zeros(1000)}), path)
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(SemiclustError, match="truncated, corrupt"):
         load_checkpoint(path)
@@ -77,7 +77,7 @@ def test_non_finite_loss_stops_with_step_parts_and_last_checkpoint(tmp_path, mon
     message = str(info.value)
     assert info.value.exit_code == 1
     assert "non-finite at step 8" in message and "loss_labeled" in message and "step_000000006.pt" in message
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "step_000000006.pt")["step"] == 6  # 6 steps per epoch
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "step_000000006.pt").step == 6  # 6 steps per epoch
 
 
 def test_resume_requires_the_same_recipe(tmp_path):

@@ -159,7 +159,7 @@ def test_the_filled_list_becomes_a_labeled_list_recipe_that_starts_from_the_run(
     named = {Path(row.path).name.split("_")[0] for row in read_rows(labels)}
     assert data.classes == sorted(named)
     student, report = build_student(recipe, data.channels, data.num_classes, METHODS.get("suave"))
-    saved = load_checkpoint(checkpoint)["method"]
+    saved = load_checkpoint(checkpoint).method
     assert report is not None and not report.missing
     for key, tensor in student.state_dict().items():
         if key.startswith(("backbone.", "head.")):

@@ -18,7 +18,7 @@ from torchvision.models.resnet import BasicBlock
 from torchvision.models.resnet import ResNet as TorchvisionResNet
 
 from semiclust import __version__
-from semiclust.engine.checkpoint import save_checkpoint
+from semiclust.engine.checkpoint import Checkpoint, save_checkpoint
 from semiclust.engine.setup import assemble_method, build_method, build_student
 from semiclust.errors import SemiclustError
 from semiclust.methods import METHODS
@@ -183,11 +183,11 @@ def semiclust_checkpoint(tmp_path: Path, method: str = "suave", backbone: dict |
         scrambled(net, 11 if net is trained.student else 12).prototypes.normalize_()  # unit after every step
     optimizer = torch.optim.SGD(trained.student.parameters(), lr=0.1)
     path = tmp_path / "checkpoints" / "final.pt"
-    save_checkpoint({"semiclust_version": __version__, "recipe": r.model_dump(mode="json"), "step": 20, "epoch": 2,
+    save_checkpoint(Checkpoint.from_dict({"semiclust_version": __version__, "recipe": r.model_dump(mode="json"), "step": 20, "epoch": 2,
                      "method": trained.state_dict(), "optimizer": optimizer.state_dict(), "classes": ["a", "b", "c", "d"],
                      "classifier": {"prefix": "teacher" if hasattr(trained, "teacher") else "student",
                                     "prototypes": trained.prototypes, "in_chans": 3, "num_classes": CLASSES,
-                                    "matched": False}}, path)
+                                    "matched": False}}), path)
     return path, trained
 
 
