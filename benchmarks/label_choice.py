@@ -187,7 +187,7 @@ def embeddings(checkpoint: Path, split) -> "np.ndarray":
     state = load_checkpoint(checkpoint)
     network, recipe = classifier_network(state)
     network.eval()
-    views = EvalViews(split, recipe.data.eval, state["mean"], state["std"], 512, torch.device("cpu"))
+    views = EvalViews(split, recipe.data.eval, state.mean, state.std, 512, torch.device("cpu"))
     with torch.no_grad():
         rows = [torch.nn.functional.normalize(network.head(network.backbone(images)), dim=1) for images, _ in views]
     return np.concatenate([r.numpy() for r in rows])

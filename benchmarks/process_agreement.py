@@ -174,7 +174,7 @@ def merged_targets(run_dir: Path) -> dict[int, torch.Tensor]:
 def student_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     from semiclust.engine.checkpoint import load_checkpoint
 
-    state = load_checkpoint(run_dir / "checkpoints" / "final.pt")["method"]
+    state = load_checkpoint(run_dir / "checkpoints" / "final.pt").method
     return {k: v.float() for k, v in state.items() if k.startswith("student.")}
 
 

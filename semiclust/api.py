@@ -21,33 +21,33 @@ from rich.console import Console
 
 from semiclust.assign import ASSIGNMENTS
 from semiclust.compare import Comparison, compare_runs
+from semiclust.config import loader
+from semiclust.config.init import InitResult, new_recipe
+from semiclust.config.loader import apply_overrides, resolve
+from semiclust.config.schema import Recipe
+from semiclust.config.shipped import RECIPES
+from semiclust.config.validation import validate_saved
 from semiclust.data.check import DataReport, data_report
 from semiclust.data.datasets import DATASETS
 from semiclust.engine import dist
+from semiclust.engine import trainer
 from semiclust.engine.checkpoint import checked_classifier, checkpoint_file, load_checkpoint
 from semiclust.engine.device import resolve_device
 from semiclust.engine.dry_run import DryRun, build_dry_run
-from semiclust.engine import trainer
 from semiclust.engine.trainer import TrainSummary
 from semiclust.errors import SemiclustError
 from semiclust.evaluation.metrics import EvalReport
-from semiclust.export.safetensors import export_checkpoint, export_content
+from semiclust.evaluation.report import check_knn_memory, checkpoint_report
 from semiclust.export.hub import export_hub
 from semiclust.export.onnx import export_onnx
+from semiclust.export.safetensors import export_checkpoint, export_content
 from semiclust.label.suggest import Suggestion, suggest
 from semiclust.methods import METHODS
 from semiclust.models.backbones import BACKBONES
 from semiclust.models.classifier import ExportedClassifier, load_export
 from semiclust.plot import confusion_shown, plot_confusion
 from semiclust.predict import Prediction, collect_images, predict_files
-from semiclust.config.init import InitResult, new_recipe
-from semiclust.config import loader
-from semiclust.config.loader import apply_overrides, resolve
-from semiclust.config.shipped import RECIPES
-from semiclust.evaluation.report import check_knn_memory, checkpoint_report
-from semiclust.config.schema import Recipe
 from semiclust.storage.atomic import WriteFailed, check_writable
-from semiclust.config.validation import validate_saved
 
 RecipeLike = Recipe | str | Path
 

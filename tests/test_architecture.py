@@ -139,3 +139,55 @@ def test_a_cycle_and_an_upward_import_are_caught():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert upward_imports({"low": {"high"}, "high": {"low"}}, {"low": 1, "high": 3}) == [
         "low (layer 1) imports high (layer 3)"]
+
+
+# ---------------------------------------------------------------- issue 26: names and parts that show
+ROOT_MODULES_AT_MOST = 12
+# Words a checkpoint's dict shares with other formats of semiclust, which spell them in their own modules: a recipe
+# (`method`, `recipe` in an export's card), metrics.jsonl records (`step`, `epoch`, `eval`, `corrupt_images`), the
+# export metadata and timm's config (`classes`, `mean`, `std`, `in_chans`, `num_classes`, `prototypes`,
+# `semiclust_version`, `labeled_sha256`, `labeled_list_sha256`, `format`, `format_version`, timm's `classifier`),
+# device names (`cuda`) and the name of the validation split in an evaluation result (`validation`).
+SHARED_WORDS = {"method", "recipe", "step", "epoch", "eval", "corrupt_images", "classes", "mean", "std", "in_chans",
+                "num_classes", "prototypes", "semiclust_version", "labeled_sha256", "labeled_list_sha256", "format",
+                "format_version", "classifier", "cuda", "validation"}
+
+
+def string_constants(source: str) -> set[str]:
+    return {node.value for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Constant)
+            and isinstance(node.value, str)}
+
+
+def test_the_checkpoint_keys_are_spelled_in_one_module():
+    """Only engine/checkpoint.py reads and writes a checkpoint's dict; every other module reads the typed
+    Checkpoint by attribute, so the keys only a checkpoint has appear nowhere else as strings."""
+    import dataclasses
+
+    from semiclust.engine.checkpoint import Checkpoint, ClassifierInfo, RankState
+
+    keys = {f.name for kind in (Checkpoint, ClassifierInfo, RankState) for f in dataclasses.fields(kind)}
+    assert SHARED_WORDS - keys == {"format", "format_version"} and len(keys - SHARED_WORDS) >= 15
+    spelled = {name: sorted(string_constants(path.read_text()) & (keys - SHARED_WORDS))
+               for name, path in modules().items() if name != "engine.checkpoint"}
+    assert {name: found for name, found in spelled.items() if found} == {}
+
+
+def test_the_package_root_holds_at_most_twelve_modules():
+    root = sorted(path.name for path in PACKAGE.glob("*.py"))
+    assert len(root) <= ROOT_MODULES_AT_MOST, root
+
+
+def test_the_api_imports_without_aliases():
+    """Names that do not collide: semiclust/api.py needs no `import ... as` (it imported six functions so)."""
+    tree = ast.parse((PACKAGE / "api.py").read_text())
+    aliased = [alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+               for alias in node.names if alias.asname]
+    assert aliased == []
+
+
+def test_no_gradient_scaler_branch_and_one_evaluation_class():
+    """The scaler is GradScaler(enabled=...) with unconditional calls (nanoGPT); one class named Evaluation."""
+    sources = {name: path.read_text() for name, path in modules().items()}
+    assert [name for name, text in sources.items() if re.search(r"scaler is (not )?None", text)] == []
+    defined = [name for name, text in sources.items() if re.search(r"^class Evaluation\b", text, re.M)]
+    assert defined == ["api"]

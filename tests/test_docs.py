@@ -104,7 +104,7 @@ def test_every_documented_command_runs(workspace, monkeypatch, capsys):
 
 def test_the_extending_examples_work(monkeypatch, tmp_path):
     """Runs the ```python blocks of docs/extending.md, then uses what they registered: the backbone and the
-    dataset directly, the assignment in a real training run through the recipe loader."""
+    dataset directly, the assignment and the method each in a real training run through the recipe loader."""
     import copy
     import types
 
@@ -114,10 +114,10 @@ def test_the_extending_examples_work(monkeypatch, tmp_path):
     from semiclust.assign import ASSIGNMENTS
     from semiclust.data.datasets import build_dataset
     from semiclust.models.backbones import create_backbone
-    from semiclust.registry import DATASETS
+    from semiclust.registry import DATASETS, METHODS
     from tests.helpers import TINY_RECIPE
 
-    for registry in (ASSIGNMENTS, DATASETS):  # the examples' entries are gone after the test
+    for registry in (ASSIGNMENTS, DATASETS, METHODS):  # the examples' entries are gone after the test
         monkeypatch.setattr(registry, "_entries", dict(registry._entries))
         monkeypatch.setattr(registry, "_specs", dict(registry._specs))
     module = types.ModuleType("docs_extending_examples")  # timm's register_model looks its module up
@@ -138,6 +138,34 @@ def test_the_extending_examples_work(monkeypatch, tmp_path):
                                                                                          "temperature": 0.5}
     with pytest.raises(SemiclustError, match="did you mean 'method.assignment.temperature'"):
         api.load_recipe(write_recipe(tmp_path, raw), ["method.assignment.temprature=0.2"])
+    trains_the_example_method(tmp_path, TINY_RECIPE)
+
+
+def trains_the_example_method(tmp_path: Path, tiny: dict) -> None:
+    """docs/extending.md's `teacher_suave`: its own option validated and saved, its teacher checkpointed beside the
+    student and following it, another method's option refused naming it."""
+    import copy
+
+    import torch
+
+    from semiclust import api
+    from semiclust.engine.checkpoint import load_checkpoint
+
+    raw = copy.deepcopy(tiny)
+    raw["method"] = {"name": "teacher_suave", "mean_teacher": {"momentum": 0.9}}
+    raw["schedule"]["epochs"] = 1
+    recipe = api.load_recipe(write_recipe(tmp_path, raw))
+    assert recipe.method.mean_teacher.momentum == 0.9 and recipe.model.head.layers == 2  # the method's defaults
+    summary = api.train(recipe, tmp_path / "method_run")
+    assert summary.steps == 6 and load_saved_recipe(summary)["method"]["mean_teacher"] == {"momentum": 0.9}
+    saved = load_checkpoint(summary.checkpoint)
+    assert saved.held_networks() == ["student", "teacher"]
+    student, teacher = saved.network_tensors("student"), saved.network_tensors("teacher")
+    assert student.keys() == teacher.keys() and not all(torch.equal(student[k], teacher[k]) for k in student)
+    with pytest.raises(SemiclustError, match="method 'teacher_suave' does not take 'queue'"):
+        api.load_recipe(write_recipe(tmp_path, raw), ["method.queue.length=64"])
+    with pytest.raises(SemiclustError, match="did you mean 'method.mean_teacher.momentum'"):
+        api.load_recipe(write_recipe(tmp_path, raw), ["method.mean_teacher.momentun=0.5"])
 
 
 def write_recipe(folder: Path, raw: dict) -> Path:

@@ -17,7 +17,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from semiclust.assign import ASSIGNMENTS
-from semiclust.config.schema import PartSpec, Recipe
+from semiclust.config.schema import MethodSpec, PartSpec, PlainMethodSpec, Recipe
+from semiclust.methods import METHODS
 
 HEADER = """# Recipe reference
 
@@ -85,20 +86,43 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return found
 
 
+def own_fields(model: type[BaseModel]) -> dict[str, FieldInfo]:
+    """The keys a section declares: a method's own section shows only those beyond the keys every method takes."""
+    if issubclass(model, MethodSpec) and model is not MethodSpec:
+        return {name: field for name, field in model.model_fields.items() if name not in MethodSpec.model_fields}
+    return model.model_fields
+
+
+def method_sections(path: str) -> list[tuple[str, type[BaseModel]]]:
+    """Each registered method section with options of its own, named by the methods that take it, and its
+    nested sections."""
+    found: list[tuple[str, type[BaseModel]]] = []
+    specs = METHODS.specs(default=PlainMethodSpec)
+    for section in dict.fromkeys(specs.values()):
+        if own_fields(section):
+            names = ", ".join(name for name, other in specs.items() if other is section)
+            found += _sections(section, f"{path} (name: {names})")
+    return found
+
+
 def _sections(model: type[BaseModel], path: str) -> list[tuple[str, type[BaseModel]]]:
-    """(dotted path, model) of `model` and every nested section, depth first, in declaration order."""
+    """(dotted path, model) of `model` and every nested section, depth first, in declaration order; after the
+    keys every method takes (`method`), each method's own section."""
     found = [(path, model)]
-    for name, field in model.model_fields.items():
+    base = path.split(" (")[0]
+    for name, field in own_fields(model).items():
         for inner in _models_in(field.annotation):
             list_like = typing.get_origin(typing.get_args(field.annotation)[0] if typing.get_origin(
                 field.annotation) is typing.Annotated else field.annotation) is list
-            child = f"{path}.{name}" if path else name
+            child = f"{base}.{name}" if base else name
             if list_like:
                 child += "[]"
             tag = inner.model_fields.get("name")
             if len(_models_in(field.annotation)) > 1 and tag is not None and typing.get_origin(tag.annotation) is Literal:
                 child += f" (name: {typing.get_args(tag.annotation)[0]})"
             found += _sections(inner, child)
+            if inner is MethodSpec:
+                found += method_sections(child)
     return found
 
 
@@ -126,11 +150,12 @@ def render_reference() -> str:
         if doc and not doc.startswith(("Base for", "!!!")):
             lines += [" ".join(doc.split()), ""]
         lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
-        for name, field in model.model_fields.items():
+        base = path.split(" (")[0]
+        for name, field in own_fields(model).items():
             meaning = " ".join((field.description or "").split()).replace("|", "\\|")
             kind = type_name(field.annotation).replace("|", "\\|")
             children = [child for child, _ in _sections(model, path) if child.split(" (")[0].rstrip("[]") ==
-                        (f"{path}.{name}" if path else name)]
+                        (f"{base}.{name}" if base else name)]
             if children:
                 links = ", ".join(f"[`{child}`](#{_anchor(child)})" for child in children)
                 kind = f"section: {links}" + (" or null" if "null" in kind else "")
@@ -143,7 +168,7 @@ def undocumented_keys() -> list[str]:
     a key holding a section is explained by that section's docstring."""
     missing = []
     for path, model in _sections(Recipe, ""):
-        for name, field in model.model_fields.items():
+        for name, field in own_fields(model).items():
             if not field.description and not _models_in(field.annotation):
                 missing.append(f"{path}.{name}" if path else name)
     return sorted(set(missing))

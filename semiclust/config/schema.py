@@ -317,12 +317,12 @@ class Ema(Strict):
 
 
 class MethodSpec(BaseModel):
-    """The keys every method takes. A method's own recipe section is a subclass of it, registered with the method
-    (`@METHODS.register(name, spec=...)`) and declaring the method's own options (Suave's `queue`, Daino's
-    `teacher`) with unknown keys forbidden, so that an option the chosen method does not take is an error naming the
-    method; the recipe loader validates `method` with the chosen method's class. Unknown keys are kept by this
-    generic class only, so that a saved recipe reads back without the methods' modules."""
+    """The keys every method takes; a method's own options are in its own section (below), and an option the chosen
+    method does not take is an error naming the method."""
 
+    # A method's own section is a subclass, registered with the method (`@METHODS.register(name, spec=...)`), that
+    # forbids unknown keys; the recipe loader validates `method` with the chosen method's class. This generic class
+    # keeps unknown keys only so that a saved recipe reads back without the methods' modules.
     model_config = ConfigDict(extra="allow")
 
     name: str = Field(description="suave, daino, swav, dino or supervised (`semiclust list methods`); sets the defaults "

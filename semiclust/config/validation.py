@@ -1,7 +1,8 @@
 """A raw recipe dict into a `Recipe`, with every problem in one readable paragraph; and back to YAML.
 
-Leaf-level like the schema (pydantic, yaml and the errors only): the trainer, evaluation and export
-validate the recipes saved in run directories and checkpoints with it. The recipe loader
+Leaf-level like the schema (pydantic, yaml, the errors and the registries, whose registered sections check their
+parts' keys): the trainer, evaluation and export validate the recipes saved in run directories and checkpoints with
+it (`validate_saved`, which reads the recipes of earlier versions). The recipe loader
 (`semiclust/config/loader.py`) adds the registries' checks on top and words its problems the same way. It also
 reads every recipe YAML (`load_yaml`, `read_yaml`: size, alias and nesting limits, duplicate keys refused),
 and bounds every value a message shows (`short`).
