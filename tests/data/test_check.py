@@ -58,8 +58,8 @@ def test_a_pool_for_a_method_without_labels_has_no_labeled_subset_to_miss(tmp_pa
     image by design, which is not a problem (it used to be: '30 class(es) have no labeled image', exit 1)."""
     import copy
 
-    from semiclust.data.check import check_data
-    from semiclust.recipe import resolve
+    from semiclust.data.check import data_report
+    from semiclust.config.loader import resolve
     from tests.data.files import image_tree
     from tests.helpers import TINY_RECIPE
 
@@ -67,6 +67,6 @@ def test_a_pool_for_a_method_without_labels_has_no_labeled_subset_to_miss(tmp_pa
     raw = copy.deepcopy(TINY_RECIPE)
     raw["data"].update({"dataset": "pool", "options": {"root": str(tmp_path / "images"), "clusters": 4}})
     raw["method"] = {"name": "swav"}
-    report = check_data(resolve(raw))
+    report = data_report(resolve(raw))
     assert report.ok, report.problems
     assert report.subset is None and len(report.rows) == 4 and report.unlabeled_only == 12
