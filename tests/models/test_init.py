@@ -370,7 +370,8 @@ def test_method_construction_applies_the_init_to_student_and_teacher(tmp_path, m
         expected, backbone = network_keys(state["student"], "module.backbone."), VIT
     kind = METHODS.get(method)
     student, report = build_student(recipe(backbone, method, init={"path": path}), 3, CLASSES, kind)
-    built = assemble_method(kind, recipe(backbone, method), student, 3, CLASSES, 10, world=1)
+    schedules = build_method(recipe(backbone, method), CLASSES, 3, steps_per_epoch=10).schedules
+    built = assemble_method(kind, recipe(backbone, method), student, 3, CLASSES, schedules, 1)
     for net in [built.student] + ([built.teacher] if method == "daino" else []):
         for key in ("backbone.conv1.weight", "backbone.layer4.0.bn2.running_var", "backbone.pos_embed",
                     "backbone.blocks.5.mlp.fc2.weight"):
