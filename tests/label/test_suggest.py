@@ -22,8 +22,9 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from semiclust import api, recipe_init
+from semiclust import api
 from semiclust.cli import app
+from semiclust.config import init as recipe_init
 from semiclust.data.datasets import build_dataset
 from semiclust.engine.checkpoint import load_checkpoint
 from semiclust.engine.setup import build_student
