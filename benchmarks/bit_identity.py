@@ -8,7 +8,8 @@ trains the same recipe twice, once with the code of `--base` (checked out as a g
 checkout, each as a fresh `semiclust train` process (or a 2-process `torchrun`), and compares the
 two `checkpoints/final.pt` files: every tensor (method weights and buffers, optimiser state, RNG
 states, labeled indices) must be `torch.equal`, and every other value equal (recipe keys added since
-the base, at their defaults, are listed but change nothing that was trained; so are the keys of another method's
+the base, at their defaults, and fields added to the evaluation result are listed but change nothing that was
+trained; so are the keys of another method's
 section, which a recipe no longer carries since each method owns its section). It prints one row per
 case and exits 1 if any case differs.
 
@@ -92,7 +93,9 @@ def compare(reference: Path, candidate: Path) -> tuple[int, list[str], list[str]
     writes (another method's section, prefixed '-')."""
     a = flatten(per_process_batches(torch.load(reference, weights_only=True)))
     b = flatten(per_process_batches(torch.load(candidate, weights_only=True)))
-    added = sorted(k for k in b.keys() - a.keys() if k.startswith("recipe."))
+    # a key the recipe or the evaluation result gained since the base, its value a default or a new figure of the same
+    # evaluation (eval.num_classes), changes nothing that was trained: reported, not failed
+    added = sorted(k for k in b.keys() - a.keys() if k.startswith(("recipe.", "eval.")))
     dropped = sorted(k for k in a.keys() - b.keys() if other_methods_section(k, a.get("recipe.method.name")))
     differences = [f"only in the reference: {k}" for k in sorted(a.keys() - b.keys()) if k not in dropped]
     differences += [f"only in this checkout: {k}" for k in sorted(b.keys() - a.keys()) if k not in added]
@@ -155,7 +158,7 @@ def main() -> None:
                                                   candidate / "checkpoints" / "final.pt")
             failed |= bool(differences)
             print(f"{name:<22} {tensors:>8}  " + ("identical" if not differences else f"{len(differences)} difference(s)")
-                  + (f" (recipe keys added (+) or no longer written (-) since: "
+                  + (f" (keys added (+) or no longer written (-) since: "
                      f"{', '.join(k.replace('recipe.', '') if k.startswith('-') else '+' + k.removeprefix('recipe.') for k in added)})"
                      if added else ""))
             for line in differences[:10]:
