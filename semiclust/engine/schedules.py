@@ -45,9 +45,14 @@ class Schedules:
         """Warm-up then cosine to final_lr over the first stage; in the fine-tuning stage, its own cosine."""
         s, n = self.recipe.schedule, self.numbers
         start = self.finetune_start
-        if s.finetune is not None and step >= start:  # (a budget's calibration steps may pass the stand-in length)
+        if self.in_finetune(step):
             return cosine(step - start, n.total_steps - start, self.finetune_peak_lr, s.finetune.final_lr)
         return warmup_cosine(step, start, n.warmup_steps, n.peak_lr, s.final_lr, s.warmup_start_lr)
+
+    def in_finetune(self, step: int) -> bool:
+        """Whether `step` is in the fine-tuning stage (never without one: a budget's calibration steps may pass the
+        stand-in length that finetune_start then returns)."""
+        return self.recipe.schedule.finetune is not None and step >= self.finetune_start
 
     @property
     def finetune_start(self) -> int:
@@ -68,15 +73,13 @@ class Schedules:
         """The confidence pseudo-labels need at `step` when the fine-tuning stage trains on them, else None (the
         method's own unlabeled targets)."""
         finetune = self.recipe.schedule.finetune
-        if finetune is None or finetune.targets != "pseudo_labels" or step < self.finetune_start:
-            return None
-        return finetune.threshold
+        return finetune.threshold if self.in_finetune(step) and finetune.targets == "pseudo_labels" else None
 
     def labeled_weight(self, step: int) -> float | None:
         """The labeled loss's weight at `step` when the schedule sets one (the fine-tuning stage's), else None:
         the method's own (method.labeled_weight, or row counts)."""
         finetune = self.recipe.schedule.finetune
-        return finetune.labeled_weight if finetune is not None and step >= self.finetune_start else None
+        return finetune.labeled_weight if self.in_finetune(step) else None
 
     def backbone_frozen(self, step: int) -> bool:
         """Whether the head warm-up holds the backbone still at `step` (frozen, not merely slowed)."""
