@@ -290,6 +290,20 @@ def test_resume_passes_over_a_checkpoint_of_the_wrong_shape(tmp_path, capsys):
     assert "resuming at step 6" in said and load_checkpoint(out / "checkpoints" / "final.pt").step == 18
 
 
+
+@pytest.mark.parametrize("per_rank", [[], [None], "damaged"])
+def test_resume_passes_over_a_checkpoint_with_no_state_for_this_process(tmp_path, capsys, per_rank):
+    """A newest checkpoint whose per-process states are missing or unreadable was accepted and then failed half-way
+    through loading (AttributeError on None): it is passed over, with the reason, for the previous one."""
+    recipe, out = stopped_run(tmp_path)
+    edit_checkpoint(out / "checkpoints" / "step_000000012.pt", lambda state: state.__setitem__("per_rank", per_rank))
+    code, stdout, err = run(capsys, "train", recipe, "--out", out, "--resume", "--set", "runtime.progress=plain")
+    assert code == 0, err
+    said = " ".join(stdout.split())
+    assert (f"passed over checkpoint '{out / 'checkpoints' / 'step_000000012.pt'}': it holds no state for process 0 "
+            "of 1") in said
+    assert "resuming at step 6" in said and load_checkpoint(out / "checkpoints" / "final.pt").step == 18
+
 def test_a_damaged_recipe_yaml_is_named_and_resume_uses_the_checkpoints_copy(tmp_path, capsys):
     """Item 15: an invalid recipe.yaml in a run crashed `train` and `--resume`."""
     recipe, out = stopped_run(tmp_path)

@@ -58,6 +58,10 @@ def misfit(checkpoint: Checkpoint, method: Method) -> str | None:
     expected = method.state_dict()
     if not isinstance(checkpoint.method, dict):
         return "it holds no network weights"
+    if checkpoint.world_size == dist.world_size():  # another count is restore_run's error, not a fallback
+        lacking = [r for r in range(dist.world_size()) if checkpoint.rank_state(r) is None]
+        if lacking:  # decided from the file alone, so every process passes over the same checkpoints
+            return f"it holds no state for process {lacking[0]} of {dist.world_size()} (a damaged or edited file)"
     mine = checkpoint.rank_state(dist.rank())
     local = mine.local if mine is not None and isinstance(mine.local, dict) else {}
     saved = {**checkpoint.method, **local}
@@ -89,5 +93,5 @@ def restore_run(checkpoint: Checkpoint, run: Run) -> None:
         torch.cuda.set_rng_state(mine.cuda.cpu(), run.device)
     run.batches.generator.set_state(checkpoint.augment_rng.cpu())
     if run.batches.host_generator is not run.batches.generator and checkpoint.augment_host_rng is not None:
-        run.batches.host_generator.set_state(checkpoint.augment_host_rng)
+        run.batches.host_generator.set_state(checkpoint.augment_host_rng.cpu())  # loaded onto the run's device
     run.batches.corrupt_images = checkpoint.corrupt_images

@@ -187,6 +187,41 @@ def test_on_a_cpu_the_host_generator_is_the_augmentation_generator_and_a_separat
     assert torch.equal(torch.rand(4, generator=batches.generator), device_next)
 
 
+
+def test_resume_gives_the_host_generator_its_state_on_the_cpu_whatever_device_the_checkpoint_was_loaded_on(tmp_path):
+    """A resumed CUDA run loads its checkpoint onto the GPU (map_location=run.device), so augment_host_rng arrives
+    as a CUDA tensor, which a CPU generator refuses ("RNG state must be a torch.ByteTensor"): restore_run must move
+    it to the CPU, as it does the other generators' states. Stand-in: a state that is only a tensor after .cpu()."""
+    from semiclust.engine.run_dir import RunFiles
+    from semiclust.engine.setup import build_run
+    from semiclust.engine.state import process_state, restore_run, run_checkpoint
+
+    class LoadedOnTheGpu:
+        def __init__(self, tensor: torch.Tensor):
+            self.tensor = tensor
+
+        def cpu(self) -> torch.Tensor:
+            return self.tensor
+
+    class HostGenerator:  # records what it is given; a real CPU generator refuses anything but a CPU byte tensor
+        def __init__(self):
+            self.given = None
+
+        def get_state(self) -> torch.Tensor:
+            return torch.Generator().manual_seed(7).get_state()
+
+        def set_state(self, state) -> None:
+            assert isinstance(state, torch.Tensor) and state.device == CPU, f"set_state got {type(state).__name__}"
+            self.given = state
+
+    run = build_run(make_recipe(), RunFiles(tmp_path), CPU, resume=False)
+    run.batches.host_generator = HostGenerator()
+    state = run_checkpoint(run, 0, 0, [process_state(run.method, CPU)])
+    saved = state.augment_host_rng
+    state.augment_host_rng = LoadedOnTheGpu(saved)
+    restore_run(state, run)
+    assert torch.equal(run.batches.host_generator.given, saved)
+
 JITTER = ColorJitter(p=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
 
 
