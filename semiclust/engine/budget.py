@@ -48,6 +48,7 @@ REPLAN_MIN = 40                    # step since the previous decision, at least 
 PACE_FROM = 10  # the re-plan times the steps after the first 10 (allocations and loader queues still settle there)
 EXIT_S = 2.0  # the final messages, closing trackers and the process exit
 CALIBRATION_SHARE = 0.03  # at most this share of the budget is spent measuring steps
+CALIBRATION_STEPS = 203  # at most this many steps are measured (200 after three warm-up ones)
 
 
 def process_started() -> float:
@@ -118,9 +119,12 @@ def snapshot(run: Run) -> Checkpoint:
 
 
 def put_back(run: Run, snapshot_of_run: Checkpoint) -> None:
-    """The snapshot back into the live objects, as a resume puts a checkpoint back, and the batches restarted."""
+    """The snapshot back into the live objects, as a resume puts a checkpoint back, the batches restarted, and the
+    non-finite steps noted on the device forgotten (the measured steps are not the run's)."""
     restore_run(snapshot_of_run, run)
     run.batches.restart()
+    if run.finite_watch is not None:
+        run.finite_watch.clear()
 
 
 def seconds_per_step(run: Run, budget_s: float, stopping: Callable[[], bool] = lambda: False) -> float:
@@ -128,7 +132,7 @@ def seconds_per_step(run: Run, budget_s: float, stopping: Callable[[], bool] = l
     queue make a few early steps slow): at least 10 of them and 1% of the budget (25 for steps so short that
     their time varies most), at most 3% of it (or 200 steps)."""
     times: list[float] = []
-    for step in range(203):
+    for step in range(CALIBRATION_STEPS):
         started = time.perf_counter()
         train_step(run, step)
         if run.device.type == "cuda":
@@ -216,12 +220,15 @@ def calibrate(run: Run, files: RunFiles, budget_s: float, started: float, start_
     """Measure (on a snapshot, put back afterwards) and decide the number of steps, counting from
     `start_step` (a resumed run); rank 0's decision on all processes. When `stopping()` turns true (a signal,
     asked after each measured step and each measurement) the run is put back as it was and `Stopped` raised."""
-    before = snapshot(run)
+    before, length = snapshot(run), run.numbers.total_steps
+    run.numbers.retarget(max(length, CALIBRATION_STEPS))  # the file loader's positions cover every measured step
+    run.batches.restart()  # (before the plan the length stands at one epoch, which a small folder takes in a step)
     try:
         step_s = seconds_per_step(run, budget_s, stopping) + seconds_of_bookkeeping(run, files)
         eval_s = seconds_per_evaluation(run)
     finally:
         put_back(run, before)  # the evaluation's loader drew from the global generator too
+        run.numbers.retarget(length)
     checkpoint_s = seconds_per_checkpoint(run, files)
     if stopping():
         raise Stopped("a signal")

@@ -21,6 +21,10 @@ class FiniteWatch:
         bad = ~torch.isfinite(loss.detach())
         self.first_bad.copy_(torch.where(bad, torch.clamp(self.first_bad, max=step), self.first_bad))
 
+    def clear(self) -> None:
+        """Forget the steps noted so far (the budget's calibration steps, which are put back, are not the run's)."""
+        self.first_bad.fill_(NONE)
+
     def first(self) -> int | None:
         """The earliest bad step on any process, or None: one read-back (and one all-reduce)."""
         earliest = -int(dist.all_reduce_max(-self.first_bad))

@@ -77,3 +77,24 @@ def test_resume_refuses_data_whose_listing_changed(tmp_path, dataset_options):
     shutil.copy(tmp_path / "data" / "pool" / "u0_0.png", tmp_path / "data" / "pool" / "a_new_image.png")
     with pytest.raises(SemiclustError, match=r"data changed since this run started \(the training split had 65 images"):
         train(recipe, tmp_path / "run", resume=True)
+
+
+def test_a_budget_is_calibrated_on_a_folder_that_holds_fewer_steps_than_are_measured(tmp_path, dataset_options):
+    """The calibration measures up to 203 steps while the run's length still stands at one epoch (4 steps here):
+    the file loader's positions ended there ("generator raised StopIteration", a traceback, for any small folder
+    not decoded into memory). The measured steps are put back: the run's length is as before, the batches restart."""
+    import time
+
+    from semiclust.engine.budget import calibrate
+    from semiclust.engine.run_dir import RunFiles
+    from semiclust.engine.setup import build_run
+
+    raw = file_recipe(dataset_options, cache="off")
+    raw["schedule"] = {"budget": "30s"}
+    files = RunFiles(tmp_path / "run")
+    files.checkpoints.mkdir(parents=True)
+    run = build_run(validate(raw), files, torch.device("cpu"), resume=False)
+    assert run.batches.files is not None and run.numbers.total_steps == run.numbers.steps_per_epoch == 4
+    plan = calibrate(run, files, 30.0, time.time())
+    assert plan.total_steps > 4 and plan.step_s > 0
+    assert run.numbers.total_steps == 4  # plan_budget retargets to the plan
