@@ -200,9 +200,11 @@ def show_data_report(console: Console, report: DataReport, recipe_name: str) -> 
 
 
 def predictions_table(title: str, predictions: list[Prediction]) -> Table:
+    """One row per image: its path whole (folded onto more lines on a narrow terminal, never cut with an ellipsis:
+    it is what tells the images apart) and its top classes."""
     table = Table(title=title)
     for column in ("image", "classes (probability)"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for p in predictions:
         cell = p.error and f"unreadable: {p.error}" or ", ".join(f"{c} ({v:.1%})" for c, v in zip(p.classes, p.probabilities))
         table.add_row(escape(p.path), escape(cell))

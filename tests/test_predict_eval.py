@@ -134,3 +134,19 @@ def test_top_k_accuracy_is_exact_for_round_fractions():
     scores[:324, 0] = 1.0  # 324 right, the rest predict class 1
     scores[324:, 1] = 1.0
     assert topk_accuracy(scores, labels, 1) == 90.0 and topk_accuracy(scores, labels, 2) == 100.0
+
+
+def test_the_predictions_table_keeps_long_paths_whole_on_a_narrow_terminal():
+    """A path longer than the terminal is folded onto more lines, never cut with an ellipsis: the end of the path
+    (the file name) is what tells the images apart."""
+    from rich.console import Console
+
+    from semiclust.predict import Prediction
+    from semiclust.render import predictions_table
+
+    path = "/data/" + "/".join(f"folder_{i:02d}" for i in range(8)) + "/image_0001_unique_name.png"
+    console = Console(width=50, record=True, color_system=None)
+    console.print(predictions_table("top-2", [Prediction(path, ["cat", "dog"], [0.75, 0.25])]))
+    text = console.export_text()
+    first_column = "".join(line.split("│")[1].strip() for line in text.splitlines() if line.count("│") >= 2)
+    assert first_column == path and "…" not in text
