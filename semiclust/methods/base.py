@@ -197,8 +197,9 @@ class Method(nn.Module):
         return {name: module for name, module in self.named_children() if isinstance(module, Network)}
 
     def per_process_state(self) -> dict[str, torch.Tensor]:
-        """The state each process keeps for itself (its `PerProcess` parts: SwAV's queue), as state-dict entries."""
-        return {f"{name}.{key}": value.detach().cpu() for name, module in self.named_children()
+        """The state each process keeps for itself (its `PerProcess` parts, at any depth, as `buffers_replaced` finds
+        them: SwAV's queue, or one inside an assigner), as state-dict entries."""
+        return {f"{name}.{key}": value.detach().cpu() for name, module in self.named_modules()
                 if isinstance(module, PerProcess) for key, value in module.state_dict().items()}
 
     def buffers_replaced(self) -> None:

@@ -182,3 +182,28 @@ def test_queue_length_is_a_total_split_evenly_over_processes():
     assert queue_per_process(256, 4) == 64
     with pytest.raises(SemiclustError, match="must be divisible by the 3 processes; use e.g. 255"):
         queue_per_process(256, 3)
+
+
+def test_a_per_process_part_inside_another_part_is_saved_per_process():
+    """A `PerProcess` part one level down (inside the assigner) was told when its buffers were replaced but not
+    saved per process, so a resume gave every process rank 0's copy: both now find parts at any depth."""
+    from torch import nn
+
+    from semiclust.methods.per_process import PerProcess
+
+    class Tally(PerProcess):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("seen", torch.tensor([3.0]))
+            self.told = 0
+
+        def buffers_changed(self) -> None:
+            self.told += 1
+
+    method = build_method(make_recipe(), num_classes=K, in_chans=1, steps_per_epoch=3)
+    assert isinstance(method.assigner, nn.Module)
+    method.assigner.tally = Tally()
+    state = method.per_process_state()
+    assert torch.equal(state["assigner.tally.seen"], torch.tensor([3.0]))
+    method.buffers_replaced()
+    assert method.assigner.tally.told == 1
