@@ -3,8 +3,11 @@ probabilities), numpy in and out.
 
 Both rules cover the pool first, in the way of TypiClust (Hacohen, Dekel, Weinshall, ICML 2022): the features are
 cut into as many k-means clusters as there will be labels (the new ones plus those already given), and each pick
-goes to the cluster that holds the fewest labels so far (the largest first), so that the labels spread over what
-the pool holds instead of piling up where it is dense. Inside the chosen cluster:
+goes to the cluster that holds the fewest labels so far, so that the labels spread over what the pool holds instead
+of piling up where it is dense. Among those clusters the next pick goes to the one whose centre lies farthest from
+the clusters labeled so far in this round (the largest first when nothing is labeled yet): the order to label then
+spreads over the pool too, so that a user who labels only the first rows of the list still covers it, instead of
+labeling the largest (often alike) clusters first. Inside the chosen cluster:
 
 - `typical_picks` (the first round, from a self-supervised run) takes the most typical image: the highest
   density among its own cluster, 1 / the mean distance to its nearest neighbours there. A typical image is the
@@ -103,15 +106,25 @@ def margins(probabilities: np.ndarray) -> np.ndarray:
     return top[:, -1] - top[:, -2]
 
 
+def cluster_centres(features: np.ndarray, clusters: np.ndarray) -> np.ndarray:
+    """The mean feature of every cluster id (a row of zeros for an id no row has)."""
+    sums = np.zeros((int(clusters.max()) + 1, features.shape[1]), dtype=np.float64)
+    np.add.at(sums, clusters, features)
+    return sums / np.maximum(np.bincount(clusters, minlength=len(sums)), 1)[:, None]
+
+
 def cover(clusters: np.ndarray, preference: np.ndarray, available: np.ndarray, labeled: np.ndarray,
-          groups: np.ndarray, n: int) -> np.ndarray:
-    """n rows in the order to label: each from the cluster with the fewest labels so far (clusters of at least
-    MIN_CLUSTER rows before smaller ones, then the larger, then the lower id), the available row of highest
-    `preference` there; a pick makes its duplicates (same group) unavailable. `labeled` marks rows with a label."""
+          groups: np.ndarray, n: int, centres: np.ndarray | None = None) -> np.ndarray:
+    """n rows in the order to label: each from a cluster with the fewest labels so far (clusters of at least
+    MIN_CLUSTER rows before smaller ones; among them the one whose centre is farthest from the clusters labeled in
+    this round, then the larger, then the lower id), the available row of highest `preference` there; a pick makes
+    its duplicates (same group) unavailable. `labeled` marks rows with a label; `centres` (one row per cluster id,
+    None: no distances) spreads the order."""
     available = available.copy()
     available[np.isin(groups, groups[labeled])] = False  # a twin of a labeled image teaches nothing new
     sizes = np.bincount(clusters, minlength=int(clusters.max()) + 1)
     counts = np.bincount(clusters[labeled], minlength=len(sizes)).astype(np.int64)
+    spread = RoundSpread(centres, counts)
     order = np.lexsort((np.arange(len(preference)), -preference))  # best first; ties by row
     order = order[np.argsort(clusters[order], kind="stable")]  # grouped by cluster, best first in each
     ids, starts = np.unique(clusters[order], return_index=True)
@@ -124,12 +137,38 @@ def cover(clusters: np.ndarray, preference: np.ndarray, available: np.ndarray, l
         open_clusters = [c for c, rows in queues.items() if rows]
         if not open_clusters:
             break
-        best = min(open_clusters, key=lambda c: (counts[c], sizes[c] < MIN_CLUSTER, -sizes[c], c))
+        distance = spread.distances(min(counts[c] for c in open_clusters))
+        best = min(open_clusters, key=lambda c: (counts[c], sizes[c] < MIN_CLUSTER, -distance[c], -sizes[c], c))
         row = queues[best].pop()
         chosen.append(row)
         counts[best] += 1
+        spread.labeled(best)
         available[groups == groups[row]] = False
     return np.asarray(chosen, dtype=np.int64)
+
+
+class RoundSpread:
+    """For `cover`: each cluster's distance to the nearest centre of the clusters labeled in the current round
+    (a round: every open cluster reaching the same count of labels); infinite for all at a round's start."""
+
+    def __init__(self, centres: np.ndarray | None, counts: np.ndarray):
+        self.centres, self.counts, self.level = centres, counts, -1
+        self.nearest = np.full(len(counts), np.inf)
+
+    def distances(self, level: int) -> np.ndarray:
+        if self.centres is None:
+            return np.zeros(len(self.counts))
+        if level != self.level:  # a new round: measured from the clusters already above this round's count
+            self.level = level
+            self.nearest = np.full(len(self.counts), np.inf)
+            for cluster in np.flatnonzero(self.counts > level):
+                self.labeled(int(cluster))
+        return self.nearest
+
+    def labeled(self, cluster: int) -> None:
+        if self.centres is not None:
+            gap = np.linalg.norm(self.centres - self.centres[cluster], axis=1)
+            self.nearest = np.minimum(self.nearest, gap)
 
 
 def _clusters_for(features: np.ndarray, n: int, labeled: np.ndarray, seed: int) -> np.ndarray:
@@ -144,7 +183,8 @@ def typical_picks(features: np.ndarray, n: int, seed: int, excluded: np.ndarray 
     labeled = np.zeros(len(features), dtype=bool) if excluded is None else np.asarray(excluded, dtype=bool)
     clusters = _clusters_for(features, n, labeled, seed)
     typical = typicality_by_cluster(features, clusters)
-    chosen = cover(clusters, typical, ~labeled, labeled, duplicate_groups(features), n)
+    chosen = cover(clusters, typical, ~labeled, labeled, duplicate_groups(features), n,
+                   cluster_centres(features, clusters))
     return Picks(chosen, clusters[chosen], typical[chosen], clusters)
 
 
@@ -163,5 +203,6 @@ def uncertain_picks(features: np.ndarray, probabilities: np.ndarray, n: int, see
         if len(members):
             typical_half[members] = typical[members] >= np.median(typical[members])
     preference = (1.0 - margin) + typical_half  # the typical half first, then the smallest margin
-    chosen = cover(clusters, preference, ~labeled, labeled, duplicate_groups(features), n)
+    chosen = cover(clusters, preference, ~labeled, labeled, duplicate_groups(features), n,
+                   cluster_centres(features, clusters))
     return Picks(chosen, clusters[chosen], margin[chosen], clusters)

@@ -1,7 +1,8 @@
 """The selection rules of `semiclust label suggest` (semiclust/label/select.py) on synthetic Gaussian mixtures: one
 pick per well-separated blob, at its most typical point; a duplicated image never picked twice (nor a twin of a
 labeled one); excluded rows never picked and counted as labels of their cluster; the same picks for the same seed;
-and, after a trained run, the hesitant typical image of each cluster rather than an outlier."""
+the order to label spread over the pool, not the largest clusters first; and, after a trained run, the hesitant
+typical image of each cluster rather than an outlier."""
 from __future__ import annotations
 
 import numpy as np
@@ -103,3 +104,49 @@ def test_cover_stops_when_nothing_is_left():
     chosen = cover(clusters, np.arange(5.0), np.array([True, True, False, True, True]), np.zeros(5, dtype=bool),
                    np.arange(5), 10)
     assert sorted(chosen.tolist()) == [0, 1, 3, 4]
+
+
+def two_regions(seed: int = 0):
+    """Six large blobs around one direction (region 0) and two small ones around an orthogonal one (region 1):
+    features and each row's region and blob."""
+    rng = np.random.default_rng(seed)
+    dims = 16
+    region_centre = np.eye(dims)[:2]
+    centres, regions, sizes = [], [], []
+    for region, (count, size) in enumerate([(6, 40), (2, 20)]):
+        for _ in range(count):
+            offset = rng.normal(size=dims)
+            centres.append(region_centre[region] + 0.25 * offset / np.linalg.norm(offset))
+            regions.append(region)
+            sizes.append(size)
+    blob = np.repeat(np.arange(len(sizes)), sizes)
+    features = np.asarray(centres)[blob] + 0.01 * rng.normal(size=(len(blob), dims))
+    return features, np.asarray(regions)[blob], blob
+
+
+def test_the_order_to_label_spreads_over_the_pool_rather_than_the_largest_clusters_first():
+    """With one pick per blob, the largest blob comes first and the next pick goes to the far region, although its
+    blobs are the smallest (largest-first would give it picks 7 and 8); a user labeling only the first rows covers
+    both regions. The set of picks is the same: one per blob."""
+    features, region, blob = two_regions()
+    picks = typical_picks(features, 8, seed=0)
+    assert sorted(blob[picks.indices].tolist()) == list(range(8))
+    assert region[picks.indices[:2]].tolist() == [0, 1]
+    assert set(region[picks.indices[:4]].tolist()) == {0, 1}
+
+
+def test_the_next_round_starts_far_from_the_labels_already_given():
+    """Labels already in region 0: the first new pick goes to region 1."""
+    features, region, blob = two_regions()
+    excluded = np.zeros(len(features), dtype=bool)
+    excluded[[np.flatnonzero(blob == b)[0] for b in range(3)]] = True
+    picks = typical_picks(features, 5, seed=0, excluded=excluded)
+    assert region[picks.indices[0]] == 1
+    assert sorted(blob[picks.indices].tolist()) == [3, 4, 5, 6, 7]
+
+
+def test_cover_without_centres_keeps_the_largest_first():
+    """No centres: the clusters are taken largest first, as TypiClust does."""
+    clusters = np.array([0, 1, 1, 1, 2, 2])
+    chosen = cover(clusters, np.zeros(6), np.ones(6, dtype=bool), np.zeros(6, dtype=bool), np.arange(6), 3)
+    assert clusters[chosen].tolist() == [1, 2, 0]
