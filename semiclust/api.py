@@ -12,6 +12,7 @@ Every function takes a recipe as a path, a shipped recipe's name or a `Recipe`, 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,7 +27,7 @@ from semiclust.config.init import InitResult, new_recipe
 from semiclust.config.loader import apply_overrides, resolve
 from semiclust.config.schema import Recipe
 from semiclust.config.shipped import RECIPES
-from semiclust.config.validation import validate_saved
+from semiclust.config.validation import validate_saved, with_method_section
 from semiclust.data.check import DataReport, data_report
 from semiclust.data.datasets import DATASETS
 from semiclust.engine import dist
@@ -57,7 +58,7 @@ def load_recipe(recipe: RecipeLike, overrides: Sequence[str] = ()) -> Recipe:
     if not isinstance(recipe, Recipe):
         return loader.load_recipe(recipe, list(overrides))
     if not overrides:
-        return recipe
+        return with_method_section(recipe, f"recipe '{recipe.name}'")
     return resolve(apply_overrides(recipe.model_dump(mode="json"), list(overrides)), f"recipe '{recipe.name}' with --set")
 
 
@@ -234,3 +235,15 @@ def catalogue() -> dict:
     """What `semiclust list` lists: each kind's registry (names with a pattern, and a one-line summary)."""
     return {"backbones": BACKBONES, "assignments": ASSIGNMENTS, "datasets": DATASETS, "methods": METHODS,
             "recipes": RECIPES}
+
+
+def _bind_the_package_functions() -> None:
+    """Importing this module imported the submodules `semiclust.predict`, `semiclust.compare` and `semiclust.export`,
+    and Python bound each as an attribute of the package, where it shadows the function of the same name that
+    `semiclust.predict(...)` means (semiclust/__init__.py): the package's functions are bound over them, once."""
+    package = sys.modules[__package__]
+    for name in package.API:
+        setattr(package, name, globals()[name])
+
+
+_bind_the_package_functions()

@@ -54,6 +54,12 @@ def train(
     """Train a model as the recipe says; writes recipe, labeled subset, metrics and checkpoints to --out."""
     from semiclust import api, render
 
+    if budget is not None:  # said about the option typed, not about the recipe key it sets
+        from semiclust.config.init import budget_seconds
+        from semiclust.config.schema import MIN_BUDGET_S, TOO_SHORT_BUDGET
+
+        if budget_seconds(budget) < MIN_BUDGET_S:
+            raise SemiclustError(f"--budget: {TOO_SHORT_BUDGET}; give e.g. --budget 30m.")
     overrides = [*(overrides or []), *([f"schedule.budget={budget}", "schedule.epochs=null"] if budget else [])]
     resolved = api.load_recipe(recipe, overrides)
     if dry_run:
@@ -234,7 +240,7 @@ def recipe_init(
     write_text(out, result.text)
     for choice in result.choices:
         console.print(f"{choice.key}: {choice.why}", highlight=False, soft_wrap=True)
-    console.print(f"wrote {out}; train with: semiclust train {out}", highlight=False)
+    console.print(f"wrote {out}; train with: {shlex.join(['semiclust', 'train', str(out)])}", highlight=False)
 
 
 @recipe_app.command("reference")

@@ -45,15 +45,25 @@ class Registry(Generic[T]):
         self._specs: dict[str, type] = {}
 
     def register(self, name: str, spec: type | None = None) -> Callable[[T], T]:
-        def decorator(entry: T) -> T:
+        def decorator(entry: T) -> T:  # without `spec`, a registered base class's section is inherited
             if name in self._entries:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
             self._entries[name] = entry
-            if spec is not None:
-                self._specs[name] = spec
+            inherited = spec or self._inherited_spec(entry)
+            if inherited is not None:
+                self._specs[name] = inherited
             return entry
 
         return decorator
+
+    def _inherited_spec(self, entry: T) -> type | None:
+        """The section class of the nearest registered base class of `entry` (a subclass of Suave registered without
+        a section of its own takes Suave's, as it takes its parts), or None."""
+        for base in getattr(entry, "__mro__", ())[1:]:
+            for name, registered in self._entries.items():
+                if registered is base and name in self._specs:
+                    return self._specs[name]
+        return None
 
     def get(self, name: str) -> T:
         if name not in self._entries:

@@ -35,6 +35,28 @@ def test_load_recipe_reads_files_and_shipped_names_and_applies_overrides(tiny_fi
         api.load_recipe(tiny_file, ["optim.lrr=0.2"])
 
 
+
+@pytest.mark.parametrize("method, section, check", [
+    ("suave", {"queue": {"length": 64, "start_epoch": 1}}, lambda m: m.queue.length == 64),
+    ("daino", {"teacher": {"momentum": 0.95, "momentum_end": 0.99}}, lambda m: m.spec.teacher.momentum_end == 0.99)])
+def test_a_recipe_validated_without_the_registries_gets_its_methods_own_section(method, section, check):
+    """`Recipe.model_validate(raw)` (a notebook's way) leaves the method section generic, where Suave's queue and
+    Daino's teacher were plain dicts: building the method failed with AttributeError and a misspelt key passed.
+    api.load_recipe and build_method check the section with the method's own class."""
+    from semiclust.config.loader import with_method_defaults
+    from semiclust.config.schema import MethodSpec
+    from semiclust.engine.setup import build_method
+
+    raw = with_method_defaults({**TINY_RECIPE, "method": {"name": method, **section}})
+    generic = Recipe.model_validate(raw)
+    assert type(generic.method) is MethodSpec
+    assert check(build_method(generic, 3, 3, 5))
+    loaded = api.load_recipe(generic)
+    assert type(loaded.method) is not MethodSpec and check(build_method(loaded, 3, 3, 5))
+    misspelt = Recipe.model_validate({**raw, "method": {**raw["method"], "temprature": 0.2}})
+    with pytest.raises(SemiclustError, match="temprature"):
+        api.load_recipe(misspelt)
+
 def test_train_writes_the_run_and_returns_its_final_evaluation(tiny_file, tmp_path):
     summary = api.train(tiny_file, tmp_path / "run", overrides=["schedule.epochs=1"])
     state = load_checkpoint(summary.checkpoint)
@@ -108,3 +130,37 @@ def test_catalogue_lists_each_kind_from_its_registry():
     assert {"suave", "daino", "swav", "dino", "supervised"} == set(catalogue["methods"].names())
     assert "resnet18_cifar" in catalogue["backbones"].names("resnet18*")
     assert "digits_suave" in catalogue["recipes"].names() and catalogue["methods"].summary("suave").startswith("SwAV")
+
+
+def test_a_method_subclass_registered_without_a_section_takes_its_bases(monkeypatch):
+    """`@METHODS.register("my_suave") class MySuave(Suave)` with no `spec=`: it got the plain section, so
+    method.queue was refused as another method's option and, without it, building failed (no `queue`); it now takes
+    Suave's section, as it takes Suave's parts."""
+    from semiclust.config.loader import with_method_defaults
+    from semiclust.engine.setup import build_method
+    from semiclust.methods.suave import Suave
+    from semiclust.registry import METHODS
+
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
+    monkeypatch.setattr(METHODS, "_specs", dict(METHODS._specs))
+
+    @METHODS.register("my_suave")
+    class MySuave(Suave):
+        """Suave under another name."""
+
+    assert METHODS.spec("my_suave") is METHODS.spec("suave")
+    recipe = api.load_recipe(Recipe.model_validate(with_method_defaults(
+        {**TINY_RECIPE, "method": {"name": "my_suave", "queue": {"length": 64, "start_epoch": 1}}})))
+    method = build_method(recipe, 3, 3, 5)
+    assert isinstance(method, MySuave) and method.queue.length == 64
+
+
+def test_the_package_functions_are_not_shadowed_by_the_submodules_of_the_same_name():
+    """`semiclust.predict`, `.compare` and `.export` are functions (the package docstring's API), although
+    submodules of the same names exist and importing the api imports them (which bound the modules there)."""
+    import semiclust.compare  # noqa: F401 - imported again: nothing rebinds
+    import semiclust.predict  # noqa: F401
+
+    for name in semiclust.API:
+        assert getattr(semiclust, name) is getattr(api, name), name
+    assert callable(semiclust.predict) and callable(semiclust.export) and callable(semiclust.compare)

@@ -106,3 +106,33 @@ def test_train_then_eval_reproduces_the_final_top1(capsys, recipe_file, tmp_path
 def test_plot_without_metrics_is_a_clear_error(capsys, tmp_path):
     code, _, err = run(capsys, "plot", str(tmp_path))
     assert code == 2 and "has no metrics.jsonl" in err
+
+
+@pytest.mark.parametrize("budget, said", [("10", "'10' has no unit"), ("ten minutes", "is not a duration")])
+def test_a_bad_train_budget_is_said_about_the_option_typed(capsys, recipe_file, tmp_path, budget, said):
+    """`train --budget 10` names --budget and how to write a duration, not a recipe key or a --set override the user
+    never typed; nothing is written."""
+    code, _, err = run(capsys, "train", str(recipe_file), "--budget", budget, "--out", str(tmp_path / "run"))
+    assert code == 2 and err.startswith("error: --budget:") and said in err, err
+    assert "--set override" not in err and "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override", ["method.name=[suave]", "method.name={a: 1}", "method.assignment.name=[sinkhorn]"])
+def test_a_part_name_that_is_not_a_string_is_one_paragraph_not_a_traceback(capsys, recipe_file, override):
+    """A list or a mapping where a method's or an assignment's name goes was looked up in the registries as it was
+    (TypeError: unhashable type, a traceback); it is a validation error naming the key, exit 2."""
+    key = override.split("=")[0]
+    code, _, err = run(capsys, "recipe", "show", str(recipe_file), "--set", override)
+    assert code == 2 and "Traceback" not in err and key in err and "is not a valid recipe" in err, err
+
+
+def test_a_saved_recipe_with_a_part_name_that_is_not_a_string_is_named(tmp_path):
+    """The same in a run's saved recipe (what --resume and eval read): a SemiclustError naming method.name."""
+    from semiclust.config.loader import with_method_defaults
+    from semiclust.config.validation import validate_saved
+    from semiclust.errors import SemiclustError
+
+    raw = with_method_defaults(yaml.safe_load(yaml.safe_dump(TINY_RECIPE)))
+    raw["method"]["name"] = ["suave"]
+    with pytest.raises(SemiclustError, match="method.name"):
+        validate_saved(raw, "the run's recipe.yaml")

@@ -5,6 +5,7 @@ and the 64-px recipe trains inside a short budget."""
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def written(capsys, out: Path, *argv: str):
     code, stdout, err = cli(capsys, "recipe", "init", "--out", str(out), *argv)
     assert code == 0, err
     stdout = " ".join(stdout.split())  # the console wraps long lines at its width
-    assert f"wrote {out}; train with: semiclust train {out}" in stdout
+    assert f"wrote {out}; train with: {shlex.join(['semiclust', 'train', str(out)])}" in stdout  # pasteable as is
     text = out.read_text()
     assert "&id" not in text and "*id" not in text  # no YAML anchors: each view's settings are edited on their own
     return load_recipe(out), text, stdout
@@ -109,7 +110,8 @@ def test_a_folder_of_grey_images_gets_a_one_channel_recipe(capsys, tmp_path):
     colour folder, keeps RGB."""
     image_tree(tmp_path / "grey" / "train", ["ant", "bee", "cat"], per_class=6, size=16, grey=True)
     image_tree(tmp_path / "grey" / "val", ["ant", "bee", "cat"], per_class=2, size=16, start_seed=70, grey=True)
-    recipe, text, stdout = written(capsys, tmp_path / "grey.yaml", "--data", str(tmp_path / "grey"), "--budget", "1m")
+    recipe, text, stdout = written(capsys, tmp_path / "grey recipe.yaml", "--data", str(tmp_path / "grey"),
+                                   "--budget", "1m")
     assert recipe.data.options["channels"] == 1 and "channels: 1" in text
     assert "data.options.channels: the 18 training images sampled are all grey" in stdout
     assert build_dataset(recipe.data.dataset, recipe.data.options).channels == 1

@@ -350,14 +350,9 @@ class MethodSpec(BaseModel):
         """With the registered section classes in the validation context (the recipe loader passes
         them), the section is validated by its part's own class; without them it stays generic."""
         specs = (info.context or {}).get("assignment_specs") or {}
-        if isinstance(value, dict) and value.get("name") in specs:
+        if part_name(value) in specs:  # a name that is not a string stays for the generic check to name
             return specs[value["name"]].model_validate(value, context=info.context)
         return value
-
-    @property
-    def typed(self) -> bool:
-        """Whether the chosen method's own section class checked this section (not just the generic one)."""
-        return type(self) is not MethodSpec
 
 
 class PlainMethodSpec(MethodSpec):
@@ -403,6 +398,17 @@ class Optim(Strict):
 
 
 DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
+
+
+MIN_BUDGET_S = 10
+TOO_SHORT_BUDGET = f"a budget shorter than {MIN_BUDGET_S} seconds leaves no time to train"
+
+
+def part_name(section: Any) -> str | None:
+    """A registered part's section's `name` when it is a string (None otherwise): a list or a mapping there is
+    unhashable, so a registry lookup would be a TypeError traceback instead of the validation error naming it."""
+    name = section.get("name") if isinstance(section, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def duration_seconds(text: str) -> float:
@@ -465,8 +471,8 @@ class Schedule(Strict):
     @field_validator("budget")
     @classmethod
     def _a_duration(cls, value: str | None) -> str | None:
-        if value is not None and duration_seconds(value) < 10:
-            raise ValueError("a budget shorter than 10 seconds leaves no time to train")
+        if value is not None and duration_seconds(value) < MIN_BUDGET_S:
+            raise ValueError(TOO_SHORT_BUDGET)
         return value
 
     @model_validator(mode="after")
@@ -570,7 +576,7 @@ class Recipe(Strict):
         method's own class (an option another method owns is an error naming the method); without them, or for an
         unknown method (the loader names it), the section stays generic."""
         specs = (info.context or {}).get("method_specs") or {}
-        if not isinstance(value, dict) or value.get("name") not in specs:
+        if part_name(value) not in specs:  # a name that is not a string stays for the generic check to name
             return value
         section = specs[value["name"]]
         foreign = [key for key in value if key not in section.model_fields and any(

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Union
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from semiclust.config.schema import MethodSpec, PartSpec, PlainMethodSpec, Recipe
+from semiclust.config.schema import MethodSpec, PartSpec, PlainMethodSpec, Recipe, part_name
 from semiclust.errors import SemiclustError
 from semiclust.registry import ASSIGNMENTS, METHODS, closest
 
@@ -46,6 +46,15 @@ def validate(raw: dict[str, Any], source: str = "recipe", context: dict | None =
         raise SemiclustError(invalid_recipe_message(source, describe_errors(err))) from None
 
 
+
+def with_method_section(recipe: Recipe, source: str = "the recipe") -> Recipe:
+    """`recipe` with its method section checked by the chosen method's own class. One validated without the
+    registries' context (`Recipe.model_validate(raw)` in a notebook) carries the generic section, where a method's
+    own options (Suave's queue, Daino's teacher) are plain dicts and a misspelt key passes unnoticed."""
+    if type(recipe.method) is not MethodSpec:
+        return recipe
+    return validate(recipe.model_dump(mode="json"), source)
+
 def validate_saved(raw: dict[str, Any], source: str, context: dict | None = None) -> Recipe:
     """A recipe saved by semiclust (a run directory's recipe.yaml, a checkpoint's): as `validate`, and one saved
     before batches were global (its data.batch has no `per`) keeps meaning what it meant, batches per process; the
@@ -65,7 +74,7 @@ def without_other_methods_sections(raw: Any, saved: bool = True) -> Any:
     """`raw` without the sections of SHARED_BEFORE that its method does not take: all of them in a saved recipe,
     those at their former defaults otherwise (a value that would now be ignored stays, and is refused)."""
     method = raw.get("method") if isinstance(raw, dict) else None
-    section = METHODS.specs(default=PlainMethodSpec).get(method.get("name")) if isinstance(method, dict) else None
+    section = METHODS.specs(default=PlainMethodSpec).get(part_name(method))
     if section is None:
         return raw
     dropped = {key for key, defaults in SHARED_BEFORE.items() if key in method and key not in section.model_fields

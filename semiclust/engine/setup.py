@@ -38,6 +38,7 @@ from semiclust.methods.base import PartKit
 from semiclust.models.init import InitReport, initialize
 from semiclust.models.network import Network, keep_running_stats_in_recompute
 from semiclust.config.schema import Recipe
+from semiclust.config.validation import with_method_section
 
 
 # BatchNorm buffers stay per process (SyncBatchNorm shares the statistics that matter); torch 2.14 renamed
@@ -119,6 +120,7 @@ def assemble_method(kind: type[Method], recipe: Recipe, student: Network, in_cha
 def build_method(recipe: Recipe, num_classes: int, in_chans: int, steps_per_epoch: int, world: int = 1) -> Method:
     """The recipe's method with freshly built parts and `steps_per_epoch` steps an epoch (for a notebook or a test;
     training uses build_core)."""
+    recipe = with_method_section(recipe)
     kind = METHODS.get(recipe.method.name)
     shares = process_batches(recipe.data.batch, world, recipe.optim.accumulate_steps)[0] * world
     numbers = run_numbers(recipe, steps_per_epoch * shares * recipe.optim.accumulate_steps, world, kind.streams)
