@@ -190,6 +190,40 @@ def test_a_registered_dataset_gets_a_recipe_that_names_it(capsys, tmp_path):
         assert "Traceback" not in err and not (tmp_path / "x.yaml").exists()
 
 
+def fashion_stand_in(root: Path) -> None:
+    """Stand-in Fashion-MNIST idx files under `root` (1,040 training images of 28 px, 10 classes; 20 test)."""
+    import numpy as np
+
+    from tests.data.test_array_datasets import idx_bytes, pixels
+
+    folder = root / "FashionMNIST" / "raw"
+    folder.mkdir(parents=True)
+    for split, count in (("train", 1040), ("t10k", 20)):
+        (folder / f"{split}-images-idx3-ubyte").write_bytes(idx_bytes(pixels(count, 1, 28)[:, 0]))
+        (folder / f"{split}-labels-idx1-ubyte").write_bytes(idx_bytes(np.arange(count) % 10))
+
+
+@pytest.mark.parametrize("method, budget, step_s, short", [("daino", "5m", 0.5, True), ("daino", "30m", 0.3, False),
+                                                           ("suave", "5m", 0.5, False)])
+def test_init_gives_daino_the_labeled_pull_and_a_following_teacher_in_a_short_run(tmp_path, monkeypatch, method,
+                                                                                   budget, step_s, short):
+    """Fewer than SHORT_DAINO_STEPS planned steps (90% of the budget at the measured step time: 540 here) get Daino
+    the labeled weight 0.5 and the teacher momentum held at 0.99, said in the header; a long run (5,400 steps) and
+    Suave keep the method's defaults."""
+    from semiclust.config import init as recipe_init
+
+    monkeypatch.setattr(recipe_init, "choose_width", lambda *args: (16, [recipe_init.Measured(16, step_s, 5.0)]))
+    fashion_stand_in(tmp_path)
+    written = api.init_recipe(None, budget, method=method, per_class=10, registered=("fashion_mnist", tmp_path))
+    spec = written.recipe.method
+    if short:
+        assert spec.labeled_weight == 0.5 and spec.teacher.momentum_end == 0.99
+        assert "#   method.labeled_weight, method.teacher.momentum_end: about 540 steps planned" in written.text
+    else:
+        assert spec.labeled_weight is None and "steps planned" not in written.text
+        assert method != "daino" or spec.teacher.momentum_end == 1.0
+
+
 @pytest.mark.parametrize("method", ["suave", "daino"])
 def test_the_shipped_fashion_mnist_recipes_are_what_init_writes(tmp_path, monkeypatch, method):
     """recipes/fashion_mnist_{suave,daino}.yaml are `recipe init --dataset fashion_mnist --per-class 10 --budget 30m`
@@ -197,11 +231,8 @@ def test_the_shipped_fashion_mnist_recipes_are_what_init_writes(tmp_path, monkey
     read back from the shipped file's own header (the machine-dependent part), init writes the same recipe."""
     import re
 
-    import numpy as np
-
     from semiclust.config import init as recipe_init
     from semiclust.config.shipped import find_recipe
-    from tests.data.test_array_datasets import idx_bytes, pixels
 
     shipped = find_recipe(f"fashion_mnist_{method}")
     text = shipped.read_text()
@@ -210,11 +241,7 @@ def test_the_shipped_fashion_mnist_recipes_are_what_init_writes(tmp_path, monkey
     assert timings, "the shipped recipe lost the header that init writes"
     chosen = yaml.safe_load(text)["model"]["backbone"]["kwargs"]["widths"][0]
     monkeypatch.setattr(recipe_init, "choose_width", lambda *args: (chosen, timings))
-    folder = tmp_path / "FashionMNIST" / "raw"
-    folder.mkdir(parents=True)
-    for split, count in (("train", 1040), ("t10k", 20)):
-        (folder / f"{split}-images-idx3-ubyte").write_bytes(idx_bytes(pixels(count, 1, 28)[:, 0]))
-        (folder / f"{split}-labels-idx1-ubyte").write_bytes(idx_bytes(np.arange(count) % 10))
+    fashion_stand_in(tmp_path)
     written = api.init_recipe(None, "30m", method=method, per_class=10, registered=("fashion_mnist", tmp_path))
     ours, theirs = yaml.safe_load(written.text), yaml.safe_load(text)
     assert ours["data"].pop("options") == {"root": str(tmp_path)}
