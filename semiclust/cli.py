@@ -56,10 +56,8 @@ def train(
 
     if budget is not None:  # said about the option typed, not about the recipe key it sets
         from semiclust.config.init import budget_seconds
-        from semiclust.config.schema import MIN_BUDGET_S, TOO_SHORT_BUDGET
 
-        if budget_seconds(budget) < MIN_BUDGET_S:
-            raise SemiclustError(f"--budget: {TOO_SHORT_BUDGET}; give e.g. --budget 30m.")
+        budget_seconds(budget)
     overrides = [*(overrides or []), *([f"schedule.budget={budget}", "schedule.epochs=null"] if budget else [])]
     resolved = api.load_recipe(recipe, overrides)
     if dry_run:

@@ -136,3 +136,11 @@ def test_a_saved_recipe_with_a_part_name_that_is_not_a_string_is_named(tmp_path)
     raw["method"]["name"] = ["suave"]
     with pytest.raises(SemiclustError, match="method.name"):
         validate_saved(raw, "the run's recipe.yaml")
+
+
+def test_recipe_init_names_a_too_short_budget_as_the_option_typed(capsys, tmp_path):
+    """`recipe init --budget 5s` is refused about --budget before any timing (it wrote a recipe that its own
+    validation then refused, naming schedule.budget and a --set override); nothing is written."""
+    out = tmp_path / "x.yaml"
+    code, _, err = run(capsys, "recipe", "init", "--dataset", "synthetic", "--budget", "5s", "--out", str(out))
+    assert code == 2 and err.startswith("error: --budget: a budget shorter than 10 seconds") and not out.exists(), err

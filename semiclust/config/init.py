@@ -29,7 +29,7 @@ from semiclust.engine.step import train_step
 from semiclust.errors import SemiclustError
 from semiclust.label.lists import read_provenance, read_rows, refuse_unlabeled
 from semiclust.config.loader import resolve
-from semiclust.config.schema import Recipe, duration_seconds
+from semiclust.config.schema import MIN_BUDGET_S, TOO_SHORT_BUDGET, Recipe, duration_seconds
 from semiclust.config.validation import validate_saved
 
 # Measured on Fashion-MNIST, 10 labels per class, 5 minutes on 2 cores (docs/method.md, "Small real images"):
@@ -377,11 +377,15 @@ def short_daino_run(raw: dict, method: str, budget_s: float, chosen: Measured) -
 
 
 def budget_seconds(budget: str) -> float:
-    """The budget in seconds, or one paragraph saying how to write one."""
+    """The budget of a `--budget` option in seconds, or one paragraph naming the option and how to write one (a
+    duration, at least MIN_BUDGET_S): `train`, `recipe init` and `label suggest` all check theirs here."""
     try:
-        return duration_seconds(budget)
+        seconds = duration_seconds(budget)
     except ValueError as err:
         raise SemiclustError(f"--budget: {err}.") from None
+    if seconds < MIN_BUDGET_S:
+        raise SemiclustError(f"--budget: {TOO_SHORT_BUDGET}; give e.g. --budget 30m.")
+    return seconds
 
 
 def timed(raw: dict, width: int, dataset: Dataset, budget_s: float, device: torch.device) -> Measured:
