@@ -46,7 +46,6 @@ def validate(raw: dict[str, Any], source: str = "recipe", context: dict | None =
         raise SemiclustError(invalid_recipe_message(source, describe_errors(err))) from None
 
 
-
 def with_method_section(recipe: Recipe, source: str = "the recipe") -> Recipe:
     """`recipe` with its method section checked by the chosen method's own class. One validated without the
     registries' context (`Recipe.model_validate(raw)` in a notebook) carries the generic section, where a method's
@@ -54,6 +53,7 @@ def with_method_section(recipe: Recipe, source: str = "the recipe") -> Recipe:
     if type(recipe.method) is not MethodSpec:
         return recipe
     return validate(recipe.model_dump(mode="json"), source)
+
 
 def validate_saved(raw: dict[str, Any], source: str, context: dict | None = None) -> Recipe:
     """A recipe saved by semiclust (a run directory's recipe.yaml, a checkpoint's): as `validate`, and one saved

@@ -124,7 +124,7 @@ def cover(clusters: np.ndarray, preference: np.ndarray, available: np.ndarray, l
     available[np.isin(groups, groups[labeled])] = False  # a twin of a labeled image teaches nothing new
     sizes = np.bincount(clusters, minlength=int(clusters.max()) + 1)
     counts = np.bincount(clusters[labeled], minlength=len(sizes)).astype(np.int64)
-    spread = RoundSpread(centres, counts)
+    spread = RoundSpread(centres, len(sizes))
     order = np.lexsort((np.arange(len(preference)), -preference))  # best first; ties by row
     order = order[np.argsort(clusters[order], kind="stable")]  # grouped by cluster, best first in each
     ids, starts = np.unique(clusters[order], return_index=True)
@@ -137,7 +137,7 @@ def cover(clusters: np.ndarray, preference: np.ndarray, available: np.ndarray, l
         open_clusters = [c for c, rows in queues.items() if rows]
         if not open_clusters:
             break
-        distance = spread.distances(min(counts[c] for c in open_clusters))
+        distance = spread.distances(counts, min(counts[c] for c in open_clusters))
         best = min(open_clusters, key=lambda c: (counts[c], sizes[c] < MIN_CLUSTER, -distance[c], -sizes[c], c))
         row = queues[best].pop()
         chosen.append(row)
@@ -151,17 +151,16 @@ class RoundSpread:
     """For `cover`: each cluster's distance to the nearest centre of the clusters labeled in the current round
     (a round: every open cluster reaching the same count of labels); infinite for all at a round's start."""
 
-    def __init__(self, centres: np.ndarray | None, counts: np.ndarray):
-        self.centres, self.counts, self.level = centres, counts, -1
-        self.nearest = np.full(len(counts), np.inf)
+    def __init__(self, centres: np.ndarray | None, clusters: int):
+        self.centres, self.level = centres, -1
+        self.nearest = np.full(clusters, np.inf) if centres is not None else np.zeros(clusters)
 
-    def distances(self, level: int) -> np.ndarray:
-        if self.centres is None:
-            return np.zeros(len(self.counts))
-        if level != self.level:  # a new round: measured from the clusters already above this round's count
+    def distances(self, counts: np.ndarray, level: int) -> np.ndarray:
+        """The distances for a pick at `level` labels, given every cluster's `counts` so far."""
+        if self.centres is not None and level != self.level:  # a new round: from the clusters already above it
             self.level = level
-            self.nearest = np.full(len(self.counts), np.inf)
-            for cluster in np.flatnonzero(self.counts > level):
+            self.nearest = np.full(len(counts), np.inf)
+            for cluster in np.flatnonzero(counts > level):
                 self.labeled(int(cluster))
         return self.nearest
 
