@@ -436,12 +436,17 @@ class Finetune(Strict):
     labeled_weight: Probability | None = Field(
         None, description="weight of the labeled loss during the stage (1 = the labeled images only); null = as in "
         "the first stage (method.labeled_weight)")
-    targets: Literal["method", "pseudo_labels"] = Field(
+    targets: Literal["method", "pseudo_labels", "propagated"] = Field(
         "method", description="the unlabeled targets during the stage: the method's own (Sinkhorn, the teacher; the "
-        "release's second stage) or pseudo_labels: self-training on the classifier's confident class predictions "
-        "(Daino: the teacher's) of the target crops, one hard class per image, every crop trained towards it")
+        "release's second stage), pseudo_labels: self-training on the classifier's confident class predictions "
+        "(Daino: the teacher's) of the target crops, one hard class per image, every crop trained towards it, or "
+        "propagated: the labels spread over a k-nearest-neighbour graph of the classifier's backbone features of "
+        "every training image, once at the stage's start, each image trained towards its class weighted by the "
+        "propagation's confidence")
     threshold: Probability = Field(0.95, description="pseudo_labels: the class probability an unlabeled image's "
                                    "prediction needs to be trained on (the others are left out of the step)")
+    neighbours: Annotated[int, Field(ge=1, le=1000)] = Field(
+        20, description="propagated: the neighbours of each image in the graph the labels spread over")
 
 
 class Schedule(Strict):

@@ -123,6 +123,15 @@ def split_rows(split: Split, indices: torch.Tensor) -> Split:
     return ImageSplit(split.images[torch.as_tensor(indices)], split.labels[indices])
 
 
+def indexed(split: Split) -> Split:
+    """The split with each image's label replaced by its own index: the evaluation views then say which images
+    they hold (unreadable files are left out of them)."""
+    rows = torch.arange(len(split), dtype=torch.long)
+    if isinstance(split, ImageSplit):
+        return ImageSplit(split.images, rows)
+    return FileSplit(split.root, split.files, rows, split.pixels, split.channels)
+
+
 @dataclass
 class Dataset:
     """A training split (its unlabeled-only images carry label -1), an evaluation split (None when

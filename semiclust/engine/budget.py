@@ -38,7 +38,8 @@ from semiclust.engine.signals import Stopped
 from semiclust.engine.state import process_state, restore_run, run_checkpoint
 from semiclust.engine.step import train_step
 from semiclust.errors import SemiclustError
-from semiclust.evaluation.metrics import predict_scores
+from semiclust.evaluation.metrics import features_and_scores, predict_scores
+from semiclust.methods.label_propagation import knn_graph, propagate
 from semiclust.storage.atomic import write_text
 
 DRIFT = 0.02  # steps are planned 2% slower than measured, so that a slower stretch still ends inside the budget
@@ -79,6 +80,7 @@ class BudgetPlan:
     replans: list = dataclasses.field(default_factory=list)  # [step, length] of each re-plan, in order
     start_step: int = 0  # the step the calibration counted from (a resume with a new budget starts later)
     replan_share: int = 0  # the index in REPLAN_SHARES of `replan_at` (each share is used once)
+    propagation_s: float = 0.0  # the fine-tuning stage's label propagation, once (schedule.finetune.targets)
 
     @property
     def replanned(self) -> bool:
@@ -162,6 +164,29 @@ def seconds_per_evaluation(run: Run) -> float:
     return (time.perf_counter() - started) * len(test) / len(rows)
 
 
+def seconds_of_propagation(run: Run) -> float:
+    """The fine-tuning stage's label propagation, estimated (0 when the run has none): its pass over the training
+    images at the pace of a pass over up to 1,024 of them, and its graph timed on up to 4,096 random features of the
+    backbone's width, scaled by the square of the images (every image is compared with every other)."""
+    if run.method.propagation is None:
+        return 0.0
+    train = run.dataset.train
+    rows = torch.arange(min(len(train), 1024))
+    sample = EvalViews(split_rows(train, rows), run.recipe.data.eval, run.dataset.mean, run.dataset.std,
+                       run.recipe.eval.batch_size, run.device, run.recipe.data.loader, run.recipe.data.max_image_pixels)
+    started = time.perf_counter()
+    features, _, _ = features_and_scores(run.method.classifier, sample)
+    pass_s = (time.perf_counter() - started) * len(train) / len(rows)
+    drawn = torch.randn(min(len(train), 4096), features.shape[1], generator=torch.Generator().manual_seed(0))
+    drawn = drawn.to(run.device)  # where the stage makes its graph
+    started = time.perf_counter()
+    propagate(knn_graph(drawn, run.recipe.schedule.finetune.neighbours), torch.arange(1), torch.zeros(1, dtype=torch.long),
+              run.dataset.num_classes)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    return pass_s + (time.perf_counter() - started) * (len(train) / len(drawn)) ** 2
+
+
 def seconds_per_checkpoint(run: Run, files: RunFiles) -> float:
     """A real checkpoint of the run written where checkpoints go (state, serialisation, fsync), then removed."""
     per_rank = dist.gather_objects(process_state(run.method, run.device))
@@ -184,12 +209,13 @@ def seconds_of_bookkeeping(run: Run, files: RunFiles) -> float:
 
 
 def planned_steps(budget_s: float, now_s: float, step_s: float, eval_s: float, checkpoint_s: float, run: Run,
-                  done: int = 0, drift: float = DRIFT) -> tuple:
+                  done: int = 0, drift: float = DRIFT, once_s: float = 0.0) -> tuple:
     """The most steps after step `done` whose time, with the periodic evaluations and checkpoints they bring, the
-    final ones and the exit, fits what is left of the budget (steps planned `drift` slower than measured); and how
-    many periodic evaluations and checkpoints that makes. The time grows with the steps, so a bisection finds it."""
+    final ones, the exit and the work still to come once (`once_s`: a fine-tuning stage's propagation), fits what is
+    left of the budget (steps planned `drift` slower than measured); and how many periodic evaluations and
+    checkpoints that makes. The time grows with the steps, so a bisection finds it."""
     recipe, spe = run.recipe, run.numbers.steps_per_epoch
-    left = budget_s - now_s - eval_s - checkpoint_s - EXIT_S
+    left = budget_s - now_s - eval_s - checkpoint_s - EXIT_S - once_s
     every = spe * recipe.eval.every_epochs
 
     def counts(steps: int) -> tuple[int, int]:
@@ -221,11 +247,14 @@ def calibrate(run: Run, files: RunFiles, budget_s: float, started: float, start_
     `start_step` (a resumed run); rank 0's decision on all processes. When `stopping()` turns true (a signal,
     asked after each measured step and each measurement) the run is put back as it was and `Stopped` raised."""
     before, length = snapshot(run), run.numbers.total_steps
-    run.numbers.retarget(max(length, CALIBRATION_STEPS))  # the file loader's positions cover every measured step
+    # the file loader's positions cover every measured step, and the measured steps stay in the first stage (a
+    # fine-tuning stage takes at most half the run: its propagated targets are made when the real run reaches it)
+    run.numbers.retarget(max(length, 2 * CALIBRATION_STEPS))
     run.batches.restart()  # (before the plan the length stands at one epoch, which a small folder takes in a step)
     try:
         step_s = seconds_per_step(run, budget_s, stopping) + seconds_of_bookkeeping(run, files)
         eval_s = seconds_per_evaluation(run)
+        propagation_s = seconds_of_propagation(run)
     finally:
         put_back(run, before)  # the evaluation's loader drew from the global generator too
         run.numbers.retarget(length)
@@ -233,10 +262,12 @@ def calibrate(run: Run, files: RunFiles, budget_s: float, started: float, start_
     if stopping():
         raise Stopped("a signal")
     now_s = time.time() - started
-    steps, evaluations, checkpoints = planned_steps(budget_s, now_s, step_s, eval_s, checkpoint_s, run)
+    once_s = propagation_s if propagation_ahead(run) else 0.0
+    steps, evaluations, checkpoints = planned_steps(budget_s, now_s, step_s, eval_s, checkpoint_s, run, once_s=once_s)
     plan = BudgetPlan(budget_s, start_step + steps, step_s, eval_s, checkpoint_s, evaluations, checkpoints, now_s,
-                      planned_end(now_s, steps, step_s, evaluations, eval_s, checkpoints, checkpoint_s),
-                      replan_step(start_step, steps), start_step + steps, start_step=start_step)
+                      planned_end(now_s, steps, step_s, evaluations, eval_s, checkpoints, checkpoint_s) + once_s,
+                      replan_step(start_step, steps), start_step + steps, start_step=start_step,
+                      propagation_s=propagation_s)
     plan = dist.broadcast_object(plan)
     if plan.total_steps <= start_step:
         raise SemiclustError(
@@ -244,6 +275,12 @@ def calibrate(run: Run, files: RunFiles, budget_s: float, started: float, start_
             f"measuring, a step takes {step_s:.2f}s and an evaluation {eval_s:.1f}s. Give a longer schedule.budget, "
             "or make steps cheaper (smaller crops or batches, a narrower backbone).")
     return plan
+
+
+def propagation_ahead(run: Run) -> bool:
+    """Whether the run still has a fine-tuning stage's propagation to make (its table is not filled yet)."""
+    table = run.method.propagation
+    return table is not None and not table.ready
 
 
 def planned_end(now_s: float, steps: int, step_s: float, evaluations: int, eval_s: float, checkpoints: int,
@@ -279,10 +316,11 @@ def replanned(plan: BudgetPlan, run: Run, done: int, pace_s: float | None, start
     now_s = time.time() - started
     decided = plan
     if pace_s is not None:
+        once_s = plan.propagation_s if plan.propagation_s and propagation_ahead(run) else 0.0
         steps, evaluations, checkpoints = planned_steps(plan.budget_s, now_s, pace_s, plan.eval_s, plan.checkpoint_s,
-                                                        run, done=done, drift=REPLAN_DRIFT)
+                                                        run, done=done, drift=REPLAN_DRIFT, once_s=once_s)
         steps = max(steps, 1, run.numbers.warmup_steps + 1 - done)  # the guard ends a run that is still too slow
-        end_s = planned_end(now_s, steps, pace_s, evaluations, plan.eval_s, checkpoints, plan.checkpoint_s)
+        end_s = planned_end(now_s, steps, pace_s, evaluations, plan.eval_s, checkpoints, plan.checkpoint_s) + once_s
         length = done + steps
         decided = dataclasses.replace(plan, step_s=pace_s, evaluations=evaluations, checkpoints=checkpoints,
                                       planned_end_s=end_s)

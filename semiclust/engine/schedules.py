@@ -75,6 +75,12 @@ class Schedules:
         finetune = self.recipe.schedule.finetune
         return finetune.threshold if self.in_finetune(step) and finetune.targets == "pseudo_labels" else None
 
+    def propagated_targets(self, step: int) -> bool:
+        """Whether the unlabeled images train towards their propagated classes at `step` (the fine-tuning stage with
+        `targets: propagated`)."""
+        finetune = self.recipe.schedule.finetune
+        return self.in_finetune(step) and finetune.targets == "propagated"
+
     def labeled_weight(self, step: int) -> float | None:
         """The labeled loss's weight at `step` when the schedule sets one (the fine-tuning stage's), else None:
         the method's own (method.labeled_weight, or row counts)."""

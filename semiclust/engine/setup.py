@@ -35,6 +35,7 @@ from semiclust.engine.syncbn import convert_sync_batchnorm
 from semiclust.errors import SemiclustError, examples
 from semiclust.methods import METHODS, Method
 from semiclust.methods.base import PartKit
+from semiclust.methods.label_propagation import PropagatedTargets
 from semiclust.models.init import InitReport, initialize
 from semiclust.models.network import Network, keep_running_stats_in_recompute
 from semiclust.config.schema import Recipe
@@ -168,6 +169,9 @@ def build_core(recipe: Recipe, subset_for: Callable[[Dataset], LabeledSubset], r
     student, report = build_student(recipe, dataset.channels, dataset.num_classes, kind)
     schedules = Schedules(recipe, numbers)
     method = assemble_method(kind, recipe, student, dataset.channels, dataset.num_classes, schedules, world)
+    finetune = recipe.schedule.finetune
+    if finetune is not None and finetune.targets == "propagated" and Stream.UNLABELED in kind.streams:
+        method.propagation = PropagatedTargets(len(dataset.train))
     for prior in (module for module in method.modules() if isinstance(module, ClassPrior)):
         prior.use_counts(class_counts(dataset.train.labels, subset.indices, dataset.num_classes))
     return Core(dataset, subset, unlabeled, labeled, numbers, schedules, method, report, notes, validation)

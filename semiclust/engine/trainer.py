@@ -24,6 +24,7 @@ from semiclust.engine import dist
 from semiclust.engine.budget import BudgetGuard, BudgetPlan, plan_budget
 from semiclust.engine.checkpoint import Checkpoint, latest_usable, periodic_path, save_checkpoint, save_periodic
 from semiclust.engine.device import resolve_device
+from semiclust.engine.finetune_targets import fill_propagated_targets, propagation_due
 from semiclust.engine.policy import Policy
 from semiclust.engine.numbers import lr_description
 from semiclust.engine.reporter import Reporter, trim_for_resume
@@ -209,6 +210,8 @@ def run_steps(loop: LoopState) -> None:
         try:
             while loop.step < run.numbers.total_steps:
                 index = loop.step  # the step being taken; once done, loop.step counts it
+                if propagation_due(run, index):
+                    reporter.message(fill_propagated_targets(run))
                 outcome = train_step(run, index)
                 loop.step = index + 1
                 if not outcome.finite:

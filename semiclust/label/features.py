@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from semiclust.data.datasets import Dataset, FileSplit, ImageSplit, Split, build_dataset
+from semiclust.data.datasets import Dataset, ImageSplit, Split, build_dataset, indexed
 from semiclust.data.decode import printable
 from semiclust.data.eval_views import EvalViews
 from semiclust.engine.checkpoint import Checkpoint, checkpoint_file, classifier_network, load_checkpoint
@@ -91,15 +91,6 @@ def refuse_other_data(run: RunImages, data: Path | None, registered: str | None)
                              f"{'the registered dataset ' + repr(name) if name else 'image folders'}, not on the "
                              f"registered dataset '{registered}'; leave out --dataset, or give a checkpoint of a run "
                              "on it.")
-
-
-def indexed(split: Split) -> Split:
-    """The split with each image's label replaced by its own index: the evaluation views then say which images
-    they hold (unreadable files are left out of them)."""
-    rows = torch.arange(len(split), dtype=torch.long)
-    if isinstance(split, ImageSplit):
-        return ImageSplit(split.images, rows)
-    return FileSplit(split.root, split.files, rows, split.pixels, split.channels)
 
 
 class Counted:

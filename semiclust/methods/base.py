@@ -23,6 +23,7 @@ from semiclust.data.batches import StepBatch
 from semiclust.data.streams import BOTH, Stream
 from semiclust.engine.schedules import Schedules
 from semiclust.methods.ema import average_momentum, average_update
+from semiclust.methods.label_propagation import PropagatedTargets
 from semiclust.methods.losses import (combine_losses, labeled_fraction, pseudo_label_loss, pseudo_labels,
                                       soft_cross_entropy, swapped_cross_entropy)
 from semiclust.methods.per_process import PerProcess
@@ -146,6 +147,7 @@ class Method(nn.Module):
         self.assigner = assigner
         self.schedules = schedules  # the scheduled values of each step, read from the run's numbers
         self.ema = ema  # the weight average of method.ema: a member (and state-dict entries) only when on
+        self.propagation: PropagatedTargets | None = None  # schedule.finetune.targets: propagated (engine/setup.py)
 
     @classmethod
     def build(cls, kit: PartKit) -> "Method":
@@ -233,7 +235,10 @@ class Method(nn.Module):
             loss = soft_cross_entropy(logits, batch.labeled_targets, self.spec.label_smoothing)
             rows["labeled"] = (loss, len(batch.labeled))
         threshold = self.schedules.pseudo_label_threshold(step)
-        if self.uses_unlabeled and threshold is not None:
+        if self.uses_unlabeled and self.schedules.propagated_targets(step):
+            rows["unlabeled"] = (self._propagated_loss(pieces, batch, parts),
+                                 len(layout.unlabeled[0]) * len(layout.unlabeled))
+        elif self.uses_unlabeled and threshold is not None:
             rows["unlabeled"] = (self._pseudo_label_loss(pieces, layout, parts, threshold),
                                  len(layout.unlabeled[0]) * len(layout.unlabeled))
         elif self.uses_unlabeled:
@@ -265,6 +270,16 @@ class Method(nn.Module):
         labels, keep = pseudo_labels(source, threshold)
         parts["pseudo_label_share"] = keep.float().mean()
         return pseudo_label_loss([pool(s).float() / tau for s in pieces.scores], labels, keep)
+
+    def _propagated_loss(self, pieces: "StepPieces", batch: StepBatch, parts: dict) -> torch.Tensor:
+        """Every crop towards its image's propagated class, weighted by the propagation's confidence (the stage's
+        start filled the table: engine/finetune_targets.py); the mean weight is logged."""
+        if self.propagation is None or not self.propagation.ready or batch.unlabeled_index is None:
+            raise RuntimeError("the propagated targets were not computed before the fine-tuning stage")
+        labels, weights = self.propagation.of(batch.unlabeled_index)
+        parts["propagated_weight"] = weights.mean()
+        tau, pool = self.spec.temperature, self.student.class_scores
+        return pseudo_label_loss([pool(s).float() / tau for s in pieces.scores], labels, weights)
 
     def _mixed_rows(self, images: int) -> int:
         """The mixed view's count in the row-count weighting: 1 (the release counts views) or its images."""

@@ -57,8 +57,9 @@ def pseudo_labels(class_logits: list[torch.Tensor], threshold: float) -> tuple[t
 
 
 def pseudo_label_loss(class_logits: list[torch.Tensor], labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Mean over crops of the cross-entropy of each kept image's crop towards its pseudo-label (0 when no image is
-    kept, still part of the graph so that every process backpropagates the same parameters)."""
+    """Mean over crops of the weighted mean cross-entropy of each image's crop towards its pseudo-label, `keep` the
+    images' weights (a bool: kept or not; a float: the propagation's confidence); 0 when every weight is 0, still part
+    of the graph so that every process backpropagates the same parameters."""
     weights = keep.float()
     per_crop = [(F.cross_entropy(logits.float(), labels, reduction="none") * weights).sum() / weights.sum().clamp(min=1)
                 for logits in class_logits]

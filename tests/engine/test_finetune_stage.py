@@ -73,12 +73,15 @@ def test_the_stage_weighs_the_labeled_loss_as_it_says(tmp_path):
     assert all(weights[s] == pytest.approx(16 / (16 + 64)) for s in range(1, 7))
 
 
-def test_a_budgeted_run_resumes_bit_identically_across_the_switch(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stage", [{"labeled_weight": 0.5}, {"targets": "propagated", "neighbours": 5}],
+                         ids=["labeled_weight", "propagated"])
+def test_a_budgeted_run_resumes_bit_identically_across_the_switch(tmp_path, monkeypatch, stage):
     """36 steps (fixed here, so that the runs compare), the stage from step 27: stopped at 20 (before the switch) and
-    at 30 (after it), each resumed run ends with the weights, optimiser and generators of the uninterrupted one."""
+    at 30 (after it), each resumed run ends with the weights, optimiser and generators of the uninterrupted one (and,
+    propagating, the same table of targets: made at the switch, or read back from the checkpoint)."""
     threads = torch.get_num_threads()
     recipe = resolve(budgeted("20s", runtime={"threads": 1}, checkpoint={"every_steps": 0},
-                              schedule={"finetune": {"share": 0.25, "lr": 0.01, "labeled_weight": 0.5}}))
+                              schedule={"finetune": {"share": 0.25, "lr": 0.01, **stage}}))
     monkeypatch.setattr(budget_module, "planned_steps", lambda *a, **k: (36, 0, 0))
     try:
         full = train(recipe, tmp_path / "full")
