@@ -21,7 +21,7 @@ from semiclust.data.cache import cache_in_memory
 from semiclust.data.datasets import Dataset, FileSplit, build_dataset, split_rows
 from semiclust.data.eval_views import EvalViews
 from semiclust.data.readable import unreadable_among
-from semiclust.data.streams import IndexStream, Stream, labeled_stream, unlabeled_pool, unlabeled_stream
+from semiclust.data.streams import BOTH, IndexStream, Stream, labeled_stream, unlabeled_pool, unlabeled_stream
 from semiclust.data.subsets import LabeledSubset, choose_labeled, choose_validation, class_counts, load_subset
 from semiclust.engine import dist
 from semiclust.engine.device import autocast_dtype, uses_channels_last
@@ -170,7 +170,12 @@ def build_core(recipe: Recipe, subset_for: Callable[[Dataset], LabeledSubset], r
     schedules = Schedules(recipe, numbers)
     method = assemble_method(kind, recipe, student, dataset.channels, dataset.num_classes, schedules, world)
     finetune = recipe.schedule.finetune
-    if finetune is not None and finetune.targets == "propagated" and Stream.UNLABELED in kind.streams:
+    if finetune is not None and finetune.targets == "propagated":
+        if kind.streams != BOTH:
+            raise SemiclustError(
+                f"schedule.finetune.targets: propagated spreads the labeled images' classes to the unlabeled ones, but "
+                f"method '{recipe.method.name}' trains on {'labeled' if Stream.LABELED in kind.streams else 'unlabeled'}"
+                " images only; use it with a method that trains on both (suave, daino), or set targets to method.")
         method.propagation = PropagatedTargets(len(dataset.train))
     for prior in (module for module in method.modules() if isinstance(module, ClassPrior)):
         prior.use_counts(class_counts(dataset.train.labels, subset.indices, dataset.num_classes))

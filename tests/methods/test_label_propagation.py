@@ -141,3 +141,13 @@ def test_a_budget_sets_the_propagation_aside_until_its_table_is_filled(tmp_path)
     plan = BudgetPlan.load(tmp_path / "run" / "budget.json")
     assert plan.propagation_s > 0
     assert bool(load_checkpoint(summary.checkpoint).method["propagation.filled"])
+
+
+@pytest.mark.parametrize("method", ["swav", "supervised"])
+def test_a_method_without_both_streams_cannot_propagate(tmp_path, method):
+    from semiclust.errors import SemiclustError
+
+    raw = propagating_recipe(method)
+    with pytest.raises(SemiclustError, match=f"method '{method}' trains on .* images only"):
+        train(resolve(raw), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints" / "final.pt").exists()
