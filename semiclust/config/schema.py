@@ -490,6 +490,11 @@ class Schedule(Strict):
     def budget_seconds(self) -> float | None:
         return None if self.budget is None else duration_seconds(self.budget)
 
+    @property
+    def propagates(self) -> bool:
+        """Whether a fine-tuning stage trains on propagated labels (its table and the batches' image rows needed)."""
+        return self.finetune is not None and self.finetune.targets == "propagated"
+
 
 LoggerName = Literal["tensorboard", "wandb", "mlflow"]
 

@@ -35,7 +35,7 @@ class StepBatch:
     labeled_targets: torch.Tensor | None = None
     mixed: torch.Tensor | None = None  # the unlabeled globals mixed (method.unlabeled_mixup), and its lambda
     mixed_lambda: float = 1.0
-    unlabeled_index: torch.Tensor | None = None  # the training-set rows of the unlabeled images (this process's)
+    unlabeled_index: torch.Tensor | None = None  # the unlabeled images' training-set rows (schedule.propagates only)
 
 
 def process_rows(per_process: int, copies: int, rank: int, world: int) -> torch.Tensor:
@@ -179,7 +179,7 @@ class BatchMaker:
     def __call__(self, position: int) -> StepBatch:
         unlabeled, view, labels = self._memory_crops(position) if self.files is None else self._file_crops(position)
         batch = StepBatch(unlabeled=[self._layout(c) for c in unlabeled])
-        if unlabeled:
+        if unlabeled and self.recipe.schedule.propagates:  # the stage's targets are looked up by image
             batch.unlabeled_index = self.unlabeled.indices(position).to(self.device, non_blocking=True)
         if view is not None:
             targets = F.one_hot(labels.to(self.device), self.dataset.num_classes).float()

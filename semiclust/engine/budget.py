@@ -262,7 +262,7 @@ def calibrate(run: Run, files: RunFiles, budget_s: float, started: float, start_
     if stopping():
         raise Stopped("a signal")
     now_s = time.time() - started
-    once_s = propagation_s if propagation_ahead(run) else 0.0
+    once_s = propagation_s if run.method.propagation_pending else 0.0
     steps, evaluations, checkpoints = planned_steps(budget_s, now_s, step_s, eval_s, checkpoint_s, run, once_s=once_s)
     plan = BudgetPlan(budget_s, start_step + steps, step_s, eval_s, checkpoint_s, evaluations, checkpoints, now_s,
                       planned_end(now_s, steps, step_s, evaluations, eval_s, checkpoints, checkpoint_s) + once_s,
@@ -275,12 +275,6 @@ def calibrate(run: Run, files: RunFiles, budget_s: float, started: float, start_
             f"measuring, a step takes {step_s:.2f}s and an evaluation {eval_s:.1f}s. Give a longer schedule.budget, "
             "or make steps cheaper (smaller crops or batches, a narrower backbone).")
     return plan
-
-
-def propagation_ahead(run: Run) -> bool:
-    """Whether the run still has a fine-tuning stage's propagation to make (its table is not filled yet)."""
-    table = run.method.propagation
-    return table is not None and not table.ready
 
 
 def planned_end(now_s: float, steps: int, step_s: float, evaluations: int, eval_s: float, checkpoints: int,
@@ -316,7 +310,7 @@ def replanned(plan: BudgetPlan, run: Run, done: int, pace_s: float | None, start
     now_s = time.time() - started
     decided = plan
     if pace_s is not None:
-        once_s = plan.propagation_s if plan.propagation_s and propagation_ahead(run) else 0.0
+        once_s = plan.propagation_s if plan.propagation_s and run.method.propagation_pending else 0.0
         steps, evaluations, checkpoints = planned_steps(plan.budget_s, now_s, pace_s, plan.eval_s, plan.checkpoint_s,
                                                         run, done=done, drift=REPLAN_DRIFT, once_s=once_s)
         steps = max(steps, 1, run.numbers.warmup_steps + 1 - done)  # the guard ends a run that is still too slow

@@ -19,8 +19,7 @@ from semiclust.methods.label_propagation import knn_graph, propagate
 
 def propagation_due(run: Run, step: int) -> bool:
     """Whether the table must be filled before `step`: the stage propagates, has started, and has no table yet."""
-    table = run.method.propagation
-    return table is not None and run.schedules.propagated_targets(step) and not table.ready
+    return run.schedules.propagated_targets(step) and run.method.propagation_pending
 
 
 def fill_propagated_targets(run: Run) -> str:

@@ -78,8 +78,7 @@ class Schedules:
     def propagated_targets(self, step: int) -> bool:
         """Whether the unlabeled images train towards their propagated classes at `step` (the fine-tuning stage with
         `targets: propagated`)."""
-        finetune = self.recipe.schedule.finetune
-        return self.in_finetune(step) and finetune.targets == "propagated"
+        return self.recipe.schedule.propagates and self.in_finetune(step)
 
     def labeled_weight(self, step: int) -> float | None:
         """The labeled loss's weight at `step` when the schedule sets one (the fine-tuning stage's), else None:

@@ -169,8 +169,7 @@ def build_core(recipe: Recipe, subset_for: Callable[[Dataset], LabeledSubset], r
     student, report = build_student(recipe, dataset.channels, dataset.num_classes, kind)
     schedules = Schedules(recipe, numbers)
     method = assemble_method(kind, recipe, student, dataset.channels, dataset.num_classes, schedules, world)
-    finetune = recipe.schedule.finetune
-    if finetune is not None and finetune.targets == "propagated":
+    if recipe.schedule.propagates:
         if kind.streams != BOTH:
             raise SemiclustError(
                 f"schedule.finetune.targets: propagated spreads the labeled images' classes to the unlabeled ones, but "

@@ -174,6 +174,11 @@ class Method(nn.Module):
 
     # ---- shared
     @property
+    def propagation_pending(self) -> bool:
+        """Whether the method trains on propagated targets later and its table is not filled yet."""
+        return self.propagation is not None and not self.propagation.ready
+
+    @property
     def uses_labels(self) -> bool:
         return Stream.LABELED in self.streams
 

@@ -20,7 +20,6 @@ class KnnGraph:
 
     index: torch.Tensor  # N x k, the neighbours found from each node
     weight: torch.Tensor  # N x k, their normalised weights
-    degree_scale: torch.Tensor  # N, D^-1/2
 
     def __matmul__(self, values: torch.Tensor) -> torch.Tensor:
         """S @ values for the normalised symmetric S = D^-1/2 (W + W^T) D^-1/2 (values: N x C)."""
@@ -51,7 +50,7 @@ def knn_graph(features: torch.Tensor, k: int, power: float = 3.0, chunk: int = 2
     index, weight = torch.cat(indices), torch.cat(weights)
     degree = weight.sum(dim=1).index_add(0, index.flatten(), weight.flatten())
     scale = degree.clamp(min=1e-12).rsqrt()
-    return KnnGraph(index, weight * scale.unsqueeze(1) * scale[index], scale)
+    return KnnGraph(index, weight * scale.unsqueeze(1) * scale[index])
 
 
 def conjugate_gradients(apply, rhs: torch.Tensor, iterations: int, tolerance: float = 1e-6) -> torch.Tensor:
@@ -115,10 +114,18 @@ class PropagatedTargets(torch.nn.Module):
         self.register_buffer("classes", torch.zeros(images, dtype=torch.long))
         self.register_buffer("confidence", torch.zeros(images))
         self.register_buffer("filled", torch.zeros((), dtype=torch.bool))
+        self._ready_here: bool | None = None  # `filled` as read on the host (the queue's rule: no device read a step)
 
     @property
     def ready(self) -> bool:
-        return bool(self.filled)
+        """Whether the table was filled, without reading the device buffer each step."""
+        if self._ready_here is None:
+            self._ready_here = bool(self.filled)
+        return self._ready_here
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._ready_here = None  # a checkpoint (or a snapshot put back): read `filled` again
 
     def fill(self, rows: torch.Tensor, propagated: Propagated) -> None:
         """Targets of the images at `rows` (the readable ones; an unreadable image keeps weight 0)."""
@@ -127,6 +134,7 @@ class PropagatedTargets(torch.nn.Module):
         self.classes[rows.to(self.classes.device)] = propagated.classes.to(self.classes.device)
         self.confidence[rows.to(self.confidence.device)] = propagated.confidence.to(self.confidence.device)
         self.filled.fill_(True)
+        self._ready_here = True
 
     def of(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The classes and confidences of the images at `rows`."""

@@ -151,3 +151,19 @@ def test_a_method_without_both_streams_cannot_propagate(tmp_path, method):
     with pytest.raises(SemiclustError, match=f"method '{method}' trains on .* images only"):
         train(resolve(raw), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints" / "final.pt").exists()
+
+
+def test_the_tables_readiness_follows_fill_and_every_load():
+    """`ready` is kept on the host (no device read a step) and read again from `filled` whenever a state is loaded."""
+    from semiclust.methods.label_propagation import Propagated, PropagatedTargets
+
+    empty, table = PropagatedTargets(4), PropagatedTargets(4)
+    assert not table.ready
+    table.fill(torch.tensor([0, 2]), Propagated(torch.tensor([1, 3]), torch.tensor([0.5, 1.0])))
+    assert table.ready and table.classes.tolist() == [1, 0, 3, 0] and table.confidence.tolist() == [0.5, 0, 1.0, 0]
+    fresh = PropagatedTargets(4)
+    assert not fresh.ready  # read (and kept) before the load
+    fresh.load_state_dict(table.state_dict())
+    assert fresh.ready and fresh.classes.tolist() == [1, 0, 3, 0]
+    fresh.load_state_dict(empty.state_dict())
+    assert not fresh.ready
